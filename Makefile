@@ -1,0 +1,78 @@
+# edgehub: `make dev` runs the hub locally, `make test` runs every test. Both install what is
+# missing first (Rust target, worker-build, wasm-bindgen-cli, npm packages) and skip what is there.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+WORKER_BUILD_VERSION := 0.8.7
+# wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock.
+WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3; exit}' Cargo.lock)
+CARGO_BIN := $(HOME)/.cargo/bin
+PORT ?= 8787
+
+export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
+export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
+export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+export WRANGLER_SEND_METRICS := false
+
+RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+WRANGLER := node_modules/.bin/wrangler
+
+.PHONY: help setup dev test build check token clean
+
+help:
+	@echo "make dev    install what is missing, then run the hub at http://127.0.0.1:$(PORT)"
+	@echo "make test   install what is missing, then run every test"
+	@echo "make token  print a development token (ARGS='--publish \"*\" --subscribe \"*\"')"
+
+setup: .tools/rust-target .tools/worker-build-$(WORKER_BUILD_VERSION) .tools/wasm-bindgen-$(WASM_BINDGEN_VERSION) node_modules/.installed .dev.vars
+
+.tools/rust-target:
+	@mkdir -p .tools
+	rustup target add wasm32-unknown-unknown
+	@touch $@
+
+.tools/worker-build-$(WORKER_BUILD_VERSION):
+	@mkdir -p .tools
+	@if worker-build --version 2>/dev/null | grep -q '$(WORKER_BUILD_VERSION)'; then echo "worker-build $(WORKER_BUILD_VERSION) present"; \
+	else cargo install --locked worker-build --version $(WORKER_BUILD_VERSION); fi
+	@touch $@
+
+.tools/wasm-bindgen-$(WASM_BINDGEN_VERSION):
+	@mkdir -p .tools
+	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock"; exit 1; }
+	@if wasm-bindgen --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$'; then echo "wasm-bindgen $(WASM_BINDGEN_VERSION) present"; \
+	else cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --force; fi
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+.dev.vars:
+	cp .dev.vars.example .dev.vars
+
+# The Worker bundle: build/worker/shim.mjs and the wasm beside it.
+build: setup build/worker/shim.mjs
+
+build/worker/shim.mjs: $(RUST_SOURCES)
+	worker-build --release
+	@touch $@
+
+dev: build
+	$(WRANGLER) d1 migrations apply DB --local
+	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
+
+test: build
+	cargo test --lib --bins
+	cargo test --test e2e
+
+check: setup
+	cargo fmt --check
+	cargo clippy --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --all-targets -- -D warnings
+
+token: setup
+	@cargo run -q --bin edgehub-token -- $(ARGS)
+
+clean:
+	rm -rf build target .tools .wrangler

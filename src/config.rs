@@ -1,0 +1,114 @@
+//! Limits and settings, typed and read once per request from the environment's `[vars]`
+//! (see `wrangler.toml`). A missing or unreadable value falls back to the documented default, so
+//! a typo in configuration can never take the hub down; `docs/API.md#configuration` lists them.
+
+use crate::auth::{patterns, Pattern};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_data_bytes: usize,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub retain_events: u64,
+    pub retain_seconds: u64,
+    pub sse_max_seconds: u64,
+    pub heartbeat_seconds: u64,
+    pub query_token_max_seconds: i64,
+    pub token_max_ttl_seconds: i64,
+    pub poll_default_limit: u32,
+    pub poll_max_limit: u32,
+    pub public_channels: Vec<Pattern>,
+    pub cors_origins: Vec<String>,
+    /// True only under the local development config (`.dev.vars`).
+    pub development: bool,
+}
+
+impl Config {
+    /// Reads every setting through `var`, which returns the raw string of a `[vars]` entry.
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
+        let num = |name: &str, default: u64| -> u64 {
+            var(name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let size =
+            |name: &str, default: u64| usize::try_from(num(name, default)).unwrap_or(usize::MAX);
+        let poll_max_limit = u32::try_from(num("POLL_MAX_LIMIT", 1000))
+            .unwrap_or(1000)
+            .max(1);
+        let poll_default_limit = u32::try_from(num("POLL_DEFAULT_LIMIT", 100))
+            .unwrap_or(100)
+            .clamp(1, poll_max_limit);
+        Config {
+            max_data_bytes: size("MAX_DATA_BYTES", 64 * 1024),
+            max_batch: size("MAX_BATCH", 100).max(1),
+            max_body_bytes: size("MAX_BODY_BYTES", 1024 * 1024),
+            retain_events: num("RETAIN_EVENTS", 1000).max(1),
+            retain_seconds: num("RETAIN_SECONDS", 86_400).max(1),
+            sse_max_seconds: num("SSE_MAX_SECONDS", 1800).max(1),
+            heartbeat_seconds: num("HEARTBEAT_SECONDS", 15).max(1),
+            query_token_max_seconds: i64::try_from(num("QUERY_TOKEN_MAX_SECONDS", 300))
+                .unwrap_or(300),
+            token_max_ttl_seconds: i64::try_from(num("TOKEN_MAX_TTL_SECONDS", 3600))
+                .unwrap_or(3600),
+            poll_default_limit,
+            poll_max_limit,
+            public_channels: patterns(&var("PUBLIC_CHANNELS").unwrap_or_default()),
+            cors_origins: var("CORS_ORIGINS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            development: var("EDGEHUB_DEV").is_some_and(|v| v.trim() == "1"),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_lookup(|_| None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ChannelName;
+
+    #[test]
+    fn defaults_follow_the_design_table() {
+        let c = Config::default();
+        assert_eq!(c.max_data_bytes, 65_536);
+        assert_eq!(c.max_batch, 100);
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.retain_events, 1000);
+        assert_eq!(c.retain_seconds, 86_400);
+        assert_eq!(c.sse_max_seconds, 1800);
+        assert_eq!(c.heartbeat_seconds, 15);
+        assert_eq!(c.query_token_max_seconds, 300);
+        assert_eq!((c.poll_default_limit, c.poll_max_limit), (100, 1000));
+        assert!(c.public_channels.is_empty());
+        assert!(!c.development);
+    }
+
+    #[test]
+    fn values_are_read_and_junk_falls_back() {
+        let c = Config::from_lookup(|k| match k {
+            "MAX_BATCH" => Some("7".into()),
+            "MAX_DATA_BYTES" => Some("lots".into()),
+            "PUBLIC_CHANNELS" => Some("public:*, demo".into()),
+            "POLL_DEFAULT_LIMIT" => Some("5000".into()),
+            _ => None,
+        });
+        assert_eq!(c.max_batch, 7);
+        assert_eq!(c.max_data_bytes, 65_536);
+        assert_eq!(
+            c.poll_default_limit, 1000,
+            "default limit is clamped to the max"
+        );
+        let public = ChannelName::parse("public:x").ok();
+        assert!(public.is_some_and(|p| c.public_channels.iter().any(|pat| pat.matches(&p))));
+    }
+}

@@ -1,0 +1,229 @@
+//! Publish bodies: one event `{"type"?, "data"}` or a JSON array of them. Parsed and checked
+//! whole before anything is stored, so a batch with one bad item is refused entirely.
+
+use super::names::EventType;
+use crate::error::Error;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// An event the hub has accepted but not yet numbered. `data` is compact JSON text, made once
+/// here and then stored, mirrored and sent as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub data: String,
+}
+
+/// The limits a publish body is held to (see `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct PublishLimits {
+    pub max_data_bytes: usize,
+    pub max_batch: usize,
+}
+
+/// Unknown fields are refused: a typo such as `"date"` must not silently publish `data: null`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item<'a> {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Parses and validates a whole publish body.
+pub fn parse_publish(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>, Error> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| Error::InvalidJson("body is not UTF-8".into()))?;
+    let raw: &RawValue = serde_json::from_str(text)?;
+    let items: Vec<&RawValue> = match raw.get().as_bytes().first() {
+        Some(b'[') => serde_json::from_str(raw.get())?,
+        Some(b'{') => vec![raw],
+        _ => {
+            return Err(Error::bad_request(
+                "the body must be one event object or an array of them",
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(Error::bad_request("an empty batch publishes nothing"));
+    }
+    if items.len() > limits.max_batch {
+        return Err(Error::TooLarge(format!(
+            "a batch holds at most {} events (got {})",
+            limits.max_batch,
+            items.len()
+        )));
+    }
+    let batch = items.len() > 1 || raw.get().starts_with('[');
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = |msg: String| {
+                if batch {
+                    format!("events[{i}]: {msg}")
+                } else {
+                    msg
+                }
+            };
+            parse_item(item, limits).map_err(|e| match e {
+                Error::BadRequest(m) => Error::BadRequest(at(m)),
+                Error::TooLarge(m) => Error::TooLarge(at(m)),
+                other => other,
+            })
+        })
+        .collect()
+}
+
+fn parse_item(item: &RawValue, limits: PublishLimits) -> Result<NewEvent, Error> {
+    let parsed: Item<'_> = serde_json::from_str(item.get()).map_err(|e| {
+        Error::bad_request(format!(
+            "an event is {{\"type\"?: string, \"data\": any JSON}}: {e}"
+        ))
+    })?;
+    let event_type = match parsed.event_type {
+        Some(t) => EventType::parse(&t)?,
+        None => EventType::default(),
+    };
+    let data = compact(parsed.data.get());
+    if data.len() > limits.max_data_bytes {
+        return Err(Error::TooLarge(format!(
+            "an event's data may be at most {} bytes serialised (got {})",
+            limits.max_data_bytes,
+            data.len()
+        )));
+    }
+    Ok(NewEvent { event_type, data })
+}
+
+/// Drops the whitespace between JSON tokens of already-valid JSON, keeping every string and
+/// number exactly as sent (re-serialising through `Value` would round large numbers). The result
+/// is one line, which SSE framing relies on: JSON strings cannot hold a raw newline.
+pub fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: PublishLimits = PublishLimits {
+        max_data_bytes: 64,
+        max_batch: 3,
+    };
+
+    fn parse(s: &str) -> Result<Vec<NewEvent>, Error> {
+        parse_publish(s.as_bytes(), LIMITS)
+    }
+
+    #[test]
+    fn one_event_and_a_batch() {
+        let one = parse(r#"{"data": {"a": [1, 2]}}"#).unwrap_or_default();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].data, r#"{"a":[1,2]}"#);
+        assert!(one[0].event_type.is_default());
+        let batch = parse(r#"[{"type":"x.y","data":1},{"data":"s p a c e"}]"#).unwrap_or_default();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0].event_type.as_str(), "x.y");
+        assert_eq!(batch[1].data, r#""s p a c e""#);
+    }
+
+    #[test]
+    fn bad_bodies_table() {
+        for (body, status) in [
+            ("", 400),
+            ("not json", 400),
+            ("{\"data\":1", 400),
+            ("42", 400),
+            ("\"x\"", 400),
+            ("[]", 400),
+            ("{}", 400),
+            (r#"{"type":"x"}"#, 400),
+            (r#"{"data":1,"extra":2}"#, 400),
+            (r#"{"data":1,"type":"bad type"}"#, 400),
+            (r#"{"data":1,"type":7}"#, 400),
+            (r#"[{"data":1}, 5]"#, 400),
+            (r#"[{"data":1},{"data":1,"type":"\n"}]"#, 400),
+            (r#"[{"data":1},{"data":1},{"data":1},{"data":1}]"#, 413),
+        ] {
+            let got = parse(body).map_err(|e| e.status());
+            assert_eq!(got.err(), Some(status), "{body:?}");
+        }
+        let big = format!(r#"{{"data":"{}"}}"#, "x".repeat(63));
+        assert_eq!(parse(&big).map_err(|e| e.status()).err(), Some(413));
+        let fits = format!(r#"{{"data":"{}"}}"#, "x".repeat(62));
+        assert!(parse(&fits).is_ok());
+    }
+
+    #[test]
+    fn batch_errors_name_the_item() {
+        let err = parse(r#"[{"data":1},{"data":1,"type":"no good"}]"#).err();
+        assert!(matches!(err, Some(Error::BadRequest(m)) if m.starts_with("events[1]")));
+    }
+
+    #[test]
+    fn compact_keeps_strings_and_numbers() {
+        assert_eq!(
+            compact("{ \"a b\" : [ 1 ,\n 2e400 , \"q\\\" x\" ] }"),
+            r#"{"a b":[1,2e400,"q\" x"]}"#
+        );
+        assert_eq!(
+            compact("12345678901234567890123"),
+            "12345678901234567890123"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn compact_is_one_line_and_equal_as_json(v in any_json()) {
+            let pretty = serde_json::to_string_pretty(&v).unwrap_or_default();
+            let c = compact(&pretty);
+            prop_assert!(!c.contains('\n') && !c.contains('\r'));
+            let back: serde_json::Value = serde_json::from_str(&c).unwrap_or_default();
+            prop_assert_eq!(back, v);
+        }
+
+        #[test]
+        fn never_panics(s in "\\PC{0,200}") {
+            let _ = parse(&s);
+        }
+    }
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

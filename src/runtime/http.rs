@@ -1,0 +1,73 @@
+//! Response helpers and body reading: the one place an `Error` becomes a problem response, and
+//! the size checks made before a body is parsed.
+
+use crate::error::{Error, PROBLEM_CONTENT_TYPE};
+use worker::{console_error, Headers, Request, Response};
+
+pub const JSON: &str = "application/json";
+
+/// Builds a response with a fixed body; header values here are our own, never client input.
+pub fn respond(status: u16, content_type: &str, body: String) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set("content-type", content_type)?;
+    headers.set("cache-control", "no-store")?;
+    Ok(Response::from_bytes(body.into_bytes())?
+        .with_status(status)
+        .with_headers(headers))
+}
+
+pub fn json(status: u16, body: String) -> worker::Result<Response> {
+    respond(status, JSON, body)
+}
+
+/// The single conversion of an `Error` into an RFC 9457 response. Internal details are logged
+/// here and never sent.
+pub fn problem(err: &Error) -> Response {
+    if let Some(detail) = err.log_detail() {
+        console_error!("edgehub {}: {}", err.code(), detail);
+    }
+    let body = serde_json::to_string(&err.problem()).unwrap_or_default();
+    let built = respond(err.status(), PROBLEM_CONTENT_TYPE, body).and_then(|r| {
+        for (name, value) in err.headers() {
+            r.headers().set(name, &value)?;
+        }
+        Ok(r)
+    });
+    built.unwrap_or_else(|_| Response::builder().with_status(500).empty())
+}
+
+/// A worker-level failure (a JS exception from a binding) as our internal error.
+pub fn internal(context: &str) -> impl Fn(worker::Error) -> Error + '_ {
+    move |e| Error::Internal(format!("{context}: {e}"))
+}
+
+/// The body as bytes, refused with 413 before it is read when `Content-Length` says it is too
+/// big, and after reading when a chunked body turns out too big.
+pub async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::TooLarge(format!("the request body may be at most {max} bytes"));
+    let declared = req.headers().get("content-length").ok().flatten();
+    if let Some(len) = declared.and_then(|v| v.trim().parse::<u64>().ok()) {
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    let body = req.bytes().await.map_err(internal("reading the body"))?;
+    if body.len() > max {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// True for `application/json`, with or without parameters such as `charset`.
+pub fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .and_then(|v| {
+            v.split(';')
+                .next()
+                .map(|m| m.trim().eq_ignore_ascii_case(JSON))
+        })
+        .unwrap_or(false)
+}

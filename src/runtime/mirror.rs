@@ -1,0 +1,127 @@
+//! The D1 mirror that `/poll` reads: written by the channel's Durable Object (`write`), read by
+//! the stateless Worker (`read_page`). Schema in `migrations/`. A write is one D1 batch, so it
+//! lands whole or not at all, and the DO sends batches in id order, one after the other.
+
+use crate::channel::poll::{PollRequest, StoredEvent};
+use crate::channel::Window;
+use crate::protocol::query::MAX_CURSOR;
+use crate::protocol::ChannelName;
+use serde::{Deserialize, Serialize};
+use worker::wasm_bindgen::JsValue;
+use worker::D1Database;
+
+pub const BINDING: &str = "DB";
+
+/// Rows go to D1 as one JSON parameter expanded by `json_each`: two statements per write
+/// whatever the batch size, under D1's 100-parameter limit.
+const INSERT_EVENTS: &str = "INSERT OR IGNORE INTO events (channel, seq, type, data, time_ms) \
+     SELECT ?1, json_extract(value, '$.id'), json_extract(value, '$.type'), \
+            json_extract(value, '$.data'), json_extract(value, '$.time') \
+     FROM json_each(?2)";
+
+/// `head` only moves forward, so a retried older batch can never move it back.
+const UPSERT_CHANNEL: &str = "INSERT INTO channels (channel, head, earliest, updated_ms) \
+     VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (channel) DO UPDATE SET head = max(head, excluded.head), \
+       earliest = excluded.earliest, updated_ms = excluded.updated_ms";
+
+/// One query for a whole poll: the channel's mirrored window and the page's rows, read in one
+/// statement so they agree. Rows are bounded by the head read with them.
+const SELECT_PAGE: &str = "SELECT c.head AS head, c.earliest AS earliest, e.seq AS seq, \
+       e.type AS type, e.data AS data, e.time_ms AS time_ms \
+     FROM channels c LEFT JOIN events e \
+       ON e.channel = c.channel AND e.seq > ?2 AND e.seq <= c.head \
+     WHERE c.channel = ?1 ORDER BY e.seq LIMIT ?3";
+
+#[derive(Serialize)]
+struct MirrorRow<'a> {
+    id: u64,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    data: &'a str,
+    time: i64,
+}
+
+/// Mirrors `events` (ascending, contiguous, following what D1 already has) and the window.
+pub async fn write(
+    db: &D1Database,
+    channel: &ChannelName,
+    events: &[StoredEvent],
+    earliest: u64,
+    now_ms: f64,
+) -> worker::Result<()> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    let rows: Vec<MirrorRow<'_>> = events
+        .iter()
+        .map(|e| MirrorRow {
+            id: e.id,
+            event_type: &e.event_type,
+            data: &e.data,
+            time: e.time_ms,
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let name = JsValue::from_str(channel.as_str());
+    let insert = db
+        .prepare(INSERT_EVENTS)
+        .bind(&[name.clone(), JsValue::from_str(&rows)])?;
+    let upsert = db.prepare(UPSERT_CHANNEL).bind(&[
+        name,
+        JsValue::from_f64(last.id as f64),
+        JsValue::from_f64(earliest as f64),
+        JsValue::from_f64(now_ms),
+    ])?;
+    for result in db.batch(vec![insert, upsert]).await? {
+        if let Some(error) = result.error() {
+            return Err(worker::Error::RustError(error));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct PageRow {
+    head: f64,
+    earliest: f64,
+    seq: Option<f64>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    data: Option<String>,
+    time_ms: Option<f64>,
+}
+
+/// The mirror's window for `channel` and the rows a poll needs (at most `limit + 1`).
+pub async fn read_page(
+    db: &D1Database,
+    channel: &ChannelName,
+    req: &PollRequest,
+) -> worker::Result<(Window, Vec<StoredEvent>)> {
+    let after = req.read_after().unwrap_or(MAX_CURSOR);
+    let statement = db.prepare(SELECT_PAGE).bind(&[
+        JsValue::from_str(channel.as_str()),
+        JsValue::from_f64(after as f64),
+        JsValue::from_f64(f64::from(req.limit) + 1.0),
+    ])?;
+    let rows: Vec<PageRow> = statement.all().await?.results()?;
+    let Some(first) = rows.first() else {
+        return Ok((Window::EMPTY, Vec::new()));
+    };
+    let window = Window {
+        head: first.head as u64,
+        earliest: first.earliest as u64,
+    };
+    let events = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(StoredEvent {
+                id: r.seq? as u64,
+                event_type: r.event_type?,
+                data: r.data?,
+                time_ms: r.time_ms? as i64,
+            })
+        })
+        .collect();
+    Ok((window, events))
+}

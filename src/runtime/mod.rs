@@ -1,0 +1,132 @@
+//! The runtime shell: the only code that names the `worker` crate. The fetch entry routes,
+//! checks access and input, then either answers from D1 (`/poll`) or hands validated input to
+//! the channel's Durable Object (`hub`). Errors become problem documents in `http::problem`.
+
+mod access;
+mod http;
+mod hub;
+mod log;
+mod mirror;
+
+use crate::auth::Action;
+use crate::channel::poll::{cut_page, PollRequest};
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::publish::{parse_publish, NewEvent, PublishLimits};
+use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
+use crate::protocol::{route, ChannelName, Route};
+use http::{internal, is_json, json, problem, read_body};
+use hub::Hub;
+use serde::Serialize;
+use worker::{event, Context, Env, Request, Response, Result};
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let config = Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()));
+    Ok(handle(req, &env, &config)
+        .await
+        .unwrap_or_else(|e| problem(&e)))
+}
+
+async fn handle(
+    mut req: Request,
+    env: &Env,
+    config: &Config,
+) -> std::result::Result<Response, Error> {
+    let url = req
+        .url()
+        .map_err(|_| Error::bad_request("unreadable URL"))?;
+    let query = url.query().unwrap_or("").to_string();
+    match route(req.method().as_ref(), url.path())? {
+        Route::Health => json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering")),
+        Route::Publish(channel) => {
+            if !is_json(&req) {
+                return Err(Error::UnsupportedMediaType);
+            }
+            access::check(&req, &query, env, config, Action::Publish, &channel)?;
+            let body = read_body(&mut req, config.max_body_bytes).await?;
+            let limits = PublishLimits {
+                max_data_bytes: config.max_data_bytes,
+                max_batch: config.max_batch,
+            };
+            let events = parse_publish(&body, limits)?;
+            Hub::get(env, &channel)?.publish(batch_json(&events)?).await
+        }
+        Route::ChannelInfo(channel) => {
+            access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            Hub::get(env, &channel)?.info().await
+        }
+        Route::Poll(channel) => {
+            access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            poll(&req, &query, env, config, &channel).await
+        }
+    }
+}
+
+/// `/poll` from the D1 mirror alone: the channel's object is never woken by a poll.
+async fn poll(
+    req: &Request,
+    query: &str,
+    env: &Env,
+    config: &Config,
+    channel: &ChannelName,
+) -> std::result::Result<Response, Error> {
+    let cursor = query_param(query, "since")
+        .transpose()?
+        .map(|s| parse_cursor(&s))
+        .transpose()?;
+    let limit = match query_param(query, "limit").transpose()? {
+        Some(s) => parse_limit(&s, config.poll_max_limit)?,
+        None => config.poll_default_limit,
+    };
+    let request = PollRequest { cursor, limit };
+    let db = env
+        .d1(mirror::BINDING)
+        .map_err(internal("the D1 binding"))?;
+    let (window, rows) = mirror::read_page(&db, channel, &request)
+        .await
+        .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+    let etag = request.etag(window);
+    let unchanged = req
+        .headers()
+        .get("if-none-match")
+        .ok()
+        .flatten()
+        .is_some_and(|v| etag_matches(&v, &etag));
+    let response = if unchanged {
+        Response::builder().with_status(304).empty()
+    } else {
+        json(200, cut_page(&request, window, rows).encode(channel))
+            .map_err(internal("answering"))?
+    };
+    let headers = response.headers();
+    headers.set("etag", &etag).map_err(internal("answering"))?;
+    headers
+        .set("cache-control", "no-cache")
+        .map_err(internal("answering"))?;
+    Ok(response)
+}
+
+/// The batch as the channel object stores it: `data` travels as a string of compact JSON, so
+/// the object inserts it without parsing it again.
+fn batch_json(events: &[NewEvent]) -> std::result::Result<String, Error> {
+    #[derive(Serialize)]
+    struct Item<'a> {
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        data: &'a str,
+    }
+    let items: Vec<Item<'_>> = events
+        .iter()
+        .map(|e| Item {
+            event_type: e.event_type.as_str(),
+            data: &e.data,
+        })
+        .collect();
+    serde_json::to_string(&items).map_err(|e| Error::Internal(format!("encoding a batch: {e}")))
+}

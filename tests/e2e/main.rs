@@ -1,0 +1,132 @@
+//! End-to-end tests: the real runtime (`wrangler dev`, workerd) driven over real sockets.
+//! One hub is started for the suite and shared by every test that does not need its own (each
+//! uses its own channels, so they may run in parallel); durability tests start their own.
+//! Run with `make build` done first: `cargo test --test e2e [-- <filter>] [--test-threads N]`.
+
+// A test reports failure by panicking: assertions, `expect` and `panic!` are its vocabulary, so
+// the crate's no-panic lints, meant for request paths, do not apply to this test target.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod api;
+mod auth;
+mod durability;
+mod harness;
+mod poll;
+mod publish;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+use crate::api::{rt, Api};
+use crate::harness::{Hub, HubOptions};
+
+/// No single test may run longer than this, whatever it waits for.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One test: its name, whether it uses the suite's shared hub, and its body.
+pub struct Case {
+    pub name: &'static str,
+    pub shared_hub: bool,
+    pub run: fn(Api) -> TestFuture,
+}
+
+/// A test that runs against the suite's shared hub.
+#[macro_export]
+macro_rules! case {
+    ($f:ident) => {
+        $crate::Case {
+            name: stringify!($f),
+            shared_hub: true,
+            run: |api| Box::pin($f(api)),
+        }
+    };
+}
+
+/// A test that starts (and stops) its own hub.
+#[macro_export]
+macro_rules! case_own_hub {
+    ($f:ident) => {
+        $crate::Case {
+            name: stringify!($f),
+            shared_hub: false,
+            run: |api| Box::pin($f(api)),
+        }
+    };
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let cases: Vec<Case> = [
+        publish::cases(),
+        poll::cases(),
+        auth::cases(),
+        durability::cases(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let selected = |c: &Case| !args.is_filtered_out(&Trial::test(c.name, || Ok(())));
+    let need_hub = !args.list && cases.iter().any(|c| c.shared_hub && selected(c));
+    let started = Instant::now();
+    let mut hub = None;
+    if need_hub {
+        match rt().block_on(Hub::start(HubOptions::default())) {
+            Ok(h) => {
+                eprintln!(
+                    "e2e: hub up at {} after {:.1?}",
+                    h.base(),
+                    started.elapsed()
+                );
+                hub = Some(h);
+            }
+            Err(why) => {
+                eprintln!("e2e: the shared hub did not start: {why}");
+                std::process::exit(101);
+            }
+        }
+    }
+    let base = hub
+        .as_ref()
+        .map(|h| h.base().to_string())
+        .unwrap_or_default();
+
+    let trials = cases
+        .into_iter()
+        .map(|case| {
+            let api = Api::new(&base);
+            Trial::test(case.name, move || run(case.run, api))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+
+    if let Some(mut h) = hub {
+        if conclusion.has_failed() {
+            eprintln!("e2e: shared hub log (tail):\n{}", h.log_tail());
+            rt().block_on(h.stop());
+        } else {
+            rt().block_on(h.cleanup());
+        }
+    }
+    if need_hub {
+        eprintln!("e2e: suite wall time {:.1?}", started.elapsed());
+    }
+    conclusion.exit();
+}
+
+fn run(body: fn(Api) -> TestFuture, api: Api) -> Result<(), Failed> {
+    match rt().block_on(tokio::time::timeout(TRIAL_TIMEOUT, body(api))) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(format!("timed out after {TRIAL_TIMEOUT:?}").into()),
+    }
+}

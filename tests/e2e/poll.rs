@@ -1,0 +1,319 @@
+//! Polling from the D1 mirror: paging with `limit`/`next`/`more`, cursors (none, ahead of the
+//! head, unknown channel), `ETag`/304, bad parameters, and that polling never reaches the
+//! channel's Durable Object.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::api::{admin, channel, ids, Api};
+use crate::publish::assert_problem;
+use crate::{case, Case};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!(paging_with_limit_and_next_walks_every_event),
+        case!(if_none_match_is_304_until_a_new_event_is_mirrored),
+        case!(cursor_none_ahead_of_head_and_unknown_channel),
+        case!(bad_poll_parameters_are_400),
+        case!(polling_leaves_the_durable_object_untouched),
+    ]
+}
+
+/// Publishes `n` events with data `{"n": 1..=n}` in batches of 50; returns the head.
+async fn fill(api: &Api, c: &str, n: u64) -> u64 {
+    let token = admin();
+    let mut last = 0;
+    for start in (1..=n).step_by(50) {
+        let batch: Vec<Value> = (start..=(start + 49).min(n))
+            .map(|i| json!({"data": {"n": i}}))
+            .collect();
+        let r = api.publish(c, &Value::Array(batch), &token).await;
+        assert_eq!(r.status, 201, "filling {c}: {}", r.text());
+        last = ids(&r.json()).last().copied().unwrap_or(0);
+    }
+    assert_eq!(last, n, "filling {c}");
+    assert_eq!(
+        api.await_mirror(c, n).await,
+        n,
+        "the mirror of {c} never reached {n}"
+    );
+    n
+}
+
+fn event_ids(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+async fn paging_with_limit_and_next_walks_every_event(api: Api) {
+    let c = channel("paging");
+    fill(&api, &c, 250).await;
+
+    let (events, pages) = api.poll_all(&c, 0, 7, 100).await;
+    assert_eq!(pages.len(), 36, "250 events at limit 7 are 36 pages");
+    let polled: Vec<u64> = events.iter().filter_map(|e| e["id"].as_u64()).collect();
+    assert_eq!(
+        polled,
+        (1..=250).collect::<Vec<u64>>(),
+        "paging must walk 1..=250 in order"
+    );
+    for (i, page) in pages.iter().enumerate() {
+        let last = i + 1 == pages.len();
+        let got = event_ids(page);
+        assert_eq!(got.len(), if last { 5 } else { 7 }, "page {i}: {page}");
+        assert_eq!(page["more"], json!(!last), "`more` on page {i}: {page}");
+        assert_eq!(
+            page["next"].as_u64(),
+            got.last().copied(),
+            "`next` is the last id, page {i}"
+        );
+        assert_eq!(page["channel"], json!(c));
+        assert_eq!(page["head"], json!(250));
+    }
+    for e in &events {
+        assert_eq!(
+            e["data"],
+            json!({"n": e["id"]}),
+            "event data follows its id: {e}"
+        );
+    }
+
+    let r = api.poll(&c, Some(250), Some(7)).await;
+    let page = r.json();
+    assert_eq!(r.status, 200, "{page}");
+    assert_eq!(
+        (
+            event_ids(&page).len(),
+            page["next"].as_u64(),
+            page["more"].as_bool()
+        ),
+        (0, Some(250), Some(false))
+    );
+
+    let r = api.poll(&c, Some(0), None).await;
+    let page = r.json();
+    assert_eq!(
+        event_ids(&page),
+        (1..=100).collect::<Vec<u64>>(),
+        "the default limit is 100"
+    );
+    assert_eq!(
+        (page["next"].as_u64(), page["more"].as_bool()),
+        (Some(100), Some(true))
+    );
+
+    let r = api.poll(&c, Some(0), Some(1000)).await;
+    let page = r.json();
+    assert_eq!(
+        event_ids(&page).len(),
+        250,
+        "limit 1000 is allowed: {}",
+        r.text()
+    );
+    assert_eq!(page["more"], json!(false));
+}
+
+async fn if_none_match_is_304_until_a_new_event_is_mirrored(api: Api) {
+    let c = channel("etag");
+    fill(&api, &c, 1).await;
+    let path = format!("/poll/{c}?since=0&limit=10");
+    let token = admin();
+
+    let first = api.get(&path, Some(&token)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let etag = first.header("etag").unwrap_or_default();
+    assert!(
+        !etag.is_empty(),
+        "a 200 poll must carry an ETag; headers: {:?}",
+        first.headers
+    );
+    let conditional = || client_get_if_none_match(&api, &path, &token, &etag);
+    let again = conditional().await;
+    assert_eq!(
+        again.status,
+        304,
+        "unchanged poll with If-None-Match: {}",
+        again.text()
+    );
+    assert!(
+        again.body.is_empty(),
+        "a 304 has no body, got {:?}",
+        again.text()
+    );
+
+    let r = api.publish(&c, &json!({"data": "second"}), &token).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let started = Instant::now();
+    let mut last = again;
+    for _ in 0..400 {
+        if last.status != 304 || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        last = conditional().await;
+    }
+    assert_eq!(
+        last.status,
+        200,
+        "after a new event is mirrored the same poll is a 200: {}",
+        last.text()
+    );
+    assert_eq!(event_ids(&last.json()), vec![1, 2]);
+    let new_tag = last.header("etag");
+    assert!(
+        new_tag.is_some() && new_tag.as_deref() != Some(etag.as_str()),
+        "ETag must change: {new_tag:?}"
+    );
+}
+
+async fn client_get_if_none_match(
+    api: &Api,
+    path: &str,
+    token: &str,
+    etag: &str,
+) -> crate::api::Resp {
+    let req = crate::api::client()
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(token);
+    api.send(req.header("if-none-match", etag)).await
+}
+
+async fn cursor_none_ahead_of_head_and_unknown_channel(api: Api) {
+    let c = channel("cursor");
+    fill(&api, &c, 3).await;
+
+    let r = api.poll(&c, None, None).await;
+    let page = r.json();
+    assert_eq!(r.status, 200, "{page}");
+    assert_eq!(
+        event_ids(&page),
+        Vec::<u64>::new(),
+        "no `since` means from now on: {page}"
+    );
+    assert_eq!(
+        (page["next"].as_u64(), page["head"].as_u64()),
+        (Some(3), Some(3)),
+        "{page}"
+    );
+    assert!(r.header("etag").is_some(), "every 200 has an ETag");
+
+    let r = api.poll(&c, Some(1000), None).await;
+    let page = r.json();
+    assert_eq!(
+        r.status, 200,
+        "a cursor ahead of the mirror is no error: {page}"
+    );
+    assert_eq!(event_ids(&page), Vec::<u64>::new(), "{page}");
+    assert_eq!(
+        (page["next"].as_u64(), page["more"].as_bool()),
+        (Some(1000), Some(false)),
+        "{page}"
+    );
+    assert_eq!(page["head"], json!(3));
+
+    let r = api.poll(&c, Some(1), Some(1)).await;
+    let page = r.json();
+    assert_eq!(event_ids(&page), vec![2], "{page}");
+    assert_eq!(
+        (page["next"].as_u64(), page["more"].as_bool()),
+        (Some(2), Some(true)),
+        "{page}"
+    );
+
+    let unknown = channel("unknown");
+    for since in [Some(0), None] {
+        let r = api.poll(&unknown, since, None).await;
+        let page = r.json();
+        assert_eq!(r.status, 200, "unknown channel, since {since:?}: {page}");
+        assert_eq!(event_ids(&page), Vec::<u64>::new(), "{page}");
+        assert_eq!(
+            (page["head"].as_u64(), page["next"].as_u64()),
+            (Some(0), Some(0)),
+            "{page}"
+        );
+        assert_eq!(page["channel"], json!(unknown));
+    }
+}
+
+async fn bad_poll_parameters_are_400(api: Api) {
+    let c = channel("params");
+    let token = admin();
+    let queries = [
+        "limit=0",
+        "limit=1001",
+        "limit=abc",
+        "limit=-1",
+        "since=-1",
+        "since=abc",
+        "since=1.5",
+        "since=0&limit=",
+    ];
+    for q in queries {
+        let r = api.get(&format!("/poll/{c}?{q}"), Some(&token)).await;
+        assert_problem(&r, 400, "bad_request", &format!("poll ?{q}"));
+    }
+}
+
+/// The object's `instance` and `requests` from `GET /channels/{c}`.
+async fn object(api: &Api, c: &str) -> (String, u64, Value) {
+    let r = api.info(c).await;
+    let info = r.json();
+    assert_eq!(r.status, 200, "GET /channels/{c}: {}", r.text());
+    let instance = info["object"]["instance"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    (
+        instance,
+        info["object"]["requests"].as_u64().unwrap_or(0),
+        info,
+    )
+}
+
+async fn polling_leaves_the_durable_object_untouched(api: Api) {
+    let c = channel("untouched");
+    fill(&api, &c, 5).await;
+    let token = admin();
+    let mut reloads = 0;
+    for attempt in 1..=5 {
+        let (instance, requests, info) = object(&api, &c).await;
+        assert!(
+            !instance.is_empty() && requests >= 1,
+            "object identity in {info}"
+        );
+        for key in ["head", "earliest", "retained"] {
+            assert!(info[key].is_u64(), "channel info lacks {key}: {info}");
+        }
+        assert!(
+            !info["mirrored"].is_null(),
+            "channel info lacks mirrored: {info}"
+        );
+        assert_eq!(info["channel"], json!(c));
+        assert_eq!(info["head"], json!(5));
+        assert_eq!(info["subscribers"], json!({"sse": 0, "ws": 0}), "{info}");
+        for i in 0..50 {
+            let r = api.get(&format!("/poll/{c}?since=0"), Some(&token)).await;
+            assert_eq!(r.status, 200, "poll {i}: {}", r.text());
+            assert_eq!(event_ids(&r.json()).len(), 5);
+        }
+        let (after, requests_after, info_after) = object(&api, &c).await;
+        if after != instance {
+            eprintln!("note: {c}'s object was reloaded during attempt {attempt}; retrying");
+            reloads += 1;
+            continue;
+        }
+        assert_eq!(
+            requests_after,
+            requests + 1,
+            "50 polls must not reach the object: {info} then {info_after}"
+        );
+        break;
+    }
+    assert!(
+        reloads < 5,
+        "the channel object was reloaded during every one of 5 attempts"
+    );
+}
