@@ -13,6 +13,8 @@ export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
 export ESBUILD_BIN := $(CURDIR)/node_modules/.bin/esbuild
 export PATH := $(CARGO_BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export WRANGLER_SEND_METRICS := false
+# Keep wrangler off the network: no request.cf download, no telemetry.
+export CLOUDFLARE_CF_FETCH_ENABLED := false
 
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 WRANGLER := node_modules/.bin/wrangler
@@ -62,6 +64,7 @@ dev: build
 	$(WRANGLER) d1 migrations apply DB --local
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
+# Unit tests of the pure core natively, then the end-to-end suite against `wrangler dev`.
 test: build
 	cargo test --lib --bins
 	cargo test --test e2e

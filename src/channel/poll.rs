@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn pages_table() {
         // (request, window, rows D1 gave, want next, more, gap, ids)
-        let cases: Vec<(
+        type Case = (
             PollRequest,
             Window,
             Vec<StoredEvent>,
@@ -138,7 +138,8 @@ mod tests {
             bool,
             Option<u64>,
             Vec<u64>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (req(None, 5), W10, vec![], 10, false, None, vec![]),
             (
                 req(Some(0), 5),

@@ -125,7 +125,7 @@ fn main() {
 }
 
 fn run(body: fn(Api) -> TestFuture, api: Api) -> Result<(), Failed> {
-    match rt().block_on(tokio::time::timeout(TRIAL_TIMEOUT, body(api))) {
+    match rt().block_on(async { tokio::time::timeout(TRIAL_TIMEOUT, body(api)).await }) {
         Ok(()) => Ok(()),
         Err(_) => Err(format!("timed out after {TRIAL_TIMEOUT:?}").into()),
     }
