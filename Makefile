@@ -19,7 +19,7 @@ export CLOUDFLARE_CF_FETCH_ENABLED := false
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 WRANGLER := node_modules/.bin/wrangler
 
-.PHONY: help setup dev test build check token clean
+.PHONY: help setup dev test build bundle check token clean
 
 help:
 	@echo "make dev    install what is missing, then run the hub at http://127.0.0.1:$(PORT)"
@@ -65,9 +65,18 @@ dev: build
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
 # Unit tests of the pure core natively, then the end-to-end suite against `wrangler dev`.
-test: build
+test: bundle
 	cargo test --lib --bins
 	cargo test --test e2e
+
+# Proves the deploy bundle without an account: what `wrangler deploy` would upload, checked for
+# the wasm module and the Durable Object class export.
+bundle: build
+	rm -rf target/deploy-bundle
+	$(WRANGLER) deploy --dry-run --outdir target/deploy-bundle > target/deploy-bundle.log 2>&1 || { cat target/deploy-bundle.log; exit 1; }
+	ls target/deploy-bundle/*.wasm > /dev/null
+	grep -q 'ChannelHub' target/deploy-bundle/shim.js
+	@echo "deploy bundle: ok ($$(du -sh target/deploy-bundle | cut -f1))"
 
 check: setup
 	cargo fmt --check

@@ -45,10 +45,10 @@ async fn handle(
     match route(req.method().as_ref(), url.path())? {
         Route::Health => json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering")),
         Route::Publish(channel) => {
+            access::check(&req, &query, env, config, Action::Publish, &channel)?;
             if !is_json(&req) {
                 return Err(Error::UnsupportedMediaType);
             }
-            access::check(&req, &query, env, config, Action::Publish, &channel)?;
             let body = read_body(&mut req, config.max_body_bytes).await?;
             let limits = PublishLimits {
                 max_data_bytes: config.max_data_bytes,
