@@ -58,6 +58,8 @@ pub enum Error {
     TooLarge(String),
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
+    /// 426: a WebSocket route reached without `Upgrade: websocket`.
+    UpgradeRequired,
     /// 500: never shown to the client beyond a generic title; the string is for the log.
     Internal(String),
     /// 503: a dependency (the channel's object, D1) did not answer.
@@ -89,6 +91,7 @@ impl Error {
             Error::MethodNotAllowed(_) => 405,
             Error::TooLarge(_) => 413,
             Error::UnsupportedMediaType => 415,
+            Error::UpgradeRequired => 426,
             Error::Internal(_) => 500,
             Error::Unavailable(_) => 503,
         }
@@ -107,6 +110,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::TooLarge(_) => "too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::UpgradeRequired => "upgrade_required",
             Error::Internal(_) => "internal",
             Error::Unavailable(_) => "unavailable",
         }
@@ -122,6 +126,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "Method not allowed",
             Error::TooLarge(_) => "Payload too large",
             Error::UnsupportedMediaType => "Unsupported media type",
+            Error::UpgradeRequired => "Upgrade required",
             Error::Internal(_) => "Internal error",
             Error::Unavailable(_) => "Service unavailable",
         }
@@ -137,6 +142,9 @@ impl Error {
             Error::NotFound => "no such route".to_string(),
             Error::MethodNotAllowed(allowed) => format!("allowed: {}", allowed.join(", ")),
             Error::UnsupportedMediaType => "send the body as application/json".to_string(),
+            Error::UpgradeRequired => {
+                "this route is a WebSocket: send Upgrade: websocket".to_string()
+            }
             // Internal detail goes to the log, never to the client.
             Error::Internal(_) => "the hub failed to handle this request".to_string(),
             Error::Unavailable(_) => "a dependency of the hub did not answer; retry".to_string(),
@@ -165,6 +173,7 @@ impl Error {
                 vec![("www-authenticate", format!("Bearer error=\"{error}\""))]
             }
             Error::MethodNotAllowed(allowed) => vec![("allow", allowed.join(", "))],
+            Error::UpgradeRequired => vec![("upgrade", "websocket".into())],
             _ => Vec::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! One channel's rules, free of Durable Objects and D1: the log window (head and earliest
 //! retained id), where a reader starts (`plan_replay`), and how a poll page is cut (`poll`).
 
+pub mod fanout;
 pub mod poll;
 
 /// What a channel holds: ids `earliest..=head` are retained. `head` is the last id ever given

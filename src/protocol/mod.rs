@@ -1,11 +1,14 @@
 //! The wire contract, pure: the route table, names, the event envelope and publish validation,
-//! cursors and request-line helpers. Nothing here touches the runtime; see `docs/API.md`.
+//! cursors and request-line helpers, SSE framing and WebSocket messages. Nothing here touches the
+//! runtime; see `docs/API.md`.
 
 pub mod envelope;
 pub mod names;
 pub mod publish;
 pub mod query;
 pub mod route;
+pub mod sse;
+pub mod ws;
 
 pub use names::{ChannelName, EventType};
 pub use route::{route, Route};

@@ -12,10 +12,14 @@ pub enum Route {
     Publish(ChannelName),
     ChannelInfo(ChannelName),
     Poll(ChannelName),
+    Sse(ChannelName),
+    Ws(ChannelName),
 }
 
 const GET: &[&str] = &["GET", "HEAD"];
 const POST: &[&str] = &["POST"];
+/// Streams have no meaningful HEAD.
+const GET_ONLY: &[&str] = &["GET"];
 
 /// Matches `method` and `path` (the path only, without the query).
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
@@ -25,6 +29,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         ["channels", c, "events"] => (POST, Route::Publish(channel(c)?)),
         ["channels", c] => (GET, Route::ChannelInfo(channel(c)?)),
         ["poll", c] => (GET, Route::Poll(channel(c)?)),
+        ["sse", c] => (GET_ONLY, Route::Sse(channel(c)?)),
+        ["ws", c] => (GET_ONLY, Route::Ws(channel(c)?)),
         _ => return Err(Error::NotFound),
     };
     if allowed.contains(&method) {
@@ -63,6 +69,12 @@ mod tests {
         );
         assert_eq!(route("GET", "/poll/x.y"), Ok(Route::Poll(ch("x.y"))));
         assert_eq!(route("HEAD", "/poll/x"), Ok(Route::Poll(ch("x"))));
+        assert_eq!(route("GET", "/sse/x"), Ok(Route::Sse(ch("x"))));
+        assert_eq!(route("GET", "/ws/x"), Ok(Route::Ws(ch("x"))));
+        assert!(matches!(
+            route("POST", "/ws/x"),
+            Err(Error::MethodNotAllowed(_))
+        ));
     }
 
     #[test]

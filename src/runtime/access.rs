@@ -11,6 +11,15 @@ use worker::{Date, Env, Request};
 
 const SECRET: &str = "AUTH_SECRET";
 
+/// What an admitted request may do on its channel, for subscribers that live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The token also allows publishing here (a WebSocket may then publish).
+    pub publish: bool,
+    /// When the token expires (unix seconds); `None` for anonymous access to a public channel.
+    pub expires: Option<i64>,
+}
+
 /// `Ok` when the request may perform `action` on `channel`; 401 or 403 otherwise.
 pub fn check(
     req: &Request,
@@ -19,7 +28,7 @@ pub fn check(
     config: &Config,
     action: Action,
     channel: &ChannelName,
-) -> Result<(), Error> {
+) -> Result<Access, Error> {
     let header = req.headers().get("authorization").ok().flatten();
     let (token, source) = match header.as_deref() {
         Some(value) => (
@@ -33,7 +42,10 @@ pub fn check(
             None => {
                 let public = config.public_channels.iter().any(|p| p.matches(channel));
                 return if action == Action::Subscribe && public {
-                    Ok(())
+                    Ok(Access {
+                        publish: false,
+                        expires: None,
+                    })
                 } else {
                     Err(Error::Unauthorized(TokenFault::Missing))
                 };
@@ -50,7 +62,10 @@ pub fn check(
         config.query_token_max_seconds,
     )?;
     if grant.allows(action, channel) {
-        Ok(())
+        Ok(Access {
+            publish: grant.allows(Action::Publish, channel),
+            expires: Some(grant.exp),
+        })
     } else {
         let verb = match action {
             Action::Publish => "publish to",

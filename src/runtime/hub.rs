@@ -1,81 +1,50 @@
-//! The `ChannelHub` Durable Object, one per channel: numbers and stores events in its SQLite log
-//! and mirrors them to D1 in id order. Its trait methods only dispatch; the rules live in
-//! `channel` and `protocol`. The Worker reaches it through `Hub` with already validated input.
+//! The `ChannelHub` Durable Object, one per channel: numbers and stores events in its SQLite log,
+//! fans them out to its hibernatable subscribers, and mirrors them to D1 in id order. Its trait
+//! methods only dispatch; the rules live in `channel` and `protocol`. The Worker reaches it
+//! through `Hub` (see `client.rs`) with input it has already validated.
 
 use super::http::{internal, json, problem};
 use super::log::ChannelLog;
-use super::mirror;
+use super::subscribers::{self, Attachment};
+use super::{alarm, mirror};
+use crate::channel::fanout::Transport;
+use crate::channel::poll::StoredEvent;
+use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
+use crate::protocol::publish::PublishLimits;
+use crate::protocol::query::{parse_cursor, query_param};
+use crate::protocol::ws::{ack_frame, error_frame, parse_client, CloseCode, PING, PONG};
 use crate::protocol::ChannelName;
+use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::rc::Rc;
 use worker::wasm_bindgen;
 use worker::{
-    console_error, durable_object, Date, DurableObject, Env, Method, Request, RequestInit,
-    Response, Result, State, Stub,
+    console_error, durable_object, Date, DurableObject, Env, Method, Request, Response, Result,
+    State, WebSocket, WebSocketIncomingMessage,
 };
 
-const DO_BINDING: &str = "CHANNEL_HUB";
 /// The channel's name travels with every internal request: the object learns it on first use.
-const CHANNEL_HEADER: &str = "x-edgehub-channel";
-const PATH_PUBLISH: &str = "/publish";
-const PATH_INFO: &str = "/info";
+pub const CHANNEL_HEADER: &str = "x-edgehub-channel";
+/// Set by the Worker on a subscribe when the token also allows publishing.
+pub const PUBLISH_HEADER: &str = "x-edgehub-publish";
+/// Set by the Worker on a subscribe: the token's expiry, unix seconds.
+pub const EXPIRES_HEADER: &str = "x-edgehub-expires";
+pub const PATH_PUBLISH: &str = "/publish";
+pub const PATH_INFO: &str = "/info";
+pub const PATH_SUBSCRIBE: &str = "/subscribe";
 /// Events per D1 write while the mirror catches up.
 const MIRROR_BATCH: u64 = 500;
 /// How long after a failed D1 write the alarm retries.
-const MIRROR_RETRY_MS: i64 = 1000;
+const MIRROR_RETRY_MS: f64 = 1000.0;
 
-/// The Worker's handle on one channel's object.
-pub struct Hub {
-    stub: Stub,
-    channel: ChannelName,
-}
-
-impl Hub {
-    pub fn get(env: &Env, channel: &ChannelName) -> std::result::Result<Hub, Error> {
-        let stub = env
-            .durable_object(DO_BINDING)
-            .and_then(|ns| ns.id_from_name(channel.as_str())?.get_stub())
-            .map_err(internal("reaching the channel object"))?;
-        Ok(Hub {
-            stub,
-            channel: channel.clone(),
-        })
-    }
-
-    /// Stores a validated batch (`[{"type","data"}]`, data as a string of compact JSON).
-    pub async fn publish(&self, batch_json: String) -> std::result::Result<Response, Error> {
-        self.call(Method::Post, PATH_PUBLISH, Some(batch_json))
-            .await
-    }
-
-    pub async fn info(&self) -> std::result::Result<Response, Error> {
-        self.call(Method::Get, PATH_INFO, None).await
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> std::result::Result<Response, Error> {
-        let headers = worker::Headers::new();
-        headers
-            .set(CHANNEL_HEADER, self.channel.as_str())
-            .map_err(internal("building a hub request"))?;
-        let mut init = RequestInit::new();
-        init.with_method(method).with_headers(headers);
-        if let Some(body) = body {
-            init.with_body(Some(body.into()));
-        }
-        let req = Request::new_with_init(&format!("https://hub{path}"), &init)
-            .map_err(internal("building a hub request"))?;
-        self.stub
-            .fetch_with_request(req)
-            .await
-            .map_err(|e| Error::Unavailable(format!("channel object: {e}")))
-    }
+/// One event of a batch as the Worker sends it: `data` is a string of compact JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchItem {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: String,
 }
 
 #[durable_object]
@@ -83,7 +52,7 @@ pub struct ChannelHub {
     state: State,
     env: Env,
     log: Option<ChannelLog>,
-    /// Made when this instance is loaded: shows evictions from memory.
+    /// Made when this instance is loaded: shows evictions and hibernation.
     instance: String,
     /// Requests this instance has served: shows which requests reach the object at all.
     requests: Cell<u64>,
@@ -96,6 +65,10 @@ impl DurableObject for ChannelHub {
         let log = ChannelLog::open(&state.storage())
             .map_err(|e| console_error!("edgehub: opening the channel log: {e}"))
             .ok();
+        // `ping` is answered by the runtime itself, without waking the object.
+        if let Ok(pair) = worker::worker_sys::WebSocketRequestResponsePair::new(PING, PONG) {
+            let _ = state.as_raw().set_websocket_auto_response(&pair);
+        }
         ChannelHub {
             state,
             env,
@@ -112,60 +85,212 @@ impl DurableObject for ChannelHub {
     }
 
     async fn alarm(&self) -> Result<Response> {
+        let next_expiry = subscribers::close_expired(&self.state, now_s());
+        if let Some(exp) = next_expiry {
+            alarm::at_most(&self.state.storage(), exp as f64 * 1000.0).await;
+        }
         self.start_mirror();
         Response::empty()
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        let text = match message {
+            WebSocketIncomingMessage::String(text) => text,
+            WebSocketIncomingMessage::Binary(_) => {
+                let err = Error::bad_request("binary frames are not accepted; send JSON text");
+                let _ = ws.send_with_str(error_frame(&err, None));
+                return Ok(());
+            }
+        };
+        if text == PING {
+            let _ = ws.send_with_str(PONG);
+            return Ok(());
+        }
+        if let Err((err, reference)) = self.socket_publish(&ws, &text) {
+            let _ = ws.send_with_str(error_frame(&err, reference.as_deref()));
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
+        subscribers::close(&ws, CloseCode::Normal);
+        Ok(())
+    }
+
+    async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
+        subscribers::close(&ws, CloseCode::Reconnect);
+        Ok(())
     }
 }
 
 impl ChannelHub {
-    async fn dispatch(&self, mut req: Request) -> std::result::Result<Response, Error> {
-        let log = self
-            .log
+    fn log(&self) -> std::result::Result<&ChannelLog, Error> {
+        self.log
             .as_ref()
-            .ok_or_else(|| Error::Internal("the channel log did not open".into()))?;
-        let channel = req
-            .headers()
-            .get(CHANNEL_HEADER)
-            .ok()
-            .flatten()
+            .ok_or_else(|| Error::Internal("the channel log did not open".into()))
+    }
+
+    fn config(&self) -> Config {
+        Config::from_lookup(|name| self.env.var(name).ok().map(|v| v.to_string()))
+    }
+
+    async fn dispatch(&self, mut req: Request) -> std::result::Result<Response, Error> {
+        let channel = header(&req, CHANNEL_HEADER)
             .ok_or_else(|| Error::bad_request("internal request without a channel"))?;
         let channel = ChannelName::parse(&channel)?;
         match (req.method(), req.path().as_str()) {
             (Method::Post, PATH_PUBLISH) => {
-                let batch = req.text().await.map_err(internal("reading a batch"))?;
-                self.publish(log, &channel, batch)
+                let items: Vec<BatchItem> =
+                    req.json().await.map_err(internal("reading a batch"))?;
+                let stored = self.commit(&channel, items)?;
+                let time = serde_json::to_string(
+                    &format_time(stored.first().map_or(0, |e| e.time_ms)).unwrap_or_default(),
+                )?;
+                let ids: Vec<String> = stored
+                    .iter()
+                    .map(|e| format!("{{\"id\":{},\"time\":{time}}}", e.id))
+                    .collect();
+                json(201, format!("{{\"events\":[{}]}}", ids.join(",")))
+                    .map_err(internal("answering"))
             }
-            (Method::Get, PATH_INFO) => self.info(log, &channel),
+            (Method::Get, PATH_INFO) => self.info(&channel),
+            (Method::Get, PATH_SUBSCRIBE) => self.subscribe(&req, &channel).await,
             _ => Err(Error::NotFound),
         }
     }
 
-    fn publish(
+    /// Stores a batch atomically, then delivers it live and starts the mirror. Delivery comes
+    /// after the store, in id order, and a publish never waits for D1.
+    fn commit(
         &self,
-        log: &ChannelLog,
         channel: &ChannelName,
-        batch: String,
-    ) -> std::result::Result<Response, Error> {
-        let count: Vec<serde::de::IgnoredAny> =
-            serde_json::from_str(&batch).map_err(|e| Error::Internal(format!("batch: {e}")))?;
-        let count = count.len() as u64;
+        items: Vec<BatchItem>,
+    ) -> std::result::Result<Vec<StoredEvent>, Error> {
+        let log = self.log()?;
+        let batch =
+            serde_json::to_string(&items).map_err(|e| Error::Internal(format!("batch: {e}")))?;
         let now = Date::now().as_millis() as i64;
+        let count = items.len() as u64;
         let first = log
             .append(&self.state.storage(), channel.as_str(), batch, count, now)
             .map_err(internal("storing events"))?;
-        let time = serde_json::to_string(&format_time(now).unwrap_or_default())?;
-        let ids: Vec<String> = (first..first + count)
-            .map(|id| format!("{{\"id\":{id},\"time\":{time}}}"))
+        let stored: Vec<StoredEvent> = items
+            .into_iter()
+            .zip(first..)
+            .map(|(item, id)| StoredEvent {
+                id,
+                event_type: item.event_type,
+                data: item.data,
+                time_ms: now,
+            })
             .collect();
+        subscribers::fan_out(&self.state, channel, &stored);
         self.start_mirror();
-        json(201, format!("{{\"events\":[{}]}}", ids.join(","))).map_err(internal("answering"))
+        Ok(stored)
     }
 
-    fn info(
+    /// A publish sent over a subscriber's own WebSocket: same validation and storage as HTTP.
+    fn socket_publish(
         &self,
-        log: &ChannelLog,
+        ws: &WebSocket,
+        text: &str,
+    ) -> std::result::Result<(), (Error, Option<String>)> {
+        let config = self.config();
+        let limits = PublishLimits {
+            max_data_bytes: config.max_data_bytes,
+            max_batch: 1,
+        };
+        let publish = parse_client(text, limits)?;
+        let reference = publish.reference.clone();
+        let attachment = Attachment::read(ws);
+        if attachment.is_some_and(|a| a.expired(now_s())) {
+            subscribers::close(ws, CloseCode::TokenExpired);
+            return Ok(());
+        }
+        if !attachment.is_some_and(|a| a.publish) {
+            return Err((
+                Error::Forbidden("this socket's token may not publish here".into()),
+                reference,
+            ));
+        }
+        let channel = self
+            .log()
+            .and_then(|log| log.state().map_err(internal("reading the state")))
+            .map_err(|e| (e, reference.clone()))?
+            .and_then(|s| ChannelName::parse(&s.channel).ok());
+        let channel = channel.ok_or_else(|| {
+            (
+                Error::Internal("socket on a channel without a name".into()),
+                reference.clone(),
+            )
+        })?;
+        let item = BatchItem {
+            event_type: publish.event.event_type.as_str().to_string(),
+            data: publish.event.data,
+        };
+        let stored = self
+            .commit(&channel, vec![item])
+            .map_err(|e| (e, reference.clone()))?;
+        if let Some(event) = stored.first() {
+            let _ = ws.send_with_str(ack_frame(reference.as_deref(), event.id));
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        req: &Request,
         channel: &ChannelName,
     ) -> std::result::Result<Response, Error> {
+        let log = self.log()?;
+        if log
+            .state()
+            .map_err(internal("reading the state"))?
+            .is_none()
+        {
+            // Remember the name now, so a socket's publish on a fresh channel knows it.
+            log.name(channel.as_str())
+                .map_err(internal("naming the channel"))?;
+        }
+        let url = req.url().map_err(internal("reading the URL"))?;
+        let query = url.query().unwrap_or("");
+        let transport = query_param(query, "transport")
+            .and_then(Result::ok)
+            .and_then(|t| Transport::parse(&t))
+            .ok_or_else(|| Error::bad_request("internal subscribe without a transport"))?;
+        let cursor = query_param(query, "since")
+            .transpose()?
+            .map(|s| parse_cursor(&s))
+            .transpose()?;
+        let publish = header(req, PUBLISH_HEADER).is_some_and(|v| v == "1");
+        let exp = header(req, EXPIRES_HEADER).and_then(|v| v.parse::<i64>().ok());
+        let window = log.window().map_err(internal("reading the window"))?;
+        let client = subscribers::accept(
+            &self.state,
+            channel,
+            Attachment::new(transport, publish, exp),
+            cursor,
+            window,
+            |after, limit| log.after(after, limit),
+        )?;
+        if let Some(exp) = exp {
+            alarm::at_most(&self.state.storage(), exp as f64 * 1000.0).await;
+        }
+        Response::from_websocket(client).map_err(internal("answering"))
+    }
+
+    fn info(&self, channel: &ChannelName) -> std::result::Result<Response, Error> {
+        let log = self.log()?;
         let window = log.window().map_err(internal("reading the window"))?;
         let mirrored = log
             .state()
@@ -177,7 +302,10 @@ impl ChannelHub {
             "earliest": window.earliest,
             "retained": window.retained(),
             "mirrored": mirrored,
-            "subscribers": {"sse": 0, "ws": 0},
+            "subscribers": {
+                "sse": subscribers::sockets(&self.state, Transport::Sse).len(),
+                "ws": subscribers::sockets(&self.state, Transport::Ws).len(),
+            },
             "object": {"instance": self.instance, "requests": self.requests.get()},
         });
         json(200, body.to_string()).map_err(internal("answering"))
@@ -196,12 +324,10 @@ impl ChannelHub {
         self.pumping.set(true);
         let pumping = self.pumping.clone();
         let storage = self.state.storage();
-        self.state.wait_until(async move {
+        alarm::in_background(&self.state, async move {
             if let Err(e) = pump(&log, &db).await {
                 console_error!("edgehub: mirroring to D1 failed, retrying by alarm: {e}");
-                if let Err(e) = storage.set_alarm(MIRROR_RETRY_MS).await {
-                    console_error!("edgehub: setting the mirror alarm: {e}");
-                }
+                alarm::at_most(&storage, Date::now().as_millis() as f64 + MIRROR_RETRY_MS).await;
             }
             pumping.set(false);
         });
@@ -232,6 +358,14 @@ async fn pump(log: &ChannelLog, db: &worker::D1Database) -> Result<()> {
         .await?;
         log.set_mirrored(last)?;
     }
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+fn now_s() -> i64 {
+    (Date::now().as_millis() / 1000) as i64
 }
 
 fn instance_id() -> String {

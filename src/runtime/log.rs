@@ -140,6 +140,16 @@ impl ChannelLog {
             .collect())
     }
 
+    /// Records the channel's name before its first event (a subscriber can come first).
+    pub fn name(&self, channel: &str) -> worker::Result<()> {
+        self.sql.exec(
+            "INSERT INTO state (id, channel, head, mirrored) VALUES (1, ?1, 0, 0) \
+             ON CONFLICT (id) DO NOTHING",
+            vec![channel.into()],
+        )?;
+        Ok(())
+    }
+
     pub fn set_mirrored(&self, id: u64) -> worker::Result<()> {
         self.sql.exec(
             "UPDATE state SET mirrored = max(mirrored, ?1) WHERE id = 1",

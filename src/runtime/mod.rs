@@ -3,21 +3,25 @@
 //! the channel's Durable Object (`hub`). Errors become problem documents in `http::problem`.
 
 mod access;
+mod alarm;
+mod client;
 mod http;
 mod hub;
 mod log;
 mod mirror;
+mod sse;
+mod subscribers;
 
 use crate::auth::Action;
+use crate::channel::fanout::Transport;
 use crate::channel::poll::{cut_page, PollRequest};
 use crate::config::Config;
 use crate::error::Error;
-use crate::protocol::publish::{parse_publish, NewEvent, PublishLimits};
+use crate::protocol::publish::{parse_publish, PublishLimits};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
 use crate::protocol::{route, ChannelName, Route};
+use client::Hub;
 use http::{internal, is_json, json, problem, read_body};
-use hub::Hub;
-use serde::Serialize;
 use worker::{event, Context, Env, Request, Response, Result};
 
 #[event(start)]
@@ -55,7 +59,7 @@ async fn handle(
                 max_batch: config.max_batch,
             };
             let events = parse_publish(&body, limits)?;
-            Hub::get(env, &channel)?.publish(batch_json(&events)?).await
+            Hub::get(env, &channel)?.publish(&events).await
         }
         Route::ChannelInfo(channel) => {
             access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
@@ -65,7 +69,45 @@ async fn handle(
             access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
             poll(&req, &query, env, config, &channel).await
         }
+        Route::Ws(channel) => {
+            let upgrade = req.headers().get("upgrade").ok().flatten();
+            if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+                return Err(Error::UpgradeRequired);
+            }
+            let access = access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            let cursor = since(&query)?;
+            Hub::get(env, &channel)?
+                .subscribe(Transport::Ws, cursor, access)
+                .await
+        }
+        Route::Sse(channel) => {
+            let access = access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            // EventSource resumes with Last-Event-ID; it wins over the URL's original `since`.
+            let cursor = match req.headers().get("last-event-id").ok().flatten() {
+                Some(id) if !id.trim().is_empty() => Some(parse_cursor(id.trim())?),
+                _ => since(&query)?,
+            };
+            let upstream = Hub::get(env, &channel)?
+                .subscribe(Transport::Sse, cursor, access)
+                .await?;
+            if upstream.status_code() != 101 {
+                return Ok(upstream);
+            }
+            sse::bridge(
+                upstream,
+                config.heartbeat_seconds,
+                config.sse_max_seconds,
+                access.expires,
+            )
+        }
     }
+}
+
+fn since(query: &str) -> std::result::Result<Option<u64>, Error> {
+    query_param(query, "since")
+        .transpose()?
+        .map(|s| parse_cursor(&s))
+        .transpose()
 }
 
 /// `/poll` from the D1 mirror alone: the channel's object is never woken by a poll.
@@ -110,23 +152,4 @@ async fn poll(
         .set("cache-control", "no-cache")
         .map_err(internal("answering"))?;
     Ok(response)
-}
-
-/// The batch as the channel object stores it: `data` travels as a string of compact JSON, so
-/// the object inserts it without parsing it again.
-fn batch_json(events: &[NewEvent]) -> std::result::Result<String, Error> {
-    #[derive(Serialize)]
-    struct Item<'a> {
-        #[serde(rename = "type")]
-        event_type: &'a str,
-        data: &'a str,
-    }
-    let items: Vec<Item<'_>> = events
-        .iter()
-        .map(|e| Item {
-            event_type: e.event_type.as_str(),
-            data: &e.data,
-        })
-        .collect();
-    serde_json::to_string(&items).map_err(|e| Error::Internal(format!("encoding a batch: {e}")))
 }

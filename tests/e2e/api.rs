@@ -1,6 +1,6 @@
 //! The client side of the suite: one HTTP client (loopback only, no proxy), tokens minted with
 //! the crate's own `edgehub::auth::sign`, unique channel names, and thin request helpers that
-//! return a `Resp` for the tests to assert on. No assertions here beyond "the server answered".
+//! return a `Resp` for the tests to assert on (the one check here: `poll_all` wants 200 pages).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -24,7 +24,11 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 const KILL_GRACE: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 60;
 /// Lines after which `wrangler dev` stays up but will never serve: give up at once.
-const FATAL_LOG_LINES: &[&str] = &["The Workers runtime failed to start", "Custom build failed"];
+const FATAL_LOG_LINES: &[&str] = &[
+    "The Workers runtime failed to start",
+    "Custom build failed",
+    "Command failed with exit code",
+];
 
 /// Runs the hub's command in the background and holds it on `read` from our stdin pipe: when the
 /// test process dies, the pipe closes, and the watchdog takes the whole process group down
@@ -99,11 +103,13 @@ impl Hub {
         }
     }
 
-    /// Stops the hub and deletes its persist dir (a failed test skips this, leaving the dir and
-    /// its `wrangler.log` for a look).
+    /// Stops the hub and deletes its persist dir, unless `EDGEHUB_E2E_KEEP` is set (a failed
+    /// test skips this too, leaving the dir and its `wrangler.log` for a look).
     pub async fn cleanup(mut self) {
         self.stop().await;
-        let _ = fs::remove_dir_all(&self.dir);
+        if std::env::var_os("EDGEHUB_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 
     /// SIGKILL to the whole process group at once: a crash, no chance to flush anything.

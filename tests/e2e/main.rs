@@ -3,8 +3,9 @@
 //! uses its own channels, so they may run in parallel); durability tests start their own.
 //! Run with `make build` done first: `cargo test --test e2e [-- <filter>] [--test-threads N]`.
 
-// A test reports failure by panicking: assertions, `expect` and `panic!` are its vocabulary, so
-// the crate's no-panic lints, meant for request paths, do not apply to this test target.
+// A test reports failure by panicking: assertions, `expect`, `panic!` and indexing into answers
+// are its vocabulary. clippy.toml's allow-*-in-tests covers `#[test]` functions only, not this
+// `harness = false` target, so the crate's no-panic lints (meant for request paths) stop here.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

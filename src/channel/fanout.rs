@@ -1,0 +1,204 @@
+//! Delivery to live subscribers: events are encoded once per publish, per transport (a WebSocket
+//! frame per event; SSE text in chunks), and the same strings go to every subscriber of that
+//! transport through the `Sink` role. Replay for a new subscriber uses the same encoding.
+
+use super::poll::StoredEvent;
+use super::Replay;
+use crate::protocol::envelope::encode_envelope;
+use crate::protocol::{sse, ws, ChannelName, EventType};
+
+/// The largest SSE text sent to a bridge in one WebSocket message (the runtime caps messages
+/// at 1 MiB; one event's data is at most 64 KiB by default).
+pub const SSE_CHUNK_BYTES: usize = 256 * 1024;
+
+/// How a subscriber reads: its own WebSocket, or an SSE stream bridged by the Worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+impl Transport {
+    /// The hibernation tag a subscriber's socket carries.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "sse" => Some(Transport::Sse),
+            "ws" => Some(Transport::Ws),
+            _ => None,
+        }
+    }
+}
+
+/// Something a frame can be sent to; `false` when it can take no more (closed, failed).
+pub trait Sink {
+    fn send_text(&self, text: &str) -> bool;
+}
+
+/// A batch of events encoded for both transports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frames {
+    pub ws: Vec<String>,
+    pub sse: Vec<String>,
+}
+
+impl Frames {
+    /// Encodes `events` (ascending) once for each transport.
+    pub fn encode(channel: &ChannelName, events: &[StoredEvent]) -> Frames {
+        let mut frames = Frames::default();
+        let mut sse_chunk = String::new();
+        for e in events {
+            let envelope = encode_envelope(e.id, channel, &e.event_type, &e.data, e.time_ms);
+            frames.ws.push(ws::event_frame(&envelope));
+            let event_type = EventType::parse(&e.event_type).unwrap_or_default();
+            push_sse(
+                &mut frames.sse,
+                &mut sse_chunk,
+                &sse::event(e.id, &event_type, &e.data),
+            );
+        }
+        if !sse_chunk.is_empty() {
+            frames.sse.push(sse_chunk);
+        }
+        frames
+    }
+
+    /// What a new subscriber with this replay plan gets before live events: the gap notice if
+    /// any, then `events` (read from the log after the plan's starting point).
+    pub fn replay(channel: &ChannelName, plan: Replay, events: &[StoredEvent]) -> Frames {
+        let mut frames = Frames::encode(channel, events);
+        if let Replay::Gap {
+            requested,
+            earliest,
+        } = plan
+        {
+            frames.ws.insert(0, ws::gap_frame(requested, earliest));
+            frames.sse.insert(0, sse::gap(requested, earliest));
+        }
+        frames
+    }
+
+    pub fn for_transport(&self, transport: Transport) -> &[String] {
+        match transport {
+            Transport::Sse => &self.sse,
+            Transport::Ws => &self.ws,
+        }
+    }
+}
+
+fn push_sse(chunks: &mut Vec<String>, chunk: &mut String, text: &str) {
+    if !chunk.is_empty() && chunk.len() + text.len() > SSE_CHUNK_BYTES {
+        chunks.push(std::mem::take(chunk));
+    }
+    chunk.push_str(text);
+}
+
+/// Sends `frames` in order to each sink; returns the indices of sinks that failed, so the
+/// caller can close them (their subscribers reconnect with their cursor).
+pub fn deliver<S: Sink>(sinks: &[S], frames: &[String]) -> Vec<usize> {
+    if frames.is_empty() {
+        return Vec::new();
+    }
+    sinks
+        .iter()
+        .enumerate()
+        .filter(|(_, sink)| !frames.iter().all(|f| sink.send_text(f)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A subscriber that records what it got, or refuses everything.
+    struct FakeSink {
+        got: RefCell<Vec<String>>,
+        broken: bool,
+    }
+
+    impl Sink for FakeSink {
+        fn send_text(&self, text: &str) -> bool {
+            if !self.broken {
+                self.got.borrow_mut().push(text.to_string());
+            }
+            !self.broken
+        }
+    }
+
+    fn sink(broken: bool) -> FakeSink {
+        FakeSink {
+            got: RefCell::new(Vec::new()),
+            broken,
+        }
+    }
+
+    fn ev(id: u64, t: &str, data: &str) -> StoredEvent {
+        StoredEvent {
+            id,
+            event_type: t.into(),
+            data: data.into(),
+            time_ms: 0,
+        }
+    }
+
+    #[test]
+    fn one_encoding_reaches_every_sink_in_order() {
+        let c = ChannelName::parse("c").unwrap();
+        let frames = Frames::encode(&c, &[ev(1, "message", "1"), ev(2, "x", "{}")]);
+        assert_eq!(frames.ws.len(), 2);
+        assert!(frames.ws[0].starts_with(r#"{"op":"event","id":1,"#));
+        assert_eq!(
+            frames.sse,
+            vec!["id: 1\ndata: 1\n\nid: 2\nevent: x\ndata: {}\n\n".to_string()]
+        );
+        let sinks = [sink(false), sink(true), sink(false)];
+        assert_eq!(
+            deliver(&sinks, frames.for_transport(Transport::Ws)),
+            vec![1]
+        );
+        assert_eq!(*sinks[0].got.borrow(), frames.ws);
+        assert_eq!(*sinks[2].got.borrow(), frames.ws);
+    }
+
+    #[test]
+    fn replay_puts_the_gap_first() {
+        let c = ChannelName::parse("c").unwrap();
+        let plan = Replay::Gap {
+            requested: 1,
+            earliest: 5,
+        };
+        let frames = Frames::replay(&c, plan, &[ev(5, "message", "5")]);
+        assert_eq!(frames.ws[0], r#"{"op":"gap","requested":1,"earliest":5}"#);
+        assert!(frames.sse[0].starts_with("event: gap\n"));
+        assert!(frames.sse[1].starts_with("id: 5\n"));
+        assert_eq!(Frames::replay(&c, Replay::Live, &[]), Frames::default());
+    }
+
+    #[test]
+    fn sse_text_is_chunked_between_events() {
+        let c = ChannelName::parse("c").unwrap();
+        let big = format!("\"{}\"", "x".repeat(60 * 1024));
+        let events: Vec<StoredEvent> = (1..=10).map(|i| ev(i, "message", &big)).collect();
+        let frames = Frames::encode(&c, &events);
+        assert!(frames.sse.len() > 1);
+        assert!(frames
+            .sse
+            .iter()
+            .all(|s| s.len() <= SSE_CHUNK_BYTES && s.starts_with("id: ")));
+        assert_eq!(frames.sse.concat().matches("\n\n").count(), 10);
+    }
+
+    #[test]
+    fn nothing_to_send_fails_nobody() {
+        assert!(deliver(&[sink(true)], &[]).is_empty());
+    }
+}

@@ -1,0 +1,234 @@
+//! WebSocket messages: JSON text frames, server → client (`event`, `ready`, `gap`, `ack`,
+//! `error`) and client → server (`publish`), and the close codes. The text `ping` is answered
+//! `pong` by the runtime's auto-response without waking the channel's object.
+//! See `docs/API.md#websocket` and `docs/API.md#close-codes`.
+
+use super::names::EventType;
+use super::publish::{compact, NewEvent, PublishLimits};
+use crate::error::Error;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub const PING: &str = "ping";
+pub const PONG: &str = "pong";
+pub const OP_EVENT: &str = "event";
+pub const OP_READY: &str = "ready";
+pub const OP_GAP: &str = "gap";
+pub const OP_ACK: &str = "ack";
+pub const OP_ERROR: &str = "error";
+pub const OP_PUBLISH: &str = "publish";
+
+/// Close codes. 1000 and 4000-4099 mean "reconnect (with your cursor)"; 4100 and above mean
+/// "do not reconnect as you are": fix the request or get a fresh token first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: a normal close.
+    Normal,
+    /// 4000: the server ends the stream (lifetime reached, object restarting): reconnect.
+    Reconnect,
+    /// 4001: the subscriber fell too far behind and was dropped: reconnect with its cursor.
+    TooSlow,
+    /// 4101: the token expired: get a fresh one, then reconnect.
+    TokenExpired,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::Reconnect => 4000,
+            CloseCode::TooSlow => 4001,
+            CloseCode::TokenExpired => 4101,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "closed",
+            CloseCode::Reconnect => "stream ended, reconnect with your cursor",
+            CloseCode::TooSlow => "too far behind, reconnect with your cursor",
+            CloseCode::TokenExpired => "token expired",
+        }
+    }
+
+    /// True when a client should reconnect as it is.
+    pub fn reconnect(self) -> bool {
+        self.code() < 4100
+    }
+}
+
+/// `{"op":"event", …envelope}` from the envelope's JSON text (which starts with `{`).
+pub fn event_frame(envelope: &str) -> String {
+    match envelope.strip_prefix('{') {
+        Some(rest) => format!("{{\"op\":\"{OP_EVENT}\",{rest}"),
+        None => format!("{{\"op\":\"{OP_EVENT}\"}}"),
+    }
+}
+
+pub fn ready_frame(head: u64) -> String {
+    format!("{{\"op\":\"{OP_READY}\",\"head\":{head}}}")
+}
+
+pub fn gap_frame(requested: u64, earliest: u64) -> String {
+    format!("{{\"op\":\"{OP_GAP}\",\"requested\":{requested},\"earliest\":{earliest}}}")
+}
+
+/// The answer to a publish: `ref` is echoed exactly as the client sent it (any JSON).
+pub fn ack_frame(reference: Option<&str>, id: u64) -> String {
+    match reference {
+        Some(r) => format!("{{\"op\":\"{OP_ACK}\",\"ref\":{r},\"id\":{id}}}"),
+        None => format!("{{\"op\":\"{OP_ACK}\",\"id\":{id}}}"),
+    }
+}
+
+pub fn error_frame(err: &Error, reference: Option<&str>) -> String {
+    let detail = serde_json::to_string(&err.problem().detail).unwrap_or_else(|_| "\"\"".into());
+    let reference = reference.map_or_else(String::new, |r| format!(",\"ref\":{r}"));
+    format!(
+        "{{\"op\":\"{OP_ERROR}\",\"status\":{},\"code\":\"{}\",\"detail\":{detail}{reference}}}",
+        err.status(),
+        err.code()
+    )
+}
+
+/// A client's publish, validated like an HTTP publish of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPublish {
+    pub event: NewEvent,
+    /// The client's `ref`, compact JSON, echoed in the ack or error.
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishFrame<'a> {
+    /// Already checked through `AnyFrame`; declared so `deny_unknown_fields` accepts it.
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    /// Read through `AnyFrame`; declared so `deny_unknown_fields` accepts it.
+    #[serde(rename = "ref")]
+    _reference: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct AnyFrame<'a> {
+    op: Option<String>,
+    #[serde(borrow, rename = "ref")]
+    reference: Option<&'a RawValue>,
+}
+
+/// Parses a client text frame. On failure, also returns the frame's `ref` when one could be
+/// read, so the error can name the request it answers.
+pub fn parse_client(
+    text: &str,
+    limits: PublishLimits,
+) -> Result<ClientPublish, (Error, Option<String>)> {
+    let head: AnyFrame<'_> = serde_json::from_str(text).map_err(|e| {
+        (
+            Error::InvalidJson(format!("a frame is one JSON object: {e}")),
+            None,
+        )
+    })?;
+    let reference = head.reference.map(|r| compact(r.get()));
+    if head.op.as_deref() != Some(OP_PUBLISH) {
+        let err =
+            Error::bad_request("unknown op: the only client op is \"publish\" (and the text ping)");
+        return Err((err, reference));
+    }
+    let frame: PublishFrame<'_> = serde_json::from_str(text).map_err(|e| {
+        let err = Error::bad_request(format!(
+            "publish is {{\"op\",\"type\"?,\"data\",\"ref\"?}}: {e}"
+        ));
+        (err, reference.clone())
+    })?;
+    let event_type = match frame.event_type {
+        Some(t) => EventType::parse(&t).map_err(|e| (e, reference.clone()))?,
+        None => EventType::default(),
+    };
+    let data = compact(frame.data.get());
+    if data.len() > limits.max_data_bytes {
+        let err = Error::TooLarge(format!(
+            "an event's data may be at most {} bytes serialised",
+            limits.max_data_bytes
+        ));
+        return Err((err, reference));
+    }
+    Ok(ClientPublish {
+        event: NewEvent { event_type, data },
+        reference,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: PublishLimits = PublishLimits {
+        max_data_bytes: 16,
+        max_batch: 1,
+    };
+
+    #[test]
+    fn server_frames() {
+        assert_eq!(
+            event_frame(r#"{"id":1,"data":2}"#),
+            r#"{"op":"event","id":1,"data":2}"#
+        );
+        assert_eq!(ready_frame(5), r#"{"op":"ready","head":5}"#);
+        assert_eq!(
+            gap_frame(2, 9),
+            r#"{"op":"gap","requested":2,"earliest":9}"#
+        );
+        assert_eq!(
+            ack_frame(Some("\"a\""), 3),
+            r#"{"op":"ack","ref":"a","id":3}"#
+        );
+        assert_eq!(ack_frame(None, 3), r#"{"op":"ack","id":3}"#);
+        let e: serde_json::Value =
+            serde_json::from_str(&error_frame(&Error::Forbidden("no".into()), Some("7"))).unwrap();
+        assert_eq!(
+            (e["op"].as_str(), e["status"].as_u64(), e["ref"].as_u64()),
+            (Some("error"), Some(403), Some(7))
+        );
+    }
+
+    #[test]
+    fn client_frames() {
+        let ok = parse_client(
+            r#"{"op":"publish","type":"t","data":{"x": 1},"ref":"r1"}"#,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(ok.event.data, r#"{"x":1}"#);
+        assert_eq!(ok.event.event_type.as_str(), "t");
+        assert_eq!(ok.reference.as_deref(), Some("\"r1\""));
+        let cases = [
+            ("nope", 400, None),
+            ("[1]", 400, None),
+            (r#"{"op":"subscribe","ref":1}"#, 400, Some("1")),
+            (r#"{"op":"publish","ref":2}"#, 400, Some("2")),
+            (
+                r#"{"op":"publish","data":1,"type":"bad type","ref":3}"#,
+                400,
+                Some("3"),
+            ),
+            (r#"{"op":"publish","data":"0123456789abcdef"}"#, 413, None),
+            (r#"{"op":"publish","data":1,"extra":1}"#, 400, None),
+        ];
+        for (text, status, reference) in cases {
+            let (err, r) = parse_client(text, LIMITS).unwrap_err();
+            assert_eq!((err.status(), r.as_deref()), (status, reference), "{text}");
+        }
+    }
+
+    #[test]
+    fn close_code_table() {
+        assert!(CloseCode::Reconnect.reconnect() && CloseCode::TooSlow.reconnect());
+        assert!(!CloseCode::TokenExpired.reconnect());
+        assert_eq!(CloseCode::TokenExpired.code(), 4101);
+    }
+}

@@ -1,0 +1,113 @@
+//! The Worker's SSE bridge: answers the client with `text/event-stream` at once, subscribes to
+//! the channel's object over a hibernatable WebSocket, and pipes the SSE text the object sends
+//! (already framed, once per publish) into the stream, adding heartbeats. The stream ends after
+//! `SSE_MAX_SECONDS`, when the token expires, or when the object closes the socket; when the
+//! client goes away, dropping the stream closes the socket, so the object forgets it.
+
+use super::http::internal;
+use crate::error::Error;
+use crate::protocol::sse;
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::future::{select, Either};
+use futures::{stream, StreamExt};
+use std::time::Duration;
+use worker::{Date, Delay, Headers, Response, WebSocket, WebsocketEvent};
+
+/// Closes the object's socket when the client's stream is dropped, whatever the reason.
+struct CloseOnDrop(WebSocket);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.close(Some(1000), Some("sse client gone"));
+    }
+}
+
+struct Bridge {
+    frames: UnboundedReceiver<String>,
+    /// Unix milliseconds at which the stream ends cleanly.
+    deadline_ms: f64,
+    heartbeat: Duration,
+    _socket: CloseOnDrop,
+}
+
+enum Step {
+    Frame(String),
+    Heartbeat,
+    End,
+}
+
+/// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream.
+pub fn bridge(
+    upstream: Response,
+    heartbeat_s: u64,
+    lifetime_s: u64,
+    token_exp: Option<i64>,
+) -> Result<Response, Error> {
+    let socket = upstream
+        .websocket()
+        .ok_or_else(|| Error::Unavailable("the channel object did not open a socket".into()))?;
+    socket
+        .accept()
+        .map_err(internal("accepting the hub socket"))?;
+    let (tx, rx) = unbounded();
+    worker::wasm_bindgen_futures::spawn_local(forward(socket.clone(), tx));
+
+    let mut deadline_ms = Date::now().as_millis() as f64 + lifetime_s as f64 * 1000.0;
+    if let Some(exp) = token_exp {
+        deadline_ms = deadline_ms.min(exp as f64 * 1000.0);
+    }
+    let bridge = Bridge {
+        frames: rx,
+        deadline_ms,
+        heartbeat: Duration::from_secs(heartbeat_s),
+        _socket: CloseOnDrop(socket),
+    };
+    let preamble =
+        stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
+    let body = preamble.chain(stream::unfold(bridge, next_chunk));
+    let headers = Headers::new();
+    let set = |k: &str, v: &str| headers.set(k, v).map_err(internal("answering"));
+    set("content-type", sse::CONTENT_TYPE)?;
+    set("cache-control", sse::CACHE_CONTROL)?;
+    set("x-accel-buffering", "no")?;
+    Ok(Response::from_stream(body)
+        .map_err(internal("answering"))?
+        .with_headers(headers))
+}
+
+async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
+    let left_ms = bridge.deadline_ms - Date::now().as_millis() as f64;
+    if left_ms <= 0.0 {
+        return None;
+    }
+    let wait = bridge.heartbeat.min(Duration::from_millis(left_ms as u64));
+    let step = match select(bridge.frames.next(), Delay::from(wait)).await {
+        Either::Left((Some(frame), _)) => Step::Frame(frame),
+        Either::Left((None, _)) => Step::End,
+        Either::Right(_) => Step::Heartbeat,
+    };
+    match step {
+        Step::Frame(text) => Some((Ok(text.into_bytes()), bridge)),
+        Step::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
+        Step::End => None,
+    }
+}
+
+/// Moves the object's text frames into the stream until either side closes.
+async fn forward(socket: WebSocket, tx: UnboundedSender<String>) {
+    let Ok(mut events) = socket.events() else {
+        return;
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(WebsocketEvent::Message(message)) => {
+                if let Some(text) = message.text() {
+                    if tx.unbounded_send(text).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+        }
+    }
+}
