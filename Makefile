@@ -6,7 +6,7 @@ SHELL := /bin/bash
 WORKER_BUILD_VERSION := 0.8.7
 # wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock.
 WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3; exit}' Cargo.lock)
-CARGO_BIN := $(HOME)/.cargo/bin
+CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 PORT ?= 8787
 
 export WASM_BINDGEN_BIN := $(CARGO_BIN)/wasm-bindgen
