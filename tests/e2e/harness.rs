@@ -47,6 +47,25 @@ pub struct HubOptions {
     pub vars: Vec<(String, String)>,
 }
 
+/// The shared hub's heartbeat: short, so a gone SSE client leaves the subscriber set quickly.
+pub const SHARED_HEARTBEAT_SECONDS: u64 = 2;
+
+impl HubOptions {
+    /// The suite's shared hub.
+    pub fn shared() -> HubOptions {
+        HubOptions::with_vars(&[("HEARTBEAT_SECONDS", &SHARED_HEARTBEAT_SECONDS.to_string())])
+    }
+
+    pub fn with_vars(vars: &[(&str, &str)]) -> HubOptions {
+        HubOptions {
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
 /// A running (or stopped) hub and the persist directory it owns.
 pub struct Hub {
     opts: HubOptions,

@@ -2,6 +2,7 @@
 //! One hub is started for the suite and shared by every test that does not need its own (each
 //! uses its own channels, so they may run in parallel); durability tests start their own.
 //! Run with `make build` done first: `cargo test --test e2e [-- <filter>] [--test-threads N]`.
+//! Reports that assert nothing about time are ignored unless asked for: `-- --ignored latency`.
 
 // A test reports failure by panicking: assertions, `expect`, `panic!` and indexing into answers
 // are its vocabulary. clippy.toml's allow-*-in-tests covers `#[test]` functions only, not this
@@ -17,8 +18,16 @@ mod api;
 mod auth;
 mod durability;
 mod harness;
+mod live;
+mod live_auth;
+mod load;
 mod poll;
 mod publish;
+mod sse;
+mod sse_client;
+mod sse_parser;
+mod ws;
+mod ws_client;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,10 +43,12 @@ const TRIAL_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub type TestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// One test: its name, whether it uses the suite's shared hub, and its body.
+/// One test: its name, whether it uses the suite's shared hub, whether it only runs when asked
+/// for (`-- --ignored`), and its body.
 pub struct Case {
     pub name: &'static str,
     pub shared_hub: bool,
+    pub ignored: bool,
     pub run: fn(Api) -> TestFuture,
 }
 
@@ -48,6 +59,33 @@ macro_rules! case {
         $crate::Case {
             name: stringify!($f),
             shared_hub: true,
+            ignored: false,
+            run: |api| Box::pin($f(api)),
+        }
+    };
+}
+
+/// A shared-hub test that runs only when asked for (`-- --ignored`): reports, not checks.
+#[macro_export]
+macro_rules! case_ignored {
+    ($f:ident) => {
+        $crate::Case {
+            name: stringify!($f),
+            shared_hub: true,
+            ignored: true,
+            run: |api| Box::pin($f(api)),
+        }
+    };
+}
+
+/// A test that needs no hub at all (the test clients' own unit tests).
+#[macro_export]
+macro_rules! case_no_hub {
+    ($f:ident) => {
+        $crate::Case {
+            name: stringify!($f),
+            shared_hub: false,
+            ignored: false,
             run: |api| Box::pin($f(api)),
         }
     };
@@ -60,6 +98,7 @@ macro_rules! case_own_hub {
         $crate::Case {
             name: stringify!($f),
             shared_hub: false,
+            ignored: false,
             run: |api| Box::pin($f(api)),
         }
     };
@@ -72,17 +111,26 @@ fn main() {
         poll::cases(),
         auth::cases(),
         durability::cases(),
+        sse_parser::cases(),
+        sse::cases(),
+        ws::cases(),
+        live::cases(),
+        live_auth::cases(),
+        load::cases(),
     ]
     .into_iter()
     .flatten()
     .collect();
 
-    let selected = |c: &Case| !args.is_filtered_out(&Trial::test(c.name, || Ok(())));
+    let selected = |c: &Case| {
+        let trial = Trial::test(c.name, || Ok(())).with_ignored_flag(c.ignored);
+        !args.is_ignored(&trial) && !args.is_filtered_out(&trial)
+    };
     let need_hub = !args.list && cases.iter().any(|c| c.shared_hub && selected(c));
     let started = Instant::now();
     let mut hub = None;
     if need_hub {
-        match rt().block_on(Hub::start(HubOptions::default())) {
+        match rt().block_on(Hub::start(HubOptions::shared())) {
             Ok(h) => {
                 eprintln!(
                     "e2e: hub up at {} after {:.1?}",
@@ -106,7 +154,7 @@ fn main() {
         .into_iter()
         .map(|case| {
             let api = Api::new(&base);
-            Trial::test(case.name, move || run(case.run, api))
+            Trial::test(case.name, move || run(case.run, api)).with_ignored_flag(case.ignored)
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
