@@ -10,6 +10,7 @@ use crate::error::Error;
 pub enum Route {
     Health,
     Publish(ChannelName),
+    Purge(ChannelName),
     ChannelInfo(ChannelName),
     Poll(ChannelName),
     Sse(ChannelName),
@@ -18,6 +19,15 @@ pub enum Route {
 }
 
 impl Route {
+    /// Picks between the two routes one path holds: `other` for `DELETE`.
+    fn for_method(self, method: &str, other: Route) -> Route {
+        if method == "DELETE" {
+            other
+        } else {
+            self
+        }
+    }
+
     /// Where a token may come from the query string: only where a client cannot set a header
     /// (`EventSource`, browser WebSockets) and on polls, which may be plain links.
     pub fn takes_query_token(&self) -> bool {
@@ -27,6 +37,7 @@ impl Route {
 
 const GET: &[&str] = &["GET", "HEAD"];
 const POST: &[&str] = &["POST"];
+const POST_DELETE: &[&str] = &["POST", "DELETE"];
 /// Streams have no meaningful HEAD.
 const GET_ONLY: &[&str] = &["GET"];
 
@@ -35,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("HEAD", "/healthz"),
     ("POST", "/channels/{channel}/events"),
+    ("DELETE", "/channels/{channel}/events"),
     ("GET", "/channels/{channel}"),
     ("HEAD", "/channels/{channel}"),
     ("GET", "/poll/{channel}"),
@@ -45,12 +57,18 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The path alone: which route it is and which methods it takes.
-pub fn match_path(path: &str) -> Result<(&'static [&'static str], Route), Error> {
+pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], Route), Error> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     Ok(match segments.as_slice() {
         ["healthz"] => (GET, Route::Health),
         ["tokens"] => (POST, Route::MintToken),
-        ["channels", c, "events"] => (POST, Route::Publish(channel(c)?)),
+        ["channels", c, "events"] => {
+            let c = channel(c)?;
+            (
+                POST_DELETE,
+                Route::Publish(c.clone()).for_method(method, Route::Purge(c)),
+            )
+        }
         ["channels", c] => (GET, Route::ChannelInfo(channel(c)?)),
         ["poll", c] => (GET, Route::Poll(channel(c)?)),
         ["sse", c] => (GET_ONLY, Route::Sse(channel(c)?)),
@@ -61,7 +79,7 @@ pub fn match_path(path: &str) -> Result<(&'static [&'static str], Route), Error>
 
 /// Matches `method` and `path` (the path only, without the query).
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
-    let (allowed, found) = match_path(path)?;
+    let (allowed, found) = match_path(method, path)?;
     if allowed.contains(&method) {
         Ok(found)
     } else {
@@ -101,6 +119,10 @@ mod tests {
         assert_eq!(route("GET", "/sse/x"), Ok(Route::Sse(ch("x"))));
         assert_eq!(route("GET", "/ws/x"), Ok(Route::Ws(ch("x"))));
         assert_eq!(route("POST", "/tokens"), Ok(Route::MintToken));
+        assert_eq!(
+            route("DELETE", "/channels/c/events"),
+            Ok(Route::Purge(ch("c")))
+        );
         assert!(matches!(
             route("POST", "/ws/x"),
             Err(Error::MethodNotAllowed(_))

@@ -14,7 +14,7 @@ pub fn preflight(req: &Request, origin: Option<&str>, config: &Config) -> Result
     let url = req
         .url()
         .map_err(|_| Error::bad_request("unreadable URL"))?;
-    let (methods, _) = match_path(url.path())?;
+    let (methods, _) = match_path("OPTIONS", url.path())?;
     let allowed = origin
         .and_then(|o| allow_origin(&config.cors_origins, o))
         .ok_or_else(|| {

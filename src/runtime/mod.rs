@@ -21,7 +21,7 @@ use crate::channel::poll::{cut_page, PollRequest};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
-use crate::protocol::publish::{parse_publish, PublishLimits};
+use crate::protocol::publish::{parse_idempotency_key, parse_publish, PublishLimits};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
 use crate::protocol::{route, ChannelName, Route};
 use access::Credentials;
@@ -76,7 +76,17 @@ async fn handle(
                 max_batch: config.max_batch,
             };
             let events = parse_publish(&body, limits)?;
-            Hub::get(env, &channel)?.publish(&events).await
+            let key = match req.headers().get("idempotency-key").ok().flatten() {
+                Some(k) => Some(parse_idempotency_key(k.trim())?),
+                None => None,
+            };
+            Hub::get(env, &channel)?
+                .publish(&events, key.as_deref())
+                .await
+        }
+        Route::Purge(channel) => {
+            credentials.check(env, config, Action::Publish, &channel)?;
+            Hub::get(env, &channel)?.purge().await
         }
         Route::ChannelInfo(channel) => {
             credentials.check(env, config, Action::Subscribe, &channel)?;
