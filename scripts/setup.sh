@@ -19,7 +19,7 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
 
-if ! worker-build --version 2>/dev/null | grep -q " $WORKER_BUILD_VERSION\$"; then
+if ! worker-build --version 2>/dev/null | grep -Eq "(^| )$WORKER_BUILD_VERSION\$"; then
   cargo install --locked --force worker-build --version "$WORKER_BUILD_VERSION"
 fi
 
