@@ -13,7 +13,7 @@ export WRANGLER_SEND_METRICS := false
 # Keep wrangler off the network: no request.cf download, no telemetry.
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock
 WRANGLER := node_modules/.bin/wrangler
 
 .PHONY: help setup dev test build bundle check token clean

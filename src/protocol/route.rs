@@ -8,6 +8,7 @@ use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    Demo,
     Health,
     Publish(ChannelName),
     Purge(ChannelName),
@@ -43,6 +44,8 @@ const GET_ONLY: &[&str] = &["GET"];
 
 /// Every route as (method, path template), as `docs/openapi.yaml` lists them.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("HEAD", "/"),
     ("GET", "/healthz"),
     ("HEAD", "/healthz"),
     ("POST", "/channels/{channel}/events"),
@@ -60,6 +63,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], Route), Error> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     Ok(match segments.as_slice() {
+        [""] => (GET, Route::Demo),
         ["healthz"] => (GET, Route::Health),
         ["tokens"] => (POST, Route::MintToken),
         ["channels", c, "events"] => {
@@ -106,6 +110,7 @@ mod tests {
     #[test]
     fn table() {
         assert_eq!(route("GET", "/healthz"), Ok(Route::Health));
+        assert_eq!(route("GET", "/"), Ok(Route::Demo));
         assert_eq!(
             route("POST", "/channels/orders/events"),
             Ok(Route::Publish(ch("orders")))
@@ -137,6 +142,7 @@ mod tests {
         }
         let listed = |m: &str, t: &str| ROUTES.contains(&(m, t));
         for template in [
+            "/",
             "/healthz",
             "/tokens",
             "/channels/{channel}/events",

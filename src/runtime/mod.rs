@@ -7,6 +7,7 @@ mod access;
 mod alarm;
 mod client;
 mod cors;
+mod demo;
 mod http;
 mod hub;
 mod log;
@@ -65,6 +66,7 @@ async fn handle(
     let credentials = Credentials::read(&req, &query, found.takes_query_token())?;
     match found {
         Route::Health => json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering")),
+        Route::Demo => demo::page(env, config),
         Route::Publish(channel) => {
             credentials.check(env, config, Action::Publish, &channel)?;
             if !is_json(&req) {
