@@ -3,9 +3,6 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-WORKER_BUILD_VERSION := 0.8.7
-# wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock.
-WASM_BINDGEN_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3; exit}' Cargo.lock)
 CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 PORT ?= 8787
 
@@ -16,7 +13,7 @@ export WRANGLER_SEND_METRICS := false
 # Keep wrangler off the network: no request.cf download, no telemetry.
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock
 WRANGLER := node_modules/.bin/wrangler
 
 .PHONY: help setup dev test build bundle check token clean
@@ -26,32 +23,9 @@ help:
 	@echo "make test   install what is missing, then run every test"
 	@echo "make token  print a development token (ARGS='--publish \"*\" --subscribe \"*\"')"
 
-setup: .tools/rust-target .tools/worker-build-$(WORKER_BUILD_VERSION) .tools/wasm-bindgen-$(WASM_BINDGEN_VERSION) node_modules/.installed .dev.vars
-
-.tools/rust-target:
-	@mkdir -p .tools
-	rustup target add wasm32-unknown-unknown
-	@touch $@
-
-.tools/worker-build-$(WORKER_BUILD_VERSION):
-	@mkdir -p .tools
-	@if worker-build --version 2>/dev/null | grep -q '$(WORKER_BUILD_VERSION)'; then echo "worker-build $(WORKER_BUILD_VERSION) present"; \
-	else cargo install --locked worker-build --version $(WORKER_BUILD_VERSION); fi
-	@touch $@
-
-.tools/wasm-bindgen-$(WASM_BINDGEN_VERSION):
-	@mkdir -p .tools
-	@test -n "$(WASM_BINDGEN_VERSION)" || { echo "no wasm-bindgen in Cargo.lock"; exit 1; }
-	@if wasm-bindgen --version 2>/dev/null | grep -q ' $(WASM_BINDGEN_VERSION)$$'; then echo "wasm-bindgen $(WASM_BINDGEN_VERSION) present"; \
-	else cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --force; fi
-	@touch $@
-
-node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund
-	@touch $@
-
-.dev.vars:
-	cp .dev.vars.example .dev.vars
+# Installs whatever is missing (see scripts/setup.sh); quick when everything is there.
+setup:
+	@scripts/setup.sh
 
 # The Worker bundle: build/worker/shim.mjs and the wasm beside it.
 build: setup build/worker/shim.mjs
@@ -87,4 +61,4 @@ token: setup
 	@cargo run -q --bin edgehub-token -- $(ARGS)
 
 clean:
-	rm -rf build target .tools .wrangler
+	rm -rf build target .wrangler

@@ -21,6 +21,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// True only under the local development config (`.dev.vars`).
     pub development: bool,
+    /// Fault switch for tests: every D1 mirror write fails. Honoured only in development.
+    pub fault_d1_writes: bool,
 }
 
 impl Config {
@@ -33,6 +35,8 @@ impl Config {
         };
         let size =
             |name: &str, default: u64| usize::try_from(num(name, default)).unwrap_or(usize::MAX);
+        let flag = |name: &str| var(name).is_some_and(|v| v.trim() == "1");
+        let development = flag("EDGEHUB_DEV");
         let poll_max_limit = u32::try_from(num("POLL_MAX_LIMIT", 1000))
             .unwrap_or(1000)
             .max(1);
@@ -61,7 +65,8 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect(),
-            development: var("EDGEHUB_DEV").is_some_and(|v| v.trim() == "1"),
+            development,
+            fault_d1_writes: development && flag("EDGEHUB_FAULT_D1_WRITES"),
         }
     }
 }
@@ -91,6 +96,17 @@ mod tests {
         assert_eq!((c.poll_default_limit, c.poll_max_limit), (100, 1000));
         assert!(c.public_channels.is_empty());
         assert!(!c.development);
+        assert!(!c.fault_d1_writes);
+    }
+
+    #[test]
+    fn the_fault_switch_works_only_in_development() {
+        let prod = Config::from_lookup(|k| (k == "EDGEHUB_FAULT_D1_WRITES").then(|| "1".into()));
+        assert!(!prod.fault_d1_writes);
+        let dev = Config::from_lookup(|k| {
+            matches!(k, "EDGEHUB_FAULT_D1_WRITES" | "EDGEHUB_DEV").then(|| "1".into())
+        });
+        assert!(dev.fault_d1_writes);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum Error {
     MethodNotAllowed(&'static [&'static str]),
     /// 413: a configured limit was passed; the string names the limit.
     TooLarge(String),
+    /// 422: an `Idempotency-Key` reused with a different body.
+    IdempotencyConflict,
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
     /// 426: a WebSocket route reached without `Upgrade: websocket`.
@@ -91,6 +93,7 @@ impl Error {
             Error::MethodNotAllowed(_) => 405,
             Error::TooLarge(_) => 413,
             Error::UnsupportedMediaType => 415,
+            Error::IdempotencyConflict => 422,
             Error::UpgradeRequired => 426,
             Error::Internal(_) => 500,
             Error::Unavailable(_) => 503,
@@ -110,6 +113,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::TooLarge(_) => "too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::IdempotencyConflict => "idempotency_conflict",
             Error::UpgradeRequired => "upgrade_required",
             Error::Internal(_) => "internal",
             Error::Unavailable(_) => "unavailable",
@@ -126,6 +130,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "Method not allowed",
             Error::TooLarge(_) => "Payload too large",
             Error::UnsupportedMediaType => "Unsupported media type",
+            Error::IdempotencyConflict => "Idempotency key reused",
             Error::UpgradeRequired => "Upgrade required",
             Error::Internal(_) => "Internal error",
             Error::Unavailable(_) => "Service unavailable",
@@ -142,6 +147,9 @@ impl Error {
             Error::NotFound => "no such route".to_string(),
             Error::MethodNotAllowed(allowed) => format!("allowed: {}", allowed.join(", ")),
             Error::UnsupportedMediaType => "send the body as application/json".to_string(),
+            Error::IdempotencyConflict => {
+                "this idempotency key was used with a different body; use a new key".to_string()
+            }
             Error::UpgradeRequired => {
                 "this route is a WebSocket: send Upgrade: websocket".to_string()
             }

@@ -3,6 +3,7 @@
 
 pub mod fanout;
 pub mod poll;
+pub mod retention;
 
 /// What a channel holds: ids `earliest..=head` are retained. `head` is the last id ever given
 /// (0 before the first publish); `earliest` is `head + 1` when nothing is retained.

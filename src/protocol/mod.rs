@@ -2,6 +2,7 @@
 //! cursors and request-line helpers, SSE framing and WebSocket messages. Nothing here touches the
 //! runtime; see `docs/API.md`.
 
+pub mod cors;
 pub mod envelope;
 pub mod names;
 pub mod publish;

@@ -97,6 +97,38 @@ fn parse_item(item: &RawValue, limits: PublishLimits) -> Result<NewEvent, Error>
     Ok(NewEvent { event_type, data })
 }
 
+/// The longest `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
+
+/// An `Idempotency-Key`: 1-255 visible ASCII characters, so it is safe as a storage key and in
+/// logs.
+pub fn parse_idempotency_key(s: &str) -> Result<String, Error> {
+    let ok = !s.is_empty()
+        && s.len() <= IDEMPOTENCY_KEY_MAX_LEN
+        && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(Error::bad_request(
+            "an idempotency key is 1-255 visible ASCII characters",
+        ))
+    }
+}
+
+/// A digest of a batch's types and data, to tell a retry (same body) from a reuse of the key
+/// with another body. Each part is length-prefixed, so no two batches share an input.
+pub fn fingerprint<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (event_type, data) in items {
+        for part in [event_type, data] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Drops the whitespace between JSON tokens of already-valid JSON, keeping every string and
 /// number exactly as sent (re-serialising through `Value` would round large numbers). The result
 /// is one line, which SSE framing relies on: JSON strings cannot hold a raw newline.
@@ -181,6 +213,22 @@ mod tests {
     fn batch_errors_name_the_item() {
         let err = parse(r#"[{"data":1},{"data":1,"type":"no good"}]"#).err();
         assert!(matches!(err, Some(Error::BadRequest(m)) if m.starts_with("events[1]")));
+    }
+
+    #[test]
+    fn idempotency_keys_and_fingerprints() {
+        assert!(parse_idempotency_key("order-7/retry:1").is_ok());
+        for bad in ["", "has space", "tab\t", "é", &"k".repeat(256)] {
+            assert!(parse_idempotency_key(bad).is_err(), "{bad:?}");
+        }
+        let a = fingerprint([("message", "1")]);
+        assert_eq!(a, fingerprint([("message", "1")]));
+        assert_ne!(a, fingerprint([("message", "2")]));
+        assert_ne!(fingerprint([("ab", "c")]), fingerprint([("a", "bc")]));
+        assert_ne!(
+            fingerprint([("a", "1"), ("a", "2")]),
+            fingerprint([("a", "2"), ("a", "1")])
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The route table: method and path in, a typed `Route` out, with the channel already decoded
 //! and validated. 404 for an unknown path, 405 (with `Allow`) for a known path and wrong method.
-//! `docs/openapi.yaml` lists the same routes.
+//! `ROUTES` lists the same table for `docs/openapi.yaml`, and a test holds the two together.
 
 use super::names::ChannelName;
 use super::query::percent_decode;
@@ -8,31 +8,82 @@ use crate::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    Demo,
     Health,
     Publish(ChannelName),
+    Purge(ChannelName),
     ChannelInfo(ChannelName),
     Poll(ChannelName),
     Sse(ChannelName),
     Ws(ChannelName),
+    MintToken,
+}
+
+impl Route {
+    /// Picks between the two routes one path holds: `other` for `DELETE`.
+    fn for_method(self, method: &str, other: Route) -> Route {
+        if method == "DELETE" {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// Where a token may come from the query string: only where a client cannot set a header
+    /// (`EventSource`, browser WebSockets) and on polls, which may be plain links.
+    pub fn takes_query_token(&self) -> bool {
+        matches!(self, Route::Poll(_) | Route::Sse(_) | Route::Ws(_))
+    }
 }
 
 const GET: &[&str] = &["GET", "HEAD"];
 const POST: &[&str] = &["POST"];
+const POST_DELETE: &[&str] = &["POST", "DELETE"];
 /// Streams have no meaningful HEAD.
 const GET_ONLY: &[&str] = &["GET"];
 
-/// Matches `method` and `path` (the path only, without the query).
-pub fn route(method: &str, path: &str) -> Result<Route, Error> {
+/// Every route as (method, path template), as `docs/openapi.yaml` lists them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/healthz"),
+    ("HEAD", "/healthz"),
+    ("POST", "/channels/{channel}/events"),
+    ("DELETE", "/channels/{channel}/events"),
+    ("GET", "/channels/{channel}"),
+    ("HEAD", "/channels/{channel}"),
+    ("GET", "/poll/{channel}"),
+    ("HEAD", "/poll/{channel}"),
+    ("GET", "/sse/{channel}"),
+    ("GET", "/ws/{channel}"),
+    ("POST", "/tokens"),
+];
+
+/// The path alone: which route it is and which methods it takes.
+pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], Route), Error> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    let (allowed, found): (&[&str], Route) = match segments.as_slice() {
+    Ok(match segments.as_slice() {
+        [""] => (GET, Route::Demo),
         ["healthz"] => (GET, Route::Health),
-        ["channels", c, "events"] => (POST, Route::Publish(channel(c)?)),
+        ["tokens"] => (POST, Route::MintToken),
+        ["channels", c, "events"] => {
+            let c = channel(c)?;
+            (
+                POST_DELETE,
+                Route::Publish(c.clone()).for_method(method, Route::Purge(c)),
+            )
+        }
         ["channels", c] => (GET, Route::ChannelInfo(channel(c)?)),
         ["poll", c] => (GET, Route::Poll(channel(c)?)),
         ["sse", c] => (GET_ONLY, Route::Sse(channel(c)?)),
         ["ws", c] => (GET_ONLY, Route::Ws(channel(c)?)),
         _ => return Err(Error::NotFound),
-    };
+    })
+}
+
+/// Matches `method` and `path` (the path only, without the query).
+pub fn route(method: &str, path: &str) -> Result<Route, Error> {
+    let (allowed, found) = match_path(method, path)?;
     if allowed.contains(&method) {
         Ok(found)
     } else {
@@ -59,6 +110,7 @@ mod tests {
     #[test]
     fn table() {
         assert_eq!(route("GET", "/healthz"), Ok(Route::Health));
+        assert_eq!(route("GET", "/"), Ok(Route::Demo));
         assert_eq!(
             route("POST", "/channels/orders/events"),
             Ok(Route::Publish(ch("orders")))
@@ -71,10 +123,70 @@ mod tests {
         assert_eq!(route("HEAD", "/poll/x"), Ok(Route::Poll(ch("x"))));
         assert_eq!(route("GET", "/sse/x"), Ok(Route::Sse(ch("x"))));
         assert_eq!(route("GET", "/ws/x"), Ok(Route::Ws(ch("x"))));
+        assert_eq!(route("POST", "/tokens"), Ok(Route::MintToken));
+        assert_eq!(
+            route("DELETE", "/channels/c/events"),
+            Ok(Route::Purge(ch("c")))
+        );
         assert!(matches!(
             route("POST", "/ws/x"),
             Err(Error::MethodNotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn every_listed_route_matches_and_nothing_else_does() {
+        for (method, template) in ROUTES {
+            let path = template.replace("{channel}", "c");
+            assert!(route(method, &path).is_ok(), "{method} {template}");
+        }
+        let listed = |m: &str, t: &str| ROUTES.contains(&(m, t));
+        for template in [
+            "/",
+            "/healthz",
+            "/tokens",
+            "/channels/{channel}/events",
+            "/channels/{channel}",
+            "/poll/{channel}",
+            "/sse/{channel}",
+            "/ws/{channel}",
+        ] {
+            for method in ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"] {
+                let ok = route(method, &template.replace("{channel}", "c")).is_ok();
+                assert_eq!(ok, listed(method, template), "{method} {template}");
+            }
+        }
+    }
+
+    /// The operations `docs/openapi.yaml` documents, as (METHOD, template).
+    fn documented() -> Vec<(String, String)> {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml"));
+        let paths = doc.split("\npaths:\n").nth(1).unwrap_or("");
+        let paths = paths.split("\ncomponents:\n").next().unwrap_or("");
+        let mut current = String::new();
+        let mut found = Vec::new();
+        for line in paths.lines() {
+            if let Some(path) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+                current = format!("/{path}");
+            } else if let Some(method) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+            {
+                if ["get", "head", "post", "put", "delete", "patch"].contains(&method) {
+                    found.push((method.to_uppercase(), current.clone()));
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, t)| (m.to_string(), t.to_string()))
+            .collect();
+        routes.sort();
+        assert_eq!(documented(), routes, "docs/openapi.yaml and ROUTES differ");
     }
 
     #[test]
@@ -99,5 +211,17 @@ mod tests {
         ] {
             assert_eq!(route("GET", bad).map_err(|e| e.status()), Err(400), "{bad}");
         }
+    }
+
+    #[test]
+    fn query_tokens_only_where_headers_are_hard() {
+        assert!(route("GET", "/sse/x").unwrap().takes_query_token());
+        assert!(route("GET", "/ws/x").unwrap().takes_query_token());
+        assert!(route("GET", "/poll/x").unwrap().takes_query_token());
+        assert!(!route("POST", "/channels/x/events")
+            .unwrap()
+            .takes_query_token());
+        assert!(!route("GET", "/channels/x").unwrap().takes_query_token());
+        assert!(!route("POST", "/tokens").unwrap().takes_query_token());
     }
 }

@@ -4,7 +4,7 @@
 //! See `docs/API.md#websocket` and `docs/API.md#close-codes`.
 
 use super::names::EventType;
-use super::publish::{compact, NewEvent, PublishLimits};
+use super::publish::{compact, parse_idempotency_key, NewEvent, PublishLimits};
 use crate::error::Error;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -97,6 +97,8 @@ pub struct ClientPublish {
     pub event: NewEvent,
     /// The client's `ref`, compact JSON, echoed in the ack or error.
     pub reference: Option<String>,
+    /// As the `Idempotency-Key` header of an HTTP publish: a retry gets the first `ack`.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +114,7 @@ struct PublishFrame<'a> {
     /// Read through `AnyFrame`; declared so `deny_unknown_fields` accepts it.
     #[serde(rename = "ref")]
     _reference: Option<serde::de::IgnoredAny>,
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -157,9 +160,15 @@ pub fn parse_client(
         ));
         return Err((err, reference));
     }
+    let idempotency_key = frame
+        .idempotency_key
+        .map(|k| parse_idempotency_key(&k))
+        .transpose()
+        .map_err(|e| (e, reference.clone()))?;
     Ok(ClientPublish {
         event: NewEvent { event_type, data },
         reference,
+        idempotency_key,
     })
 }
 
@@ -206,6 +215,12 @@ mod tests {
         assert_eq!(ok.event.data, r#"{"x":1}"#);
         assert_eq!(ok.event.event_type.as_str(), "t");
         assert_eq!(ok.reference.as_deref(), Some("\"r1\""));
+        let keyed = parse_client(
+            r#"{"op":"publish","data":1,"idempotency_key":"k-1"}"#,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(keyed.idempotency_key.as_deref(), Some("k-1"));
         let cases = [
             ("nope", 400, None),
             ("[1]", 400, None),
@@ -218,6 +233,11 @@ mod tests {
             ),
             (r#"{"op":"publish","data":"0123456789abcdef"}"#, 413, None),
             (r#"{"op":"publish","data":1,"extra":1}"#, 400, None),
+            (
+                r#"{"op":"publish","data":1,"idempotency_key":"a b","ref":4}"#,
+                400,
+                Some("4"),
+            ),
         ];
         for (text, status, reference) in cases {
             let (err, r) = parse_client(text, LIMITS).unwrap_err();

@@ -1,8 +1,8 @@
-//! Who may do what: finds the request's token (bearer header, or `?token=` where a header cannot
-//! be set), verifies it with `AUTH_SECRET`, and checks the right for one channel. Anonymous
-//! subscribers are let in on `PUBLIC_CHANNELS` only. Nothing here logs a token.
+//! Who may do what: finds the request's token (bearer header, or `?token=` on the routes where a
+//! header cannot be set), verifies it with `AUTH_SECRET`, and checks the right for one channel.
+//! Anonymous subscribers are let in on `PUBLIC_CHANNELS` only. Nothing here logs a token.
 
-use crate::auth::{self, Action, TokenSource};
+use crate::auth::{self, Action, Grant, TokenSource};
 use crate::config::Config;
 use crate::error::{Error, TokenFault};
 use crate::protocol::query::query_param;
@@ -20,65 +20,83 @@ pub struct Access {
     pub expires: Option<i64>,
 }
 
-/// `Ok` when the request may perform `action` on `channel`; 401 or 403 otherwise.
-pub fn check(
-    req: &Request,
-    query: &str,
-    env: &Env,
-    config: &Config,
-    action: Action,
-    channel: &ChannelName,
-) -> Result<Access, Error> {
-    let header = req.headers().get("authorization").ok().flatten();
-    let (token, source) = match header.as_deref() {
-        Some(value) => (
-            auth::bearer(value)
-                .ok_or(Error::Unauthorized(TokenFault::Malformed))?
-                .to_string(),
-            TokenSource::Header,
-        ),
-        None => match query_param(query, "token") {
-            Some(token) => (token?, TokenSource::Query),
-            None => {
-                let public = config.public_channels.iter().any(|p| p.matches(channel));
-                return if action == Action::Subscribe && public {
-                    Ok(Access {
-                        publish: false,
-                        expires: None,
-                    })
-                } else {
-                    Err(Error::Unauthorized(TokenFault::Missing))
-                };
-            }
-        },
-    };
-    let secret = secret(env)?;
-    let now = (Date::now().as_millis() / 1000) as i64;
-    let grant = auth::verify(
-        &token,
-        secret.as_bytes(),
-        now,
-        source,
-        config.query_token_max_seconds,
-    )?;
-    if grant.allows(action, channel) {
+/// Where the request's token is, if it has one.
+pub struct Credentials {
+    token: Option<(String, TokenSource)>,
+}
+
+impl Credentials {
+    /// The bearer header, or else (where `query_allowed`) the `token` query parameter.
+    pub fn read(req: &Request, query: &str, query_allowed: bool) -> Result<Self, Error> {
+        if let Some(value) = req.headers().get("authorization").ok().flatten() {
+            let token = auth::bearer(&value).ok_or(Error::Unauthorized(TokenFault::Malformed))?;
+            return Ok(Credentials {
+                token: Some((token.to_string(), TokenSource::Header)),
+            });
+        }
+        let token = match query_param(query, "token") {
+            Some(token) if query_allowed => Some((token?, TokenSource::Query)),
+            _ => None,
+        };
+        Ok(Credentials { token })
+    }
+
+    /// The verified grant; 401 without a token or with a bad one.
+    pub fn grant(&self, env: &Env, config: &Config) -> Result<Grant, Error> {
+        let (token, source) = self
+            .token
+            .as_ref()
+            .ok_or(Error::Unauthorized(TokenFault::Missing))?;
+        let secret = secret(env)?;
+        auth::verify(
+            token,
+            secret.as_bytes(),
+            now_s(),
+            *source,
+            config.query_token_max_seconds,
+        )
+    }
+
+    /// `Ok` when the request may perform `action` on `channel`; 401 or 403 otherwise.
+    pub fn check(
+        &self,
+        env: &Env,
+        config: &Config,
+        action: Action,
+        channel: &ChannelName,
+    ) -> Result<Access, Error> {
+        if self.token.is_none()
+            && action == Action::Subscribe
+            && config.public_channels.iter().any(|p| p.matches(channel))
+        {
+            return Ok(Access {
+                publish: false,
+                expires: None,
+            });
+        }
+        let grant = self.grant(env, config)?;
+        if !grant.allows(action, channel) {
+            let verb = match action {
+                Action::Publish => "publish to",
+                Action::Subscribe => "subscribe to",
+            };
+            return Err(Error::Forbidden(format!(
+                "the token may not {verb} channel {channel}"
+            )));
+        }
         Ok(Access {
             publish: grant.allows(Action::Publish, channel),
             expires: Some(grant.exp),
         })
-    } else {
-        let verb = match action {
-            Action::Publish => "publish to",
-            Action::Subscribe => "subscribe to",
-        };
-        Err(Error::Forbidden(format!(
-            "the token may not {verb} channel {channel}"
-        )))
     }
 }
 
+pub fn now_s() -> i64 {
+    (Date::now().as_millis() / 1000) as i64
+}
+
 /// The signing secret: a `wrangler secret` in production, a `.dev.vars` entry locally.
-fn secret(env: &Env) -> Result<String, Error> {
+pub fn secret(env: &Env) -> Result<String, Error> {
     env.secret(SECRET)
         .map(|s| s.to_string())
         .or_else(|_| env.var(SECRET).map(|v| v.to_string()))

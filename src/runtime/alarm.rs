@@ -1,23 +1,47 @@
-//! The channel object's one alarm, shared by everything that needs a wake-up (a mirror retry, the
-//! next token expiry): `at_most` only ever moves it earlier, and the alarm handler re-arms it for
-//! whatever is still ahead. Also `in_background`, for work that outlives a request.
+//! The channel object's one alarm, shared by everything that needs a wake-up (retention, key
+//! expiry, token expiry, a mirror retry): `Alarm::at_most` only ever moves it earlier, and the
+//! alarm handler re-arms it for whatever is still ahead. Also `in_background`, for work that
+//! outlives a request.
 
+use std::cell::Cell;
 use std::future::Future;
 use worker::js_sys::Date as JsDate;
 use worker::wasm_bindgen::JsValue;
 use worker::wasm_bindgen_futures::future_to_promise;
 use worker::{console_error, ScheduledTime, State, Storage};
 
-/// Sets the alarm to `at_ms` (unix milliseconds) unless it is already set earlier.
-pub async fn at_most(storage: &Storage, at_ms: f64) {
-    let current = storage.get_alarm().await.ok().flatten();
-    if current.is_some_and(|c| (c as f64) <= at_ms) {
-        return;
+/// What this instance knows of the alarm, so most publishes need no storage call for it.
+#[derive(Default)]
+pub struct Alarm {
+    /// `None`: not read yet; `Some(None)`: no alarm set; `Some(Some(t))`: set for `t`.
+    known: Cell<Option<Option<f64>>>,
+}
+
+impl Alarm {
+    /// The alarm handler is running: the alarm that woke it is spent.
+    pub fn fired(&self) {
+        self.known.set(Some(None));
     }
-    // `ScheduledTime::from(i64)` would be an offset from now; this is an absolute time.
-    let when = ScheduledTime::new(JsDate::new(&JsValue::from_f64(at_ms)));
-    if let Err(e) = storage.set_alarm(when).await {
-        console_error!("edgehub: setting the alarm: {e}");
+
+    /// Sets the alarm to `at_ms` (unix milliseconds) unless it is already set no later.
+    pub async fn at_most(&self, storage: &Storage, at_ms: f64) {
+        let current = match self.known.get() {
+            Some(known) => known,
+            None => {
+                let read = storage.get_alarm().await.ok().flatten().map(|t| t as f64);
+                self.known.set(Some(read));
+                read
+            }
+        };
+        if current.is_some_and(|c| c <= at_ms) {
+            return;
+        }
+        // `ScheduledTime::from(i64)` would be an offset from now; this is an absolute time.
+        let when = ScheduledTime::new(JsDate::new(&JsValue::from_f64(at_ms)));
+        match storage.set_alarm(when).await {
+            Ok(()) => self.known.set(Some(Some(at_ms))),
+            Err(e) => console_error!("edgehub: setting the alarm: {e}"),
+        }
     }
 }
 

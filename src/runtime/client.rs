@@ -4,8 +4,8 @@
 use super::access::Access;
 use super::http::internal;
 use super::hub::{
-    BatchItem, CHANNEL_HEADER, EXPIRES_HEADER, PATH_INFO, PATH_PUBLISH, PATH_SUBSCRIBE,
-    PUBLISH_HEADER,
+    BatchItem, CHANNEL_HEADER, EXPIRES_HEADER, KEY_HEADER, PATH_INFO, PATH_PUBLISH, PATH_PURGE,
+    PATH_SUBSCRIBE, PUBLISH_HEADER,
 };
 use crate::channel::fanout::Transport;
 use crate::error::Error;
@@ -33,7 +33,7 @@ impl Hub {
     }
 
     /// Stores a validated batch; the answer is the object's 201 (or its problem).
-    pub async fn publish(&self, events: &[NewEvent]) -> Result<Response, Error> {
+    pub async fn publish(&self, events: &[NewEvent], key: Option<&str>) -> Result<Response, Error> {
         let items: Vec<BatchItem> = events
             .iter()
             .map(|e| BatchItem {
@@ -43,7 +43,19 @@ impl Hub {
             .collect();
         let body = serde_json::to_string(&items)
             .map_err(|e| Error::Internal(format!("encoding a batch: {e}")))?;
-        self.call(Method::Post, PATH_PUBLISH, Headers::new(), Some(body))
+        let headers = Headers::new();
+        if let Some(key) = key {
+            headers
+                .set(KEY_HEADER, key)
+                .map_err(internal("building a publish"))?;
+        }
+        self.call(Method::Post, PATH_PUBLISH, headers, Some(body))
+            .await
+    }
+
+    /// Drops the retained history; ids are not reused.
+    pub async fn purge(&self) -> Result<Response, Error> {
+        self.call(Method::Post, PATH_PURGE, Headers::new(), None)
             .await
     }
 

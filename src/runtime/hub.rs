@@ -1,18 +1,20 @@
 //! The `ChannelHub` Durable Object, one per channel: numbers and stores events in its SQLite log,
-//! fans them out to its hibernatable subscribers, and mirrors them to D1 in id order. Its trait
-//! methods only dispatch; the rules live in `channel` and `protocol`. The Worker reaches it
-//! through `Hub` (see `client.rs`) with input it has already validated.
+//! fans them out to its hibernatable subscribers, mirrors them to D1 in id order, and keeps the
+//! log within retention. Its trait methods only dispatch; the rules live in `channel` and
+//! `protocol`. The Worker reaches it through `Hub` (`client.rs`) with input already validated.
 
+use super::alarm::{self, Alarm};
 use super::http::{internal, json, problem};
-use super::log::ChannelLog;
+use super::log::{Appended, ChannelLog, Key, Published, KEY_TTL_MS};
+use super::mirror;
 use super::subscribers::{self, Attachment};
-use super::{alarm, mirror};
 use crate::channel::fanout::Transport;
 use crate::channel::poll::StoredEvent;
+use crate::channel::retention::Policy;
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
-use crate::protocol::publish::PublishLimits;
+use crate::protocol::publish::{fingerprint, PublishLimits};
 use crate::protocol::query::{parse_cursor, query_param};
 use crate::protocol::ws::{ack_frame, error_frame, parse_client, CloseCode, PING, PONG};
 use crate::protocol::ChannelName;
@@ -31,13 +33,12 @@ pub const CHANNEL_HEADER: &str = "x-edgehub-channel";
 pub const PUBLISH_HEADER: &str = "x-edgehub-publish";
 /// Set by the Worker on a subscribe: the token's expiry, unix seconds.
 pub const EXPIRES_HEADER: &str = "x-edgehub-expires";
+/// The publish's validated `Idempotency-Key`, when it has one.
+pub const KEY_HEADER: &str = "x-edgehub-idempotency-key";
 pub const PATH_PUBLISH: &str = "/publish";
+pub const PATH_PURGE: &str = "/purge";
 pub const PATH_INFO: &str = "/info";
 pub const PATH_SUBSCRIBE: &str = "/subscribe";
-/// Events per D1 write while the mirror catches up.
-const MIRROR_BATCH: u64 = 500;
-/// How long after a failed D1 write the alarm retries.
-const MIRROR_RETRY_MS: f64 = 1000.0;
 
 /// One event of a batch as the Worker sends it: `data` is a string of compact JSON.
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,6 +46,12 @@ pub struct BatchItem {
     #[serde(rename = "type")]
     pub event_type: String,
     pub data: String,
+}
+
+/// What a commit gave: the ids and time, and whether it was a replay of an earlier publish.
+struct Committed {
+    published: Published,
+    replayed: bool,
 }
 
 #[durable_object]
@@ -56,8 +63,11 @@ pub struct ChannelHub {
     instance: String,
     /// Requests this instance has served: shows which requests reach the object at all.
     requests: Cell<u64>,
-    /// True while a mirror pump runs; there is at most one, so D1 writes stay in id order.
-    pumping: Rc<Cell<bool>>,
+    /// True while a mirror catch-up runs; there is at most one, so D1 writes stay in id order.
+    mirroring: Rc<Cell<bool>>,
+    /// Consecutive failed catch-ups, for the retry backoff.
+    mirror_failures: Rc<Cell<u32>>,
+    alarm: Rc<Alarm>,
 }
 
 impl DurableObject for ChannelHub {
@@ -69,14 +79,19 @@ impl DurableObject for ChannelHub {
         if let Ok(pair) = worker::worker_sys::WebSocketRequestResponsePair::new(PING, PONG) {
             let _ = state.as_raw().set_websocket_auto_response(&pair);
         }
-        ChannelHub {
+        let hub = ChannelHub {
             state,
             env,
             log,
             instance: instance_id(),
             requests: Cell::new(0),
-            pumping: Rc::new(Cell::new(false)),
-        }
+            mirroring: Rc::new(Cell::new(false)),
+            mirror_failures: Rc::new(Cell::new(0)),
+            alarm: Rc::new(Alarm::default()),
+        };
+        // A crash between an answer and its D1 write leaves the mirror behind: catch up on wake.
+        hub.start_mirror();
+        hub
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
@@ -85,11 +100,23 @@ impl DurableObject for ChannelHub {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        let next_expiry = subscribers::close_expired(&self.state, now_s());
-        if let Some(exp) = next_expiry {
-            alarm::at_most(&self.state.storage(), exp as f64 * 1000.0).await;
+        self.alarm.fired();
+        let now = Date::now().as_millis() as i64;
+        let next_expiry = subscribers::close_expired(&self.state, now / 1000);
+        if let Some(log) = &self.log {
+            if let Err(e) = log.prune_by_age(self.policy(), now) {
+                console_error!("edgehub: pruning by age: {e}");
+            }
         }
         self.start_mirror();
+        let next = self
+            .next_upkeep()
+            .into_iter()
+            .chain(next_expiry.map(|s| s * 1000))
+            .min();
+        if let Some(at) = next {
+            self.alarm.at_most(&self.state.storage(), at as f64).await;
+        }
         Response::empty()
     }
 
@@ -144,24 +171,36 @@ impl ChannelHub {
         Config::from_lookup(|name| self.env.var(name).ok().map(|v| v.to_string()))
     }
 
+    fn policy(&self) -> Policy {
+        let config = self.config();
+        Policy::new(config.retain_events, config.retain_seconds)
+    }
+
     async fn dispatch(&self, mut req: Request) -> std::result::Result<Response, Error> {
         let channel = header(&req, CHANNEL_HEADER)
             .ok_or_else(|| Error::bad_request("internal request without a channel"))?;
         let channel = ChannelName::parse(&channel)?;
         match (req.method(), req.path().as_str()) {
             (Method::Post, PATH_PUBLISH) => {
+                let key = header(&req, KEY_HEADER);
                 let items: Vec<BatchItem> =
                     req.json().await.map_err(internal("reading a batch"))?;
-                let stored = self.commit(&channel, items)?;
-                let time = serde_json::to_string(
-                    &format_time(stored.first().map_or(0, |e| e.time_ms)).unwrap_or_default(),
-                )?;
-                let ids: Vec<String> = stored
-                    .iter()
-                    .map(|e| format!("{{\"id\":{},\"time\":{time}}}", e.id))
+                let done = self.commit(&channel, items, key.as_deref())?;
+                let p = done.published;
+                let time =
+                    serde_json::to_string(&format_time(p.time_ms as i64).unwrap_or_default())?;
+                let first = p.first_id as u64;
+                let ids: Vec<String> = (first..first + p.count as u64)
+                    .map(|id| format!("{{\"id\":{id},\"time\":{time}}}"))
                     .collect();
-                json(201, format!("{{\"events\":[{}]}}", ids.join(",")))
+                let status = if done.replayed { 200 } else { 201 };
+                json(status, format!("{{\"events\":[{}]}}", ids.join(",")))
                     .map_err(internal("answering"))
+            }
+            (Method::Post, PATH_PURGE) => {
+                self.log()?.purge().map_err(internal("purging"))?;
+                self.start_mirror();
+                Ok(Response::builder().with_status(204).empty())
             }
             (Method::Get, PATH_INFO) => self.info(&channel),
             (Method::Get, PATH_SUBSCRIBE) => self.subscribe(&req, &channel).await,
@@ -169,21 +208,51 @@ impl ChannelHub {
         }
     }
 
-    /// Stores a batch atomically, then delivers it live and starts the mirror. Delivery comes
-    /// after the store, in id order, and a publish never waits for D1.
+    /// Stores a batch atomically (or finds the first answer for its idempotency key), then
+    /// delivers it live and starts the mirror. Delivery comes after the store, in id order, and
+    /// a publish never waits for D1.
     fn commit(
         &self,
         channel: &ChannelName,
         items: Vec<BatchItem>,
-    ) -> std::result::Result<Vec<StoredEvent>, Error> {
+        key: Option<&str>,
+    ) -> std::result::Result<Committed, Error> {
         let log = self.log()?;
         let batch =
             serde_json::to_string(&items).map_err(|e| Error::Internal(format!("batch: {e}")))?;
         let now = Date::now().as_millis() as i64;
         let count = items.len() as u64;
-        let first = log
-            .append(&self.state.storage(), channel.as_str(), batch, count, now)
+        let print = key.map(|_| {
+            fingerprint(
+                items
+                    .iter()
+                    .map(|i| (i.event_type.as_str(), i.data.as_str())),
+            )
+        });
+        let key = key
+            .zip(print.as_deref())
+            .map(|(key, fingerprint)| Key { key, fingerprint });
+        let appended = log
+            .append(
+                &self.state.storage(),
+                channel.as_str(),
+                batch,
+                count,
+                now,
+                key,
+                self.policy(),
+            )
             .map_err(internal("storing events"))?;
+        let first = match appended {
+            Appended::New { first } => first,
+            Appended::Replayed(published) => {
+                return Ok(Committed {
+                    published,
+                    replayed: true,
+                })
+            }
+            Appended::Conflict => return Err(Error::IdempotencyConflict),
+        };
         let stored: Vec<StoredEvent> = items
             .into_iter()
             .zip(first..)
@@ -196,7 +265,16 @@ impl ChannelHub {
             .collect();
         subscribers::fan_out(&self.state, channel, &stored);
         self.start_mirror();
-        Ok(stored)
+        self.schedule_upkeep();
+        let published = Published {
+            first_id: first as f64,
+            count: count as f64,
+            time_ms: now as f64,
+        };
+        Ok(Committed {
+            published,
+            replayed: false,
+        })
     }
 
     /// A publish sent over a subscriber's own WebSocket: same validation and storage as HTTP.
@@ -212,38 +290,37 @@ impl ChannelHub {
         };
         let publish = parse_client(text, limits)?;
         let reference = publish.reference.clone();
+        let with_ref = |e: Error| (e, reference.clone());
         let attachment = Attachment::read(ws);
-        if attachment.is_some_and(|a| a.expired(now_s())) {
+        if attachment.is_some_and(|a| a.expired(Date::now().as_millis() as i64 / 1000)) {
             subscribers::close(ws, CloseCode::TokenExpired);
             return Ok(());
         }
         if !attachment.is_some_and(|a| a.publish) {
-            return Err((
-                Error::Forbidden("this socket's token may not publish here".into()),
-                reference,
-            ));
+            return Err(with_ref(Error::Forbidden(
+                "this socket's token may not publish here".into(),
+            )));
         }
-        let channel = self
+        let state = self
             .log()
             .and_then(|log| log.state().map_err(internal("reading the state")))
-            .map_err(|e| (e, reference.clone()))?
-            .and_then(|s| ChannelName::parse(&s.channel).ok());
-        let channel = channel.ok_or_else(|| {
-            (
-                Error::Internal("socket on a channel without a name".into()),
-                reference.clone(),
-            )
-        })?;
+            .map_err(with_ref)?;
+        let channel = state
+            .and_then(|s| ChannelName::parse(&s.channel).ok())
+            .ok_or_else(|| {
+                with_ref(Error::Internal("socket on a channel without a name".into()))
+            })?;
         let item = BatchItem {
             event_type: publish.event.event_type.as_str().to_string(),
             data: publish.event.data,
         };
-        let stored = self
-            .commit(&channel, vec![item])
-            .map_err(|e| (e, reference.clone()))?;
-        if let Some(event) = stored.first() {
-            let _ = ws.send_with_str(ack_frame(reference.as_deref(), event.id));
-        }
+        let done = self
+            .commit(&channel, vec![item], publish.idempotency_key.as_deref())
+            .map_err(with_ref)?;
+        let _ = ws.send_with_str(ack_frame(
+            reference.as_deref(),
+            done.published.first_id as u64,
+        ));
         Ok(())
     }
 
@@ -253,19 +330,13 @@ impl ChannelHub {
         channel: &ChannelName,
     ) -> std::result::Result<Response, Error> {
         let log = self.log()?;
-        if log
-            .state()
-            .map_err(internal("reading the state"))?
-            .is_none()
-        {
-            // Remember the name now, so a socket's publish on a fresh channel knows it.
-            log.name(channel.as_str())
-                .map_err(internal("naming the channel"))?;
-        }
+        // Remember the name now, so a socket's publish on a fresh channel knows it.
+        log.name(channel.as_str())
+            .map_err(internal("naming the channel"))?;
         let url = req.url().map_err(internal("reading the URL"))?;
         let query = url.query().unwrap_or("");
         let transport = query_param(query, "transport")
-            .and_then(Result::ok)
+            .and_then(std::result::Result::ok)
             .and_then(|t| Transport::parse(&t))
             .ok_or_else(|| Error::bad_request("internal subscribe without a transport"))?;
         let cursor = query_param(query, "since")
@@ -275,16 +346,19 @@ impl ChannelHub {
         let publish = header(req, PUBLISH_HEADER).is_some_and(|v| v == "1");
         let exp = header(req, EXPIRES_HEADER).and_then(|v| v.parse::<i64>().ok());
         let window = log.window().map_err(internal("reading the window"))?;
+        let attachment = Attachment::new(transport, publish, exp);
         let client = subscribers::accept(
             &self.state,
             channel,
-            Attachment::new(transport, publish, exp),
+            attachment,
             cursor,
             window,
             |after, limit| log.after(after, limit),
         )?;
         if let Some(exp) = exp {
-            alarm::at_most(&self.state.storage(), exp as f64 * 1000.0).await;
+            self.alarm
+                .at_most(&self.state.storage(), exp as f64 * 1000.0)
+                .await;
         }
         Response::from_websocket(client).map_err(internal("answering"))
     }
@@ -311,61 +385,64 @@ impl ChannelHub {
         json(200, body.to_string()).map_err(internal("answering"))
     }
 
-    /// Starts the mirror pump unless one is running. It runs after the publish has been
-    /// answered: a publish waits for the object's own storage, never for D1.
+    /// When the log next needs pruning: the oldest event's age-out or the oldest key's expiry.
+    /// `None` when nothing is retained, so an idle empty channel keeps no alarm.
+    fn next_upkeep(&self) -> Option<i64> {
+        let (event, key) = self.log.as_ref()?.oldest().ok()?;
+        let event = self.policy().next_expiry(event);
+        let key = key.map(|t| t.saturating_add(KEY_TTL_MS));
+        event.into_iter().chain(key).min()
+    }
+
+    fn schedule_upkeep(&self) {
+        let Some(at) = self.next_upkeep() else {
+            return;
+        };
+        let (alarm, storage) = (self.alarm.clone(), self.state.storage());
+        alarm::in_background(&self.state, async move {
+            alarm.at_most(&storage, at as f64).await
+        });
+    }
+
+    /// Starts a mirror catch-up unless one is running. It runs after the publish has been
+    /// answered: a publish waits for the object's own storage, never for D1. A failure retries
+    /// by alarm with backoff (1 s doubling to 60 s).
     fn start_mirror(&self) {
-        let (Some(log), false) = (self.log.clone(), self.pumping.get()) else {
+        let (Some(log), false) = (self.log.clone(), self.mirroring.get()) else {
             return;
         };
         let db = match self.env.d1(mirror::BINDING) {
             Ok(db) => db,
             Err(e) => return console_error!("edgehub: no D1 binding: {e}"),
         };
-        self.pumping.set(true);
-        let pumping = self.pumping.clone();
+        let fault = self.config().fault_d1_writes;
+        self.mirroring.set(true);
+        let (mirroring, failures, alarm) = (
+            self.mirroring.clone(),
+            self.mirror_failures.clone(),
+            self.alarm.clone(),
+        );
         let storage = self.state.storage();
         alarm::in_background(&self.state, async move {
-            if let Err(e) = pump(&log, &db).await {
-                console_error!("edgehub: mirroring to D1 failed, retrying by alarm: {e}");
-                alarm::at_most(&storage, Date::now().as_millis() as f64 + MIRROR_RETRY_MS).await;
+            match mirror::catch_up(&log, &db, fault).await {
+                Ok(()) => failures.set(0),
+                Err(e) => {
+                    let n = failures.get().saturating_add(1);
+                    failures.set(n);
+                    let backoff = (1000.0 * 2f64.powi(n.min(6) as i32 - 1)).min(60_000.0);
+                    console_error!("edgehub: mirroring to D1 failed ({n} in a row), retrying in {backoff} ms: {e}");
+                    alarm
+                        .at_most(&storage, Date::now().as_millis() as f64 + backoff)
+                        .await;
+                }
             }
-            pumping.set(false);
+            mirroring.set(false);
         });
-    }
-}
-
-/// Copies every event the mirror lacks to D1, in id order, batch after batch, moving the
-/// `mirrored` mark only after D1 has committed each batch.
-async fn pump(log: &ChannelLog, db: &worker::D1Database) -> Result<()> {
-    loop {
-        let Some(state) = log.state()? else {
-            return Ok(());
-        };
-        let batch = log.after(state.mirrored as u64, MIRROR_BATCH)?;
-        let Some(last) = batch.last().map(|e| e.id) else {
-            return Ok(());
-        };
-        let channel = ChannelName::parse(&state.channel)
-            .map_err(|_| worker::Error::RustError("stored channel name is invalid".into()))?;
-        let earliest = log.window()?.earliest;
-        mirror::write(
-            db,
-            &channel,
-            &batch,
-            earliest,
-            Date::now().as_millis() as f64,
-        )
-        .await?;
-        log.set_mirrored(last)?;
     }
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
-}
-
-fn now_s() -> i64 {
-    (Date::now().as_millis() / 1000) as i64
 }
 
 fn instance_id() -> String {

@@ -2,6 +2,7 @@
 //! the stateless Worker (`read_page`). Schema in `migrations/`. A write is one D1 batch, so it
 //! lands whole or not at all, and the DO sends batches in id order, one after the other.
 
+use super::log::ChannelLog;
 use crate::channel::poll::{PollRequest, StoredEvent};
 use crate::channel::Window;
 use crate::protocol::query::MAX_CURSOR;
@@ -23,14 +24,14 @@ const INSERT_EVENTS: &str = "INSERT OR IGNORE INTO events (channel, seq, type, d
 const UPSERT_CHANNEL: &str = "INSERT INTO channels (channel, head, earliest, updated_ms) \
      VALUES (?1, ?2, ?3, ?4) \
      ON CONFLICT (channel) DO UPDATE SET head = max(head, excluded.head), \
-       earliest = excluded.earliest, updated_ms = excluded.updated_ms";
+       earliest = max(earliest, excluded.earliest), updated_ms = excluded.updated_ms";
 
 /// One query for a whole poll: the channel's mirrored window and the page's rows, read in one
 /// statement so they agree. Rows are bounded by the head read with them.
 const SELECT_PAGE: &str = "SELECT c.head AS head, c.earliest AS earliest, e.seq AS seq, \
        e.type AS type, e.data AS data, e.time_ms AS time_ms \
      FROM channels c LEFT JOIN events e \
-       ON e.channel = c.channel AND e.seq > ?2 AND e.seq <= c.head \
+       ON e.channel = c.channel AND e.seq > ?2 AND e.seq >= c.earliest AND e.seq <= c.head \
      WHERE c.channel = ?1 ORDER BY e.seq LIMIT ?3";
 
 #[derive(Serialize)]
@@ -42,43 +43,99 @@ struct MirrorRow<'a> {
     time: i64,
 }
 
-/// Mirrors `events` (ascending, contiguous, following what D1 already has) and the window.
+/// Drops what the channel no longer retains, in the same batch as the window moves.
+const PRUNE_EVENTS: &str = "DELETE FROM events WHERE channel = ?1 AND seq < ?2";
+
+/// Mirrors `events` (ascending, following what D1 already has), moves the channel's window to
+/// `head` (the last id D1 now holds) and `earliest`, and prunes below `earliest`: one batch.
 pub async fn write(
     db: &D1Database,
     channel: &ChannelName,
     events: &[StoredEvent],
-    earliest: u64,
+    window: Window,
     now_ms: f64,
 ) -> worker::Result<()> {
-    let Some(last) = events.last() else {
-        return Ok(());
-    };
-    let rows: Vec<MirrorRow<'_>> = events
-        .iter()
-        .map(|e| MirrorRow {
-            id: e.id,
-            event_type: &e.event_type,
-            data: &e.data,
-            time: e.time_ms,
-        })
-        .collect();
-    let rows = serde_json::to_string(&rows).map_err(|e| worker::Error::RustError(e.to_string()))?;
     let name = JsValue::from_str(channel.as_str());
-    let insert = db
-        .prepare(INSERT_EVENTS)
-        .bind(&[name.clone(), JsValue::from_str(&rows)])?;
-    let upsert = db.prepare(UPSERT_CHANNEL).bind(&[
+    let mut statements = Vec::with_capacity(3);
+    if !events.is_empty() {
+        let rows: Vec<MirrorRow<'_>> = events
+            .iter()
+            .map(|e| MirrorRow {
+                id: e.id,
+                event_type: &e.event_type,
+                data: &e.data,
+                time: e.time_ms,
+            })
+            .collect();
+        let rows =
+            serde_json::to_string(&rows).map_err(|e| worker::Error::RustError(e.to_string()))?;
+        statements.push(
+            db.prepare(INSERT_EVENTS)
+                .bind(&[name.clone(), JsValue::from_str(&rows)])?,
+        );
+    }
+    let earliest = JsValue::from_f64(window.earliest as f64);
+    statements.push(
+        db.prepare(PRUNE_EVENTS)
+            .bind(&[name.clone(), earliest.clone()])?,
+    );
+    statements.push(db.prepare(UPSERT_CHANNEL).bind(&[
         name,
-        JsValue::from_f64(last.id as f64),
-        JsValue::from_f64(earliest as f64),
+        JsValue::from_f64(window.head as f64),
+        earliest,
         JsValue::from_f64(now_ms),
-    ])?;
-    for result in db.batch(vec![insert, upsert]).await? {
+    ])?);
+    for result in db.batch(statements).await? {
         if let Some(error) = result.error() {
             return Err(worker::Error::RustError(error));
         }
     }
     Ok(())
+}
+
+/// Events per D1 write while the mirror catches up.
+const CATCH_UP_BATCH: u64 = 500;
+
+/// Copies to D1 every event it lacks and the current window, in id order, batch after batch,
+/// moving the log's `mirrored` mark only after D1 has committed each batch. `fault` (a
+/// development-only switch) makes every write fail, to test that the mirror heals.
+pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker::Result<()> {
+    loop {
+        let Some(state) = log.state()? else {
+            return Ok(());
+        };
+        let mirrored = state.mirrored as u64;
+        let events = log.after(mirrored, CATCH_UP_BATCH)?;
+        let window = log.window()?;
+        if events.is_empty() && state.mirrored_earliest as u64 == window.earliest {
+            return Ok(());
+        }
+        if fault {
+            return Err(worker::Error::RustError(
+                "D1 writes are switched off (EDGEHUB_FAULT_D1_WRITES)".into(),
+            ));
+        }
+        let channel = ChannelName::parse(&state.channel)
+            .map_err(|_| worker::Error::RustError("stored channel name is invalid".into()))?;
+        // Ids below `earliest` are gone from the log: the mirror has all there is of them.
+        let through = events
+            .last()
+            .map_or(mirrored, |e| e.id)
+            .max(window.earliest.saturating_sub(1));
+        let mirrored_window = Window {
+            head: through,
+            earliest: window.earliest,
+        };
+        write(
+            db,
+            &channel,
+            &events,
+            mirrored_window,
+            worker::Date::now().as_millis() as f64,
+        )
+        .await?;
+        log.set_mirrored(through, window.earliest)?;
+    }
 }
 
 #[derive(Deserialize)]

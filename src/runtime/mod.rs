@@ -1,10 +1,13 @@
 //! The runtime shell: the only code that names the `worker` crate. The fetch entry routes,
-//! checks access and input, then either answers from D1 (`/poll`) or hands validated input to
-//! the channel's Durable Object (`hub`). Errors become problem documents in `http::problem`.
+//! checks access and input, then answers from D1 (`/poll`), mints a token (`/tokens`), bridges
+//! SSE, or hands validated input to the channel's Durable Object (`hub`). Errors become problem
+//! documents in `http::problem`; CORS headers are added in `cors`, once, on the way out.
 
 mod access;
 mod alarm;
 mod client;
+mod cors;
+mod demo;
 mod http;
 mod hub;
 mod log;
@@ -12,17 +15,23 @@ mod mirror;
 mod sse;
 mod subscribers;
 
-use crate::auth::Action;
+use crate::auth::delegate::{delegate, TokenRequest};
+use crate::auth::{self, Action};
 use crate::channel::fanout::Transport;
 use crate::channel::poll::{cut_page, PollRequest};
 use crate::config::Config;
 use crate::error::Error;
-use crate::protocol::publish::{parse_publish, PublishLimits};
+use crate::protocol::envelope::format_time;
+use crate::protocol::publish::{parse_idempotency_key, parse_publish, PublishLimits};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
 use crate::protocol::{route, ChannelName, Route};
+use access::Credentials;
 use client::Hub;
 use http::{internal, is_json, json, problem, read_body};
-use worker::{event, Context, Env, Request, Response, Result};
+use worker::{event, Context, Env, Method, Request, Response, Result};
+
+/// The largest `POST /tokens` body.
+const MINT_BODY_BYTES: usize = 16 * 1024;
 
 #[event(start)]
 fn start() {
@@ -32,9 +41,16 @@ fn start() {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let config = Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()));
-    Ok(handle(req, &env, &config)
+    let origin = req.headers().get("origin").ok().flatten();
+    if req.method() == Method::Options {
+        return Ok(
+            cors::preflight(&req, origin.as_deref(), &config).unwrap_or_else(|e| problem(&e))
+        );
+    }
+    let response = handle(req, &env, &config)
         .await
-        .unwrap_or_else(|e| problem(&e)))
+        .unwrap_or_else(|e| problem(&e));
+    Ok(cors::decorate(response, origin.as_deref(), &config))
 }
 
 async fn handle(
@@ -46,10 +62,13 @@ async fn handle(
         .url()
         .map_err(|_| Error::bad_request("unreadable URL"))?;
     let query = url.query().unwrap_or("").to_string();
-    match route(req.method().as_ref(), url.path())? {
+    let found = route(req.method().as_ref(), url.path())?;
+    let credentials = Credentials::read(&req, &query, found.takes_query_token())?;
+    match found {
         Route::Health => json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering")),
+        Route::Demo => demo::page(env, config),
         Route::Publish(channel) => {
-            access::check(&req, &query, env, config, Action::Publish, &channel)?;
+            credentials.check(env, config, Action::Publish, &channel)?;
             if !is_json(&req) {
                 return Err(Error::UnsupportedMediaType);
             }
@@ -59,14 +78,24 @@ async fn handle(
                 max_batch: config.max_batch,
             };
             let events = parse_publish(&body, limits)?;
-            Hub::get(env, &channel)?.publish(&events).await
+            let key = match req.headers().get("idempotency-key").ok().flatten() {
+                Some(k) => Some(parse_idempotency_key(k.trim())?),
+                None => None,
+            };
+            Hub::get(env, &channel)?
+                .publish(&events, key.as_deref())
+                .await
+        }
+        Route::Purge(channel) => {
+            credentials.check(env, config, Action::Publish, &channel)?;
+            Hub::get(env, &channel)?.purge().await
         }
         Route::ChannelInfo(channel) => {
-            access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            credentials.check(env, config, Action::Subscribe, &channel)?;
             Hub::get(env, &channel)?.info().await
         }
         Route::Poll(channel) => {
-            access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            credentials.check(env, config, Action::Subscribe, &channel)?;
             poll(&req, &query, env, config, &channel).await
         }
         Route::Ws(channel) => {
@@ -74,14 +103,14 @@ async fn handle(
             if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
                 return Err(Error::UpgradeRequired);
             }
-            let access = access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            let access = credentials.check(env, config, Action::Subscribe, &channel)?;
             let cursor = since(&query)?;
             Hub::get(env, &channel)?
                 .subscribe(Transport::Ws, cursor, access)
                 .await
         }
         Route::Sse(channel) => {
-            let access = access::check(&req, &query, env, config, Action::Subscribe, &channel)?;
+            let access = credentials.check(env, config, Action::Subscribe, &channel)?;
             // EventSource resumes with Last-Event-ID; it wins over the URL's original `since`.
             let cursor = match req.headers().get("last-event-id").ok().flatten() {
                 Some(id) if !id.trim().is_empty() => Some(parse_cursor(id.trim())?),
@@ -99,6 +128,28 @@ async fn handle(
                 config.sse_max_seconds,
                 access.expires,
             )
+        }
+        Route::MintToken => {
+            let caller = credentials.grant(env, config)?;
+            if !is_json(&req) {
+                return Err(Error::UnsupportedMediaType);
+            }
+            let body = read_body(&mut req, MINT_BODY_BYTES).await?;
+            let request: TokenRequest = serde_json::from_slice(&body).map_err(|e| {
+                Error::bad_request(format!(
+                    "a token request is {{\"publish\"?, \"subscribe\"?, \"ttl\", \"sub\"?}}: {e}"
+                ))
+            })?;
+            let claims = delegate(
+                &caller,
+                &request,
+                access::now_s(),
+                config.token_max_ttl_seconds,
+            )?;
+            let token = auth::sign(&claims, access::secret(env)?.as_bytes());
+            let expires_at = format_time(claims.exp.unwrap_or_default() * 1000).unwrap_or_default();
+            let body = serde_json::json!({"token": token, "expires_at": expires_at});
+            json(201, body.to_string()).map_err(internal("answering"))
         }
     }
 }
@@ -118,10 +169,7 @@ async fn poll(
     config: &Config,
     channel: &ChannelName,
 ) -> std::result::Result<Response, Error> {
-    let cursor = query_param(query, "since")
-        .transpose()?
-        .map(|s| parse_cursor(&s))
-        .transpose()?;
+    let cursor = since(query)?;
     let limit = match query_param(query, "limit").transpose()? {
         Some(s) => parse_limit(&s, config.poll_max_limit)?,
         None => config.poll_default_limit,

@@ -3,6 +3,8 @@
 //! seconds) and no runtime: reading headers, query strings and secrets is the caller's job.
 //! Errors never carry a token's contents: a refusal is only a coarse `TokenFault`.
 
+pub mod delegate;
+
 use crate::error::{Error, TokenFault};
 use crate::protocol::names::{ChannelName, CHANNEL_MAX_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

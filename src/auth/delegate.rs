@@ -1,0 +1,167 @@
+//! Delegation: `POST /tokens` mints a token whose rights are no wider than the caller's own, in
+//! channels and in time. This is how a backend hands a browser a short-lived subscribe token.
+//! See `docs/API.md#minting`.
+
+use super::{Claims, Grant, Pattern, Rights};
+use crate::error::Error;
+use serde::Deserialize;
+
+/// The body of `POST /tokens`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Lifetime in seconds.
+    pub ttl: i64,
+    /// Subject of the new token; the caller's own when absent.
+    pub sub: Option<String>,
+}
+
+/// The longest `sub` a minted token may carry.
+pub const MAX_SUB_LEN: usize = 256;
+
+/// The claims of the token to mint, or why not: 400 for a malformed request, 403 when a
+/// requested pattern is not covered by the caller's patterns for the same action.
+pub fn delegate(
+    caller: &Grant,
+    req: &TokenRequest,
+    now: i64,
+    max_ttl: i64,
+) -> Result<Claims, Error> {
+    if req.publish.is_empty() && req.subscribe.is_empty() {
+        return Err(Error::bad_request(
+            "ask for at least one publish or subscribe pattern",
+        ));
+    }
+    if req.ttl < 1 || req.ttl > max_ttl {
+        return Err(Error::bad_request(format!(
+            "ttl is a number of seconds from 1 to {max_ttl}"
+        )));
+    }
+    if req.sub.as_ref().is_some_and(|s| s.len() > MAX_SUB_LEN) {
+        return Err(Error::bad_request(format!(
+            "sub is at most {MAX_SUB_LEN} bytes"
+        )));
+    }
+    let publish = narrower(&req.publish, &caller.publish, "publish")?;
+    let subscribe = narrower(&req.subscribe, &caller.subscribe, "subscribe")?;
+    Ok(Claims {
+        // Never outlives the token that asked for it.
+        exp: Some(now.saturating_add(req.ttl).min(caller.exp)),
+        iat: Some(now),
+        nbf: None,
+        sub: req.sub.clone().or_else(|| caller.sub.clone()),
+        edgehub: Rights { publish, subscribe },
+    })
+}
+
+/// Parses `wanted` and checks each pattern is covered by one of `held`.
+fn narrower(wanted: &[String], held: &[Pattern], action: &str) -> Result<Vec<String>, Error> {
+    wanted
+        .iter()
+        .map(|w| {
+            let pattern = Pattern::parse(w)?;
+            if held.iter().any(|h| h.covers(&pattern)) {
+                Ok(pattern.as_str().to_string())
+            } else {
+                Err(Error::Forbidden(format!(
+                    "your token may not {action} on every channel {} matches",
+                    pattern.as_str()
+                )))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn grant(publish: &[&str], subscribe: &[&str], exp: i64) -> Grant {
+        let p = |list: &[&str]| list.iter().map(|s| Pattern::parse(s).unwrap()).collect();
+        Grant {
+            sub: Some("backend".into()),
+            publish: p(publish),
+            subscribe: p(subscribe),
+            exp,
+            iat: None,
+        }
+    }
+
+    fn req(publish: &[&str], subscribe: &[&str], ttl: i64) -> TokenRequest {
+        let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        TokenRequest {
+            publish: v(publish),
+            subscribe: v(subscribe),
+            ttl,
+            sub: None,
+        }
+    }
+
+    #[test]
+    fn table() {
+        let caller = grant(&["orders:*"], &["*"], 10_000);
+        for (r, status) in [
+            (req(&[], &["orders:eu"], 60), None),
+            (req(&["orders:eu:*"], &["public:*"], 60), None),
+            (req(&["orders:*"], &[], 3600), None),
+            (req(&["*"], &[], 60), Some(403)),
+            (req(&["invoices"], &[], 60), Some(403)),
+            (req(&[], &[], 60), Some(400)),
+            (req(&[], &["x"], 0), Some(400)),
+            (req(&[], &["x"], 3601), Some(400)),
+            (req(&[], &["bad name"], 60), Some(400)),
+        ] {
+            let got = delegate(&caller, &r, 1000, 3600)
+                .map_err(|e| e.status())
+                .err();
+            assert_eq!(got, status, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn never_outlives_the_caller_and_keeps_its_subject() {
+        let caller = grant(&[], &["*"], 1030);
+        let claims = delegate(&caller, &req(&[], &["a"], 300), 1000, 3600).unwrap();
+        assert_eq!((claims.iat, claims.exp), (Some(1000), Some(1030)));
+        assert_eq!(claims.sub.as_deref(), Some("backend"));
+        let mut named = req(&[], &["a"], 10);
+        named.sub = Some("browser-7".into());
+        let claims = delegate(&caller, &named, 1000, 3600).unwrap();
+        assert_eq!(
+            (claims.exp, claims.sub.as_deref()),
+            (Some(1010), Some("browser-7"))
+        );
+    }
+
+    #[test]
+    fn subscribe_rights_do_not_grant_publish() {
+        let caller = grant(&[], &["*"], 10_000);
+        assert_eq!(
+            delegate(&caller, &req(&["a"], &[], 60), 0, 3600)
+                .map_err(|e| e.status())
+                .err(),
+            Some(403)
+        );
+    }
+
+    proptest! {
+        /// Whatever is asked, a minted token never matches a channel its caller could not reach.
+        #[test]
+        fn no_escalation(held in "[a-c]{0,2}\\*?", asked in "[a-c]{0,3}\\*?", channel in "[a-c]{1,4}") {
+            let Ok(held_p) = Pattern::parse(&held) else { return Ok(()) };
+            let caller = Grant { sub: None, publish: vec![held_p.clone()], subscribe: vec![], exp: 100, iat: None };
+            let ch = crate::protocol::ChannelName::parse(&channel).unwrap();
+            if let Ok(claims) = delegate(&caller, &req(&[asked.as_str()], &[], 10), 0, 60) {
+                for p in &claims.edgehub.publish {
+                    let p = Pattern::parse(p).unwrap();
+                    prop_assert!(!p.matches(&ch) || held_p.matches(&ch));
+                }
+            }
+        }
+    }
+}
