@@ -52,8 +52,13 @@ pub const SHARED_HEARTBEAT_SECONDS: u64 = 2;
 
 impl HubOptions {
     /// The suite's shared hub.
+    /// The suite's shared hub: short heartbeats, and retention wide enough that the tests
+    /// of ordering and paging (2,500 events on one channel) see every event they published.
     pub fn shared() -> HubOptions {
-        HubOptions::with_vars(&[("HEARTBEAT_SECONDS", &SHARED_HEARTBEAT_SECONDS.to_string())])
+        HubOptions::with_vars(&[
+            ("HEARTBEAT_SECONDS", &SHARED_HEARTBEAT_SECONDS.to_string()),
+            ("RETAIN_EVENTS", "100000"),
+        ])
     }
 
     pub fn with_vars(vars: &[(&str, &str)]) -> HubOptions {
