@@ -160,9 +160,11 @@ impl Hub {
         let log_from = fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
         let exit_file = self.dir.join("wrangler.exit");
         let _ = fs::remove_file(&exit_file);
+        let config = config_for(&self.dir)?;
         let mut cmd = Command::new("sh");
         cmd.arg("-c").arg(WATCHDOG).arg("edgehub-e2e-watchdog");
         cmd.arg(wrangler()).args(["dev", "--ip", "127.0.0.1"]);
+        cmd.arg("--config").arg(&config);
         cmd.args([
             "--port",
             &port.to_string(),
@@ -273,11 +275,52 @@ fn free_ports() -> Result<(u16, u16), String> {
     Ok((port(&a)?, port(&b)?))
 }
 
+/// The hub's own copy of `wrangler.toml`, in its persist dir: the same Worker, bindings and
+/// settings, with absolute paths and without the `[build]` step. So a test hub runs the bundle
+/// `make build` made and never rebuilds or restarts when a file in `src/` changes mid-run, and
+/// no `.dev.vars` is read: a test hub's settings are the `--var`s it is given, nothing else.
+fn config_for(dir: &Path) -> Result<PathBuf, String> {
+    let text = fs::read_to_string(root().join("wrangler.toml"))
+        .map_err(|e| format!("reading wrangler.toml: {e}"))?;
+    let mut out = String::new();
+    let mut in_build = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_build = trimmed == "[build]";
+        }
+        if in_build {
+            continue;
+        }
+        let line = if trimmed.starts_with("main =") {
+            format!(
+                "main = {:?}",
+                root().join("build/worker/shim.mjs").display().to_string()
+            )
+        } else if trimmed.starts_with("migrations_dir =") {
+            format!(
+                "migrations_dir = {:?}",
+                root().join("migrations").display().to_string()
+            )
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let path = dir.join("wrangler.toml");
+    fs::write(&path, out).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// `wrangler d1 migrations apply DB --local` into the hub's persist dir.
 async fn migrate(dir: &Path) -> Result<(), String> {
+    let config = config_for(dir)?;
     let mut cmd = tokio::process::Command::new(wrangler());
     cmd.args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
-        .arg(dir);
+        .arg(dir)
+        .arg("--config")
+        .arg(&config);
     cmd.current_dir(root())
         .envs(quiet_env())
         .stdin(Stdio::null());
