@@ -13,6 +13,8 @@ pub struct Config {
     pub retain_seconds: u64,
     pub sse_max_seconds: u64,
     pub heartbeat_seconds: u64,
+    /// Unread bytes after which a live subscriber is dropped as too slow.
+    pub slow_consumer_bytes: usize,
     pub query_token_max_seconds: i64,
     pub token_max_ttl_seconds: i64,
     pub poll_default_limit: u32,
@@ -51,6 +53,7 @@ impl Config {
             retain_seconds: num("RETAIN_SECONDS", 86_400).max(1),
             sse_max_seconds: num("SSE_MAX_SECONDS", 1800).max(1),
             heartbeat_seconds: num("HEARTBEAT_SECONDS", 15).max(1),
+            slow_consumer_bytes: size("SLOW_CONSUMER_BYTES", 1024 * 1024).max(64 * 1024),
             query_token_max_seconds: i64::try_from(num("QUERY_TOKEN_MAX_SECONDS", 300))
                 .unwrap_or(300),
             token_max_ttl_seconds: i64::try_from(num("TOKEN_MAX_TTL_SECONDS", 3600))
@@ -92,6 +95,7 @@ mod tests {
         assert_eq!(c.retain_seconds, 86_400);
         assert_eq!(c.sse_max_seconds, 1800);
         assert_eq!(c.heartbeat_seconds, 15);
+        assert_eq!(c.slow_consumer_bytes, 1_048_576);
         assert_eq!(c.query_token_max_seconds, 300);
         assert_eq!((c.poll_default_limit, c.poll_max_limit), (100, 1000));
         assert!(c.public_channels.is_empty());

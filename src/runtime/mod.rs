@@ -122,12 +122,12 @@ async fn handle(
             if upstream.status_code() != 101 {
                 return Ok(upstream);
             }
-            sse::bridge(
-                upstream,
-                config.heartbeat_seconds,
-                config.sse_max_seconds,
-                access.expires,
-            )
+            let limits = sse::BridgeLimits {
+                heartbeat_s: config.heartbeat_seconds,
+                lifetime_s: config.sse_max_seconds,
+                max_backlog: config.slow_consumer_bytes,
+            };
+            sse::bridge(upstream, limits, access.expires)
         }
         Route::MintToken => {
             let caller = credentials.grant(env, config)?;

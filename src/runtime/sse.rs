@@ -2,16 +2,29 @@
 //! the channel's object over a hibernatable WebSocket, and pipes the SSE text the object sends
 //! (already framed, once per publish) into the stream, adding heartbeats. The stream ends after
 //! `SSE_MAX_SECONDS`, when the token expires, or when the object closes the socket; when the
-//! client goes away, dropping the stream closes the socket, so the object forgets it.
+//! client goes away, dropping the stream closes the socket, so the object forgets it. A client
+//! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it: its memory stays
+//! bounded, and `EventSource` resumes from `Last-Event-ID` when it reads again.
 
 use super::http::internal;
 use crate::error::Error;
 use crate::protocol::sse;
+use crate::protocol::ws::CloseCode;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::future::{select, Either};
 use futures::{stream, StreamExt};
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Duration;
 use worker::{Date, Delay, Headers, Response, WebSocket, WebsocketEvent};
+
+/// The bridge's settings, from `Config`.
+pub struct BridgeLimits {
+    pub heartbeat_s: u64,
+    pub lifetime_s: u64,
+    /// Unread bytes after which a client is dropped as too slow.
+    pub max_backlog: usize,
+}
 
 /// Closes the object's socket when the client's stream is dropped, whatever the reason.
 struct CloseOnDrop(WebSocket);
@@ -22,8 +35,16 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// Bytes forwarded from the object but not yet taken by the client's stream.
+#[derive(Clone, Default)]
+struct Backlog {
+    bytes: Rc<Cell<usize>>,
+    overflowed: Rc<Cell<bool>>,
+}
+
 struct Bridge {
     frames: UnboundedReceiver<String>,
+    backlog: Backlog,
     /// Unix milliseconds at which the stream ends cleanly.
     deadline_ms: f64,
     heartbeat: Duration,
@@ -39,8 +60,7 @@ enum Step {
 /// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream.
 pub fn bridge(
     upstream: Response,
-    heartbeat_s: u64,
-    lifetime_s: u64,
+    limits: BridgeLimits,
     token_exp: Option<i64>,
 ) -> Result<Response, Error> {
     let socket = upstream
@@ -50,16 +70,19 @@ pub fn bridge(
         .accept()
         .map_err(internal("accepting the hub socket"))?;
     let (tx, rx) = unbounded();
-    worker::wasm_bindgen_futures::spawn_local(forward(socket.clone(), tx));
+    let backlog = Backlog::default();
+    let forwarding = forward(socket.clone(), tx, backlog.clone(), limits.max_backlog);
+    worker::wasm_bindgen_futures::spawn_local(forwarding);
 
-    let mut deadline_ms = Date::now().as_millis() as f64 + lifetime_s as f64 * 1000.0;
+    let mut deadline_ms = Date::now().as_millis() as f64 + limits.lifetime_s as f64 * 1000.0;
     if let Some(exp) = token_exp {
         deadline_ms = deadline_ms.min(exp as f64 * 1000.0);
     }
     let bridge = Bridge {
         frames: rx,
+        backlog,
         deadline_ms,
-        heartbeat: Duration::from_secs(heartbeat_s),
+        heartbeat: Duration::from_secs(limits.heartbeat_s),
         _socket: CloseOnDrop(socket),
     };
     let preamble =
@@ -77,7 +100,7 @@ pub fn bridge(
 
 async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
     let left_ms = bridge.deadline_ms - Date::now().as_millis() as f64;
-    if left_ms <= 0.0 {
+    if left_ms <= 0.0 || bridge.backlog.overflowed.get() {
         return None;
     }
     let wait = bridge.heartbeat.min(Duration::from_millis(left_ms as u64));
@@ -87,27 +110,44 @@ async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error
         Either::Right(_) => Step::Heartbeat,
     };
     match step {
-        Step::Frame(text) => Some((Ok(text.into_bytes()), bridge)),
+        Step::Frame(text) => {
+            let bytes = &bridge.backlog.bytes;
+            bytes.set(bytes.get().saturating_sub(text.len()));
+            Some((Ok(text.into_bytes()), bridge))
+        }
         Step::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
         Step::End => None,
     }
 }
 
-/// Moves the object's text frames into the stream until either side closes.
-async fn forward(socket: WebSocket, tx: UnboundedSender<String>) {
+/// Moves the object's text frames into the stream until either side closes, or until the
+/// client has left more than `max_backlog` bytes unread: then the object's socket is closed as
+/// too slow and the stream ends.
+async fn forward(
+    socket: WebSocket,
+    tx: UnboundedSender<String>,
+    backlog: Backlog,
+    max_backlog: usize,
+) {
     let Ok(mut events) = socket.events() else {
         return;
     };
     while let Some(event) = events.next().await {
-        match event {
-            Ok(WebsocketEvent::Message(message)) => {
-                if let Some(text) = message.text() {
-                    if tx.unbounded_send(text).is_err() {
-                        break;
-                    }
-                }
-            }
+        let text = match event {
+            Ok(WebsocketEvent::Message(message)) => message.text(),
             Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+        };
+        let Some(text) = text else { continue };
+        let waiting = backlog.bytes.get().saturating_add(text.len());
+        if waiting > max_backlog {
+            backlog.overflowed.set(true);
+            let code = CloseCode::TooSlow;
+            let _ = socket.close(Some(code.code()), Some(code.reason()));
+            break;
+        }
+        backlog.bytes.set(waiting);
+        if tx.unbounded_send(text).is_err() {
+            break;
         }
     }
 }
