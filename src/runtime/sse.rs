@@ -2,7 +2,8 @@
 //! the channel's object over a hibernatable WebSocket, and pipes the SSE text the object sends
 //! (already framed, once per publish) into the stream, adding heartbeats. The stream ends after
 //! `SSE_MAX_SECONDS`, when the token expires, or when the object closes the socket; when the
-//! client goes away, dropping the stream closes the socket, so the object forgets it. A client
+//! client goes away (the request's abort signal, or at the latest a failed write dropping the
+//! stream), the socket is closed, so the object forgets it. A client
 //! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it: its memory stays
 //! bounded, and `EventSource` resumes from `Last-Event-ID` when it reads again.
 
@@ -16,6 +17,8 @@ use futures::{stream, StreamExt};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::JsCast;
 use worker::{Date, Delay, Headers, Response, WebSocket, WebsocketEvent};
 
 /// The bridge's settings, from `Config`.
@@ -42,12 +45,39 @@ struct Backlog {
     overflowed: Rc<Cell<bool>>,
 }
 
+/// Closes the object's socket as soon as the client's request is aborted (the runtime signals
+/// it with the `enable_request_signal` flag), without waiting for a write to fail.
+struct AbortWatch {
+    signal: worker::web_sys::AbortSignal,
+    _on_abort: Closure<dyn FnMut()>,
+}
+
+impl AbortWatch {
+    fn new(signal: worker::web_sys::AbortSignal, socket: WebSocket) -> AbortWatch {
+        let on_abort = Closure::<dyn FnMut()>::new(move || {
+            let _ = socket.close(Some(1000), Some("sse client gone"));
+        });
+        signal.set_onabort(Some(on_abort.as_ref().unchecked_ref()));
+        AbortWatch {
+            signal,
+            _on_abort: on_abort,
+        }
+    }
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        self.signal.set_onabort(None);
+    }
+}
+
 struct Bridge {
     frames: UnboundedReceiver<String>,
     backlog: Backlog,
     /// Unix milliseconds at which the stream ends cleanly.
     deadline_ms: f64,
     heartbeat: Duration,
+    _abort: AbortWatch,
     _socket: CloseOnDrop,
 }
 
@@ -60,6 +90,7 @@ enum Step {
 /// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream.
 pub fn bridge(
     upstream: Response,
+    client: worker::web_sys::AbortSignal,
     limits: BridgeLimits,
     token_exp: Option<i64>,
 ) -> Result<Response, Error> {
@@ -83,6 +114,7 @@ pub fn bridge(
         backlog,
         deadline_ms,
         heartbeat: Duration::from_secs(limits.heartbeat_s),
+        _abort: AbortWatch::new(client, socket.clone()),
         _socket: CloseOnDrop(socket),
     };
     let preamble =
