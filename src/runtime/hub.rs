@@ -68,6 +68,8 @@ pub struct ChannelHub {
     /// Consecutive failed catch-ups, for the retry backoff.
     mirror_failures: Rc<Cell<u32>>,
     alarm: Rc<Alarm>,
+    /// Settings, read once per instance: `[vars]` cannot change while it lives.
+    config: Config,
 }
 
 impl DurableObject for ChannelHub {
@@ -79,6 +81,7 @@ impl DurableObject for ChannelHub {
         if let Ok(pair) = worker::worker_sys::WebSocketRequestResponsePair::new(PING, PONG) {
             let _ = state.as_raw().set_websocket_auto_response(&pair);
         }
+        let config = Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()));
         let hub = ChannelHub {
             state,
             env,
@@ -88,6 +91,7 @@ impl DurableObject for ChannelHub {
             mirroring: Rc::new(Cell::new(false)),
             mirror_failures: Rc::new(Cell::new(0)),
             alarm: Rc::new(Alarm::default()),
+            config,
         };
         // A crash between an answer and its D1 write leaves the mirror behind: catch up on wake.
         hub.start_mirror();
@@ -167,13 +171,8 @@ impl ChannelHub {
             .ok_or_else(|| Error::Internal("the channel log did not open".into()))
     }
 
-    fn config(&self) -> Config {
-        Config::from_lookup(|name| self.env.var(name).ok().map(|v| v.to_string()))
-    }
-
     fn policy(&self) -> Policy {
-        let config = self.config();
-        Policy::new(config.retain_events, config.retain_seconds)
+        Policy::new(self.config.retain_events, self.config.retain_seconds)
     }
 
     async fn dispatch(&self, mut req: Request) -> std::result::Result<Response, Error> {
@@ -283,7 +282,7 @@ impl ChannelHub {
         ws: &WebSocket,
         text: &str,
     ) -> std::result::Result<(), (Error, Option<String>)> {
-        let config = self.config();
+        let config = &self.config;
         let limits = PublishLimits {
             max_data_bytes: config.max_data_bytes,
             max_batch: 1,
@@ -415,7 +414,7 @@ impl ChannelHub {
             Ok(db) => db,
             Err(e) => return console_error!("edgehub: no D1 binding: {e}"),
         };
-        let fault = self.config().fault_d1_writes;
+        let fault = self.config.fault_d1_writes;
         self.mirroring.set(true);
         let (mirroring, failures, alarm) = (
             self.mirroring.clone(),
