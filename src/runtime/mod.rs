@@ -127,7 +127,7 @@ async fn handle(
                 lifetime_s: config.sse_max_seconds,
                 max_backlog: config.slow_consumer_bytes,
             };
-            sse::bridge(upstream, req.inner().signal(), limits, access.expires)
+            sse::bridge(upstream, limits, access.expires)
         }
         Route::MintToken => {
             let caller = credentials.grant(env, config)?;

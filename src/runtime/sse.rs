@@ -2,8 +2,7 @@
 //! the channel's object over a hibernatable WebSocket, and pipes the SSE text the object sends
 //! (already framed, once per publish) into the stream, adding heartbeats. The stream ends after
 //! `SSE_MAX_SECONDS`, when the token expires, or when the object closes the socket; when the
-//! client goes away (the request's abort signal, or at the latest a failed write dropping the
-//! stream), the socket is closed, so the object forgets it. A client
+//! client goes away, dropping the stream closes the socket, so the object forgets it. A client
 //! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it: its memory stays
 //! bounded, and `EventSource` resumes from `Last-Event-ID` when it reads again.
 
@@ -15,11 +14,8 @@ use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::future::{select, Either};
 use futures::{stream, StreamExt};
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
-use worker::wasm_bindgen::closure::Closure;
-use worker::wasm_bindgen::JsCast;
 use worker::{Date, Delay, Headers, Response, WebSocket, WebsocketEvent};
 
 /// The bridge's settings, from `Config`.
@@ -29,6 +25,12 @@ pub struct BridgeLimits {
     /// Unread bytes after which a client is dropped as too slow.
     pub max_backlog: usize,
 }
+
+/// A write to a client that has gone away only fails once the buffers on the way are spent:
+/// measured under `wrangler dev`, at the third write after the client left. So the heartbeat
+/// comment goes out this many times per `HEARTBEAT_SECONDS`, and a gone client is noticed within
+/// one heartbeat period.
+const WRITES_PER_HEARTBEAT: u64 = 3;
 
 /// Closes the object's socket when the client's stream is dropped, whatever the reason.
 struct CloseOnDrop(WebSocket);
@@ -46,41 +48,12 @@ struct Backlog {
     overflowed: Rc<Cell<bool>>,
 }
 
-/// Closes the object's socket as soon as the client's request is aborted (the runtime signals
-/// it with the `enable_request_signal` flag), without waiting for a write to fail.
-struct AbortWatch {
-    signal: worker::web_sys::AbortSignal,
-    _on_abort: Closure<dyn FnMut()>,
-}
-
-impl AbortWatch {
-    fn new(signal: worker::web_sys::AbortSignal, socket: WebSocket) -> AbortWatch {
-        let on_abort = Closure::<dyn FnMut()>::new(move || {
-            let _ = socket.close(Some(1000), Some("sse client gone"));
-        });
-        signal.set_onabort(Some(on_abort.as_ref().unchecked_ref()));
-        AbortWatch {
-            signal,
-            _on_abort: on_abort,
-        }
-    }
-}
-
-impl Drop for AbortWatch {
-    fn drop(&mut self) {
-        self.signal.set_onabort(None);
-    }
-}
-
 struct Bridge {
     frames: UnboundedReceiver<String>,
     backlog: Backlog,
     /// Unix milliseconds at which the stream ends cleanly.
     deadline_ms: f64,
     heartbeat: Duration,
-    /// Pieces of a heartbeat still to write.
-    pieces: VecDeque<&'static [u8]>,
-    _abort: AbortWatch,
     _socket: CloseOnDrop,
 }
 
@@ -93,7 +66,6 @@ enum Step {
 /// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream.
 pub fn bridge(
     upstream: Response,
-    client: worker::web_sys::AbortSignal,
     limits: BridgeLimits,
     token_exp: Option<i64>,
 ) -> Result<Response, Error> {
@@ -116,9 +88,9 @@ pub fn bridge(
         frames: rx,
         backlog,
         deadline_ms,
-        heartbeat: Duration::from_secs(limits.heartbeat_s),
-        pieces: VecDeque::new(),
-        _abort: AbortWatch::new(client, socket.clone()),
+        heartbeat: Duration::from_millis(
+            limits.heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT,
+        ),
         _socket: CloseOnDrop(socket),
     };
     let preamble =
@@ -135,9 +107,6 @@ pub fn bridge(
 }
 
 async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
-    if let Some(piece) = bridge.pieces.pop_front() {
-        return Some((Ok(piece.to_vec()), bridge));
-    }
     let left_ms = bridge.deadline_ms - Date::now().as_millis() as f64;
     if left_ms <= 0.0 || bridge.backlog.overflowed.get() {
         return None;
@@ -154,16 +123,7 @@ async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error
             bytes.set(bytes.get().saturating_sub(text.len()));
             Some((Ok(text.into_bytes()), bridge))
         }
-        Step::Heartbeat => {
-            // A write to a client that has gone only fails once the buffers on the way are
-            // spent: measured under `wrangler dev`, at the third write. Sending the heartbeat
-            // as three small writes lets the bridge notice within one heartbeat.
-            let text = sse::heartbeat().as_bytes();
-            let (first, rest) = text.split_at(text.len().min(2));
-            let (second, third) = rest.split_at(rest.len().saturating_sub(1));
-            bridge.pieces.extend([second, third]);
-            Some((Ok(first.to_vec()), bridge))
-        }
+        Step::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
         Step::End => None,
     }
 }
