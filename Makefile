@@ -16,7 +16,7 @@ export CLOUDFLARE_CF_FETCH_ENABLED := false
 RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock
 WRANGLER := node_modules/.bin/wrangler
 
-.PHONY: help setup dev test build bundle check token clean
+.PHONY: help setup setup-test dev test build bundle check token clean
 
 help:
 	@echo "make dev    install what is missing, then run the hub at http://127.0.0.1:$(PORT)"
@@ -26,6 +26,10 @@ help:
 # Installs whatever is missing (see scripts/setup.sh); quick when everything is there.
 setup:
 	@scripts/setup.sh
+
+# The same, plus what only the tests need (Chromium, Python's venv).
+setup-test:
+	@scripts/setup.sh test
 
 # The Worker bundle: build/worker/shim.mjs and the wasm beside it.
 build: setup build/worker/shim.mjs
@@ -39,7 +43,7 @@ dev: build
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
 # Unit tests of the pure core natively, then the end-to-end suite against `wrangler dev`.
-test: bundle
+test: setup-test bundle
 	cargo test --lib --bins
 	cargo test --test e2e
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need and is not there yet; skips what is. Run by
-# `make dev` and `make test` (through `make setup`). Only package registries are used: crates.io
+# `make dev` (`make setup`) and `make test` (`make setup-test`). Only package registries are used: crates.io
 # for the Rust tools, npm for wrangler and esbuild (versions pinned in package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +35,20 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] \
    || [ ! -x node_modules/.bin/wrangler ] || [ ! -x node_modules/.bin/esbuild ]; then
   npm ci --no-audit --no-fund
+fi
+
+# `setup.sh test` also brings what only the tests use: Chromium for the browser tests, and
+# Python's venv for schemathesis (installed from PyPI into target/ by its test).
+if [ "${1:-}" = "test" ]; then
+  missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+  command -v python3 >/dev/null || missing+=(python3 python3-venv)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+  fi
 fi
 
 if [ ! -f .dev.vars ]; then
