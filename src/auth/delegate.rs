@@ -17,6 +17,7 @@ pub struct TokenRequest {
     /// Lifetime in seconds.
     pub ttl: i64,
     /// Subject of the new token; the caller's own when absent.
+    #[serde(default, deserialize_with = "crate::protocol::publish::present")]
     pub sub: Option<String>,
 }
 

@@ -25,10 +25,16 @@ pub struct PublishLimits {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Item<'a> {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "present")]
     event_type: Option<String>,
     #[serde(borrow)]
     data: &'a RawValue,
+}
+
+/// For optional string members: absent is `None`, but an explicit `null` is refused like any
+/// other non-string, rather than read as absent.
+pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// Parses and validates a whole publish body.
@@ -196,6 +202,7 @@ mod tests {
             (r#"{"data":1,"extra":2}"#, 400),
             (r#"{"data":1,"type":"bad type"}"#, 400),
             (r#"{"data":1,"type":7}"#, 400),
+            (r#"{"data":1,"type":null}"#, 400),
             (r#"[{"data":1}, 5]"#, 400),
             (r#"[{"data":1},{"data":1,"type":"\n"}]"#, 400),
             (r#"[{"data":1},{"data":1},{"data":1},{"data":1}]"#, 413),

@@ -4,7 +4,7 @@
 //! See `docs/API.md#websocket` and `docs/API.md#close-codes`.
 
 use super::names::EventType;
-use super::publish::{compact, parse_idempotency_key, NewEvent, PublishLimits};
+use super::publish::{compact, parse_idempotency_key, present, NewEvent, PublishLimits};
 use crate::error::Error;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -107,13 +107,14 @@ struct PublishFrame<'a> {
     /// Already checked through `AnyFrame`; declared so `deny_unknown_fields` accepts it.
     #[serde(rename = "op")]
     _op: serde::de::IgnoredAny,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "present")]
     event_type: Option<String>,
     #[serde(borrow)]
     data: &'a RawValue,
     /// Read through `AnyFrame`; declared so `deny_unknown_fields` accepts it.
     #[serde(rename = "ref")]
     _reference: Option<serde::de::IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
     idempotency_key: Option<String>,
 }
 
@@ -233,6 +234,7 @@ mod tests {
             ),
             (r#"{"op":"publish","data":"0123456789abcdef"}"#, 413, None),
             (r#"{"op":"publish","data":1,"extra":1}"#, 400, None),
+            (r#"{"op":"publish","data":1,"type":null}"#, 400, None),
             (
                 r#"{"op":"publish","data":1,"idempotency_key":"a b","ref":4}"#,
                 400,

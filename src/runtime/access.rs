@@ -22,31 +22,34 @@ pub struct Access {
 
 /// Where the request's token is, if it has one.
 pub struct Credentials {
-    token: Option<(String, TokenSource)>,
+    /// `None`: anonymous. `Some(Err)`: an `Authorization` header that is not a bearer token,
+    /// refused only where a route looks at credentials.
+    token: Option<Result<(String, TokenSource), Error>>,
 }
 
 impl Credentials {
     /// The bearer header, or else (where `query_allowed`) the `token` query parameter.
-    pub fn read(req: &Request, query: &str, query_allowed: bool) -> Result<Self, Error> {
+    pub fn read(req: &Request, query: &str, query_allowed: bool) -> Self {
         if let Some(value) = req.headers().get("authorization").ok().flatten() {
-            let token = auth::bearer(&value).ok_or(Error::Unauthorized(TokenFault::Malformed))?;
-            return Ok(Credentials {
-                token: Some((token.to_string(), TokenSource::Header)),
-            });
+            let token = auth::bearer(&value)
+                .map(|t| (t.to_string(), TokenSource::Header))
+                .ok_or(Error::Unauthorized(TokenFault::Malformed));
+            return Credentials { token: Some(token) };
         }
         let token = match query_param(query, "token") {
-            Some(token) if query_allowed => Some((token?, TokenSource::Query)),
+            Some(token) if query_allowed => Some(token.map(|t| (t, TokenSource::Query))),
             _ => None,
         };
-        Ok(Credentials { token })
+        Credentials { token }
     }
 
     /// The verified grant; 401 without a token or with a bad one.
     pub fn grant(&self, env: &Env, config: &Config) -> Result<Grant, Error> {
-        let (token, source) = self
-            .token
-            .as_ref()
-            .ok_or(Error::Unauthorized(TokenFault::Missing))?;
+        let (token, source) = match &self.token {
+            None => return Err(Error::Unauthorized(TokenFault::Missing)),
+            Some(Err(e)) => return Err(e.clone()),
+            Some(Ok(found)) => found,
+        };
         let secret = secret(env)?;
         auth::verify(
             token,

@@ -24,6 +24,9 @@ pub fn preflight(req: &Request, origin: Option<&str>, config: &Config) -> Result
     for (name, value) in preflight_headers(&allowed, methods) {
         headers.set(name, &value).map_err(internal("answering"))?;
     }
+    headers
+        .set("cache-control", "no-store")
+        .map_err(internal("answering"))?;
     Ok(Response::builder()
         .with_status(204)
         .with_headers(headers)

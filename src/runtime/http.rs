@@ -51,7 +51,11 @@ pub async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Error> 
             return Err(too_large());
         }
     }
-    let body = req.bytes().await.map_err(internal("reading the body"))?;
+    // A body that cannot be read (cut off, a broken chunk) is the client's fault.
+    let body = req
+        .bytes()
+        .await
+        .map_err(|_| Error::bad_request("the request body could not be read to its end"))?;
     if body.len() > max {
         return Err(too_large());
     }

@@ -62,8 +62,9 @@ async fn handle(
         .url()
         .map_err(|_| Error::bad_request("unreadable URL"))?;
     let query = url.query().unwrap_or("").to_string();
-    let found = route(req.method().as_ref(), url.path())?;
-    let credentials = Credentials::read(&req, &query, found.takes_query_token())?;
+    // The raw method: the worker crate reads every method it does not know as GET.
+    let found = route(&req.inner().method(), url.path())?;
+    let credentials = Credentials::read(&req, &query, found.takes_query_token());
     match found {
         Route::Health => json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering")),
         Route::Demo => demo::page(env, config),
