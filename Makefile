@@ -16,12 +16,13 @@ export CLOUDFLARE_CF_FETCH_ENABLED := false
 RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock
 WRANGLER := node_modules/.bin/wrangler
 
-.PHONY: help setup setup-test dev test build bundle check token clean
+.PHONY: help setup setup-test dev test build bundle check token clean bench
 
 help:
 	@echo "make dev    install what is missing, then run the hub at http://127.0.0.1:$(PORT)"
 	@echo "make test   install what is missing, then run every test"
 	@echo "make token  print a development token (ARGS='--publish \"*\" --subscribe \"*\"')"
+	@echo "make bench  build the release Worker and benchmark it (ARGS=--quick for a smoke run)"
 
 # Installs whatever is missing (see scripts/setup.sh); quick when everything is there.
 setup:
@@ -42,10 +43,12 @@ dev: build
 	$(WRANGLER) d1 migrations apply DB --local
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
-# Unit tests of the pure core natively, then the end-to-end suite against `wrangler dev`.
+# Unit tests of the pure core natively, the end-to-end suite against `wrangler dev`, then the
+# demo page in headless Chromium.
 test: setup-test bundle
 	cargo test --lib --bins
 	cargo test --test e2e
+	node --test tests/browser/
 
 # Proves the deploy bundle without an account: what `wrangler deploy` would upload, checked for
 # the wasm module and the Durable Object class export.
@@ -60,6 +63,14 @@ check: setup
 	cargo fmt --check
 	cargo clippy --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy --all-targets -- -D warnings
+
+# Benchmarks the release Worker and a no-op Worker under wrangler dev (docs/benchmarks.md);
+# writes bench/results.json and the table in docs/benchmarks.md. ARGS=--quick for a smoke run.
+# The bench tool is native; it skips the Worker's size-tuned LTO profile and builds apart.
+bench: build
+	CARGO_TARGET_DIR=target/bench-build CARGO_PROFILE_RELEASE_LTO=false \
+	  CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	  cargo run --release --locked -p edgehub-bench -- $(ARGS)
 
 token: setup
 	@cargo run -q --bin edgehub-token -- $(ARGS)

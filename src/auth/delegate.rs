@@ -15,7 +15,8 @@ pub struct TokenRequest {
     #[serde(default)]
     pub subscribe: Vec<String>,
     /// Lifetime in seconds.
-    pub ttl: i64,
+    /// JSON has one number type: `300` and `300.0` are the same whole number of seconds.
+    pub ttl: serde_json::Number,
     /// Subject of the new token; the caller's own when absent.
     #[serde(default, deserialize_with = "crate::protocol::publish::present")]
     pub sub: Option<String>,
@@ -37,11 +38,11 @@ pub fn delegate(
             "ask for at least one publish or subscribe pattern",
         ));
     }
-    if req.ttl < 1 || req.ttl > max_ttl {
+    let Some(ttl) = whole(&req.ttl).filter(|t| (1..=max_ttl).contains(t)) else {
         return Err(Error::bad_request(format!(
-            "ttl is a number of seconds from 1 to {max_ttl}"
+            "ttl is a whole number of seconds from 1 to {max_ttl}"
         )));
-    }
+    };
     if req.sub.as_ref().is_some_and(|s| s.len() > MAX_SUB_LEN) {
         return Err(Error::bad_request(format!(
             "sub is at most {MAX_SUB_LEN} bytes"
@@ -51,11 +52,20 @@ pub fn delegate(
     let subscribe = narrower(&req.subscribe, &caller.subscribe, "subscribe")?;
     Ok(Claims {
         // Never outlives the token that asked for it.
-        exp: Some(now.saturating_add(req.ttl).min(caller.exp)),
+        exp: Some(now.saturating_add(ttl).min(caller.exp)),
         iat: Some(now),
         nbf: None,
         sub: req.sub.clone().or_else(|| caller.sub.clone()),
         edgehub: Rights { publish, subscribe },
+    })
+}
+
+/// A number that is a whole `i64`, written as `5` or `5.0`.
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
     })
 }
 
@@ -98,7 +108,7 @@ mod tests {
         TokenRequest {
             publish: v(publish),
             subscribe: v(subscribe),
-            ttl,
+            ttl: ttl.into(),
             sub: None,
         }
     }
@@ -121,6 +131,23 @@ mod tests {
                 .map_err(|e| e.status())
                 .err();
             assert_eq!(got, status, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_is_any_whole_json_number() {
+        let caller = grant(&[], &["*"], 10_000);
+        for (text, ok) in [
+            ("60", true),
+            ("60.0", true),
+            ("60.5", false),
+            ("-1", false),
+            ("1e3", true),
+            ("1e20", false),
+        ] {
+            let mut r = req(&[], &["a"], 1);
+            r.ttl = serde_json::from_str(text).unwrap();
+            assert_eq!(delegate(&caller, &r, 0, 3600).is_ok(), ok, "ttl {text}");
         }
     }
 

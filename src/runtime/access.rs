@@ -16,7 +16,8 @@ const SECRET: &str = "AUTH_SECRET";
 pub struct Access {
     /// The token also allows publishing here (a WebSocket may then publish).
     pub publish: bool,
-    /// When the token expires (unix seconds); `None` for anonymous access to a public channel.
+    /// When the token stops being accepted (unix seconds: `exp` plus the clock skew); `None` for
+    /// anonymous access to a public channel.
     pub expires: Option<i64>,
 }
 
@@ -89,7 +90,9 @@ impl Credentials {
         }
         Ok(Access {
             publish: grant.allows(Action::Publish, channel),
-            expires: Some(grant.exp),
+            // The same leeway as verification: a stream must not end while a reconnect with
+            // the same token would still be let in, or the client would loop until it is not.
+            expires: Some(grant.exp.saturating_add(auth::CLOCK_SKEW_SECONDS)),
         })
     }
 }

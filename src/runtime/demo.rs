@@ -13,7 +13,7 @@ const PAGE: &str = include_str!("../../assets/demo.html");
 const PLACEHOLDER: &str = "/*EDGEHUB_CONFIG*/{}";
 /// Inline script and style only; the page talks to its own origin alone.
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'";
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
 
 pub fn page(env: &Env, config: &Config) -> Result<Response, Error> {
     let token = if config.development {

@@ -115,6 +115,68 @@ impl Hub {
         Ok(self.base.clone())
     }
 
+    /// Like `restart`, with other settings: `opts` replaces the `--var`s given so far.
+    pub async fn restart_with(&mut self, opts: HubOptions) -> Result<String, String> {
+        self.opts = opts;
+        self.restart().await
+    }
+
+    /// Runs one SQL statement on the hub's local D1 (`wrangler d1 execute --local`, beside
+    /// the running hub) and returns its result rows: what the mirror holds, read directly.
+    /// Uses the hub's config copy as it is: rewriting it would make `wrangler dev` reload.
+    pub async fn d1(&self, sql: &str) -> Result<Vec<serde_json::Value>, String> {
+        let config = self.dir.join("wrangler.toml");
+        let mut cmd = tokio::process::Command::new(wrangler());
+        cmd.args(["d1", "execute", "DB", "--local", "--json", "--persist-to"])
+            .arg(&self.dir)
+            .arg("--config")
+            .arg(&config)
+            .arg("--command")
+            .arg(sql);
+        cmd.current_dir(root())
+            .envs(quiet_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.process_group(0).kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning d1 execute: {e}"))?;
+        let out = tokio::time::timeout(MIGRATE_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| format!("d1 execute took over {MIGRATE_TIMEOUT:?}"))?
+            .map_err(|e| format!("d1 execute: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            let err = String::from_utf8_lossy(&out.stderr);
+            format!("d1 execute ({}): {e}: {text}{err}", out.status)
+        })?;
+        Ok(parsed[0]["results"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Resident memory of every live process of the hub's group (workerd included), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let Some(run) = &self.running else {
+            return 0;
+        };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return 0;
+        };
+        let in_group = |stat: &str| {
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            rest.split_whitespace().nth(2) == Some(run.pgid.to_string().as_str())
+        };
+        entries
+            .flatten()
+            .filter(|e| fs::read_to_string(e.path().join("stat")).is_ok_and(|s| in_group(&s)))
+            .filter_map(|e| fs::read_to_string(e.path().join("status")).ok())
+            .filter_map(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// SIGTERM to the whole process group, then SIGKILL to what is left after a grace period.
     pub async fn stop(&mut self) {
         let Some(mut run) = self.running.take() else {
@@ -245,6 +307,7 @@ fn quiet_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CI", "true"),
         ("WRANGLER_SEND_METRICS", "false"),
+        ("CLOUDFLARE_CF_FETCH_ENABLED", "false"),
         ("WRANGLER_HIDE_BANNER", "true"),
         ("NO_COLOR", "1"),
         ("FORCE_COLOR", "0"),

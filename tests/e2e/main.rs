@@ -16,18 +16,33 @@
 
 mod api;
 mod auth;
+mod channels;
+mod crash;
 mod durability;
 mod harness;
+mod idempotency;
 mod live;
 mod live_auth;
 mod load;
+mod mirror;
 mod poll;
 mod publish;
+mod retention;
+mod slow;
 mod sse;
 mod sse_client;
 mod sse_parser;
 mod ws;
 mod ws_client;
+
+// Security and hostile input (issue 4).
+mod cors;
+mod docs_examples;
+mod hostile;
+mod limits;
+mod schemathesis;
+mod security;
+mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -117,6 +132,22 @@ fn main() {
         live::cases(),
         live_auth::cases(),
         load::cases(),
+        // Durability (issue 5): idempotency, crash, mirror healing, retention, slow consumers.
+        idempotency::cases(),
+        retention::cases(),
+        mirror::cases(),
+        crash::cases(),
+        slow::cases(),
+        channels::cases(),
+        // Security and hostile input (issue 4): auth matrix, minting, CORS, limits, hostile
+        // WebSocket frames, schemathesis against docs/openapi.yaml, the docs' curl examples.
+        security::cases(),
+        tokens::cases(),
+        cors::cases(),
+        limits::cases(),
+        hostile::cases(),
+        schemathesis::cases(),
+        docs_examples::cases(),
     ]
     .into_iter()
     .flatten()

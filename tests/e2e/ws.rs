@@ -332,7 +332,7 @@ async fn ws_socket_is_closed_with_4101_when_its_token_expires(api: Api) {
     ] {
         let started = Instant::now();
         let mut closed = None;
-        while started.elapsed() < Duration::from_secs(40) && closed.is_none() {
+        while started.elapsed() < Duration::from_secs(60) && closed.is_none() {
             match ws.next(Duration::from_secs(1)).await {
                 Some(Frame::Closed(c)) => closed = Some(c),
                 Some(other) => panic!("{what}: unexpected frame before the close: {other:?}"),
@@ -345,9 +345,10 @@ async fn ws_socket_is_closed_with_4101_when_its_token_expires(api: Api) {
             Some(Some((4101, "token expired".to_string()))),
             "{what}: the close at expiry (exp {exp}, now {when})"
         );
+        // Closed when the token stops being accepted: exp plus 30 s of clock skew.
         assert!(
-            when >= exp - 1,
-            "{what}: closed at {when}, before exp {exp}"
+            when >= exp + 29,
+            "{what}: closed at {when}, before exp {exp} plus the skew"
         );
     }
 }
