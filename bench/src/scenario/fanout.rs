@@ -1,0 +1,216 @@
+//! Scenario 2: fan-out. Subscribers on one channel, half SSE and half WebSocket, all connected
+//! (the channel's counts say so) before a paced publisher sends `fanout_rate` events a second
+//! for `fanout_seconds`. Each event carries its send time; every subscriber times each
+//! delivery. Delivered share, deliveries per second, p50 and p99 over all deliveries.
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use tokio::task::JoinHandle;
+
+use super::{Plan, Setup};
+use crate::client;
+use crate::stats::{percentile_ms, Figures, Target, Unit};
+use crate::streams::{Kind, Next, Sub};
+
+const SCENARIO: &str = "fanout";
+const CONNECT_CONCURRENCY: usize = 50;
+const CONNECT_BUDGET: Duration = Duration::from_secs(180);
+const COUNTS_WAIT: Duration = Duration::from_secs(30);
+/// How long after the last publish the subscribers may still be catching up.
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// What one subscriber saw: deliveries, their latencies, when it got its last one.
+struct Seen {
+    delivered: u64,
+    latencies: Vec<Duration>,
+    last_at: Option<Instant>,
+    /// Why the stream ended before the last event, if it did.
+    ended: Option<String>,
+}
+
+pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
+    let c = client::channel("fan");
+    let connecting = Instant::now();
+    let subs = connect(plan.fanout_subscribers, setup, &c).await;
+    let connect_time = connecting.elapsed();
+    let (mut sse, mut ws) = (0u64, 0u64);
+    for (kind, _) in &subs {
+        match kind {
+            Kind::Sse => sse += 1,
+            Kind::Ws => ws += 1,
+        }
+    }
+    let connected = sse + ws;
+    if connected == 0 {
+        return Err("no subscriber could connect".into());
+    }
+    let counts = client::await_counts(&setup.hub, &c, (sse, ws), COUNTS_WAIT).await;
+    if counts != (sse, ws) {
+        return Err(format!(
+            "the channel counts {counts:?} subscribers, {:?} connected",
+            (sse, ws)
+        ));
+    }
+
+    let events = plan.fanout_rate * plan.fanout_seconds;
+    let first_publish = Instant::now();
+    let deadline = first_publish + Duration::from_secs(plan.fanout_seconds) + DRAIN;
+    let readers: Vec<JoinHandle<Seen>> = subs
+        .into_iter()
+        .map(|(_, sub)| tokio::spawn(read(sub, events, deadline)))
+        .collect();
+    let published = publish_paced(plan, setup, &c, events).await;
+    let mut seen = Vec::with_capacity(readers.len());
+    for r in readers {
+        seen.push(
+            r.await
+                .map_err(|e| format!("a subscriber task failed: {e}"))?,
+        );
+    }
+
+    let delivered: u64 = seen.iter().map(|s| s.delivered).sum();
+    let ended: Vec<String> = seen.iter().filter_map(|s| s.ended.clone()).collect();
+    let last = seen.iter().filter_map(|s| s.last_at).max();
+    let mut latencies: Vec<Duration> = seen.into_iter().flat_map(|s| s.latencies).collect();
+    latencies.sort();
+    let want = connected * published;
+    let share = if want == 0 {
+        0.0
+    } else {
+        100.0 * delivered as f64 / want as f64
+    };
+    let span = last.map_or(0.0, |l| (l - first_publish).as_secs_f64());
+    let rate = if span > 0.0 {
+        delivered as f64 / span
+    } else {
+        0.0
+    };
+
+    let mut f = Figures::default();
+    f.add(
+        SCENARIO,
+        "fanout.delivered",
+        "delivered share",
+        Unit::Percent,
+        Some(Target::AtLeast(100.0)),
+        share,
+    );
+    f.add(
+        SCENARIO,
+        "fanout.deliveries_per_s",
+        "deliveries per second",
+        Unit::PerSec,
+        None,
+        rate,
+    );
+    f.add(
+        SCENARIO,
+        "fanout.p50",
+        "publish → deliver p50",
+        Unit::Ms,
+        None,
+        percentile_ms(&latencies, 0.5),
+    );
+    f.add(
+        SCENARIO,
+        "fanout.p99",
+        "publish → deliver p99",
+        Unit::Ms,
+        Some(Target::AtMost(25.0)),
+        percentile_ms(&latencies, 0.99),
+    );
+    let per_s = connected as f64 / connect_time.as_secs_f64().max(1e-3);
+    f.add(
+        SCENARIO,
+        "fanout.connects_per_s",
+        "subscribers connected per second",
+        Unit::PerSec,
+        None,
+        per_s,
+    );
+    if let Some(why) = ended.first() {
+        f.note(format!(
+            "fanout: {} subscribers' streams ended early, e.g. {why}",
+            ended.len()
+        ));
+    }
+    f.note(format!(
+        "fanout: {connected} of {} subscribers connected ({sse} SSE, {ws} WebSocket) on one \
+         channel, {CONNECT_CONCURRENCY} connecting at a time; {published} of {events} events \
+         published ({} a second for {} s, each from its own task, not waiting for the last)",
+        plan.fanout_subscribers, plan.fanout_rate, plan.fanout_seconds
+    ));
+    Ok(f)
+}
+
+/// Opens `n` subscribers, alternating SSE and WebSocket, from the start of the (new) channel
+/// so none misses an event; those that fail to open are left out.
+async fn connect(n: usize, setup: &Setup, c: &str) -> Vec<(Kind, Sub)> {
+    let started = Instant::now();
+    stream::iter(0..n)
+        .map(|i| async move {
+            if started.elapsed() > CONNECT_BUDGET {
+                return None;
+            }
+            let kind = if i % 2 == 0 { Kind::Sse } else { Kind::Ws };
+            let sub = Sub::open(kind, &setup.hub, setup.hub_port, c, Some(0)).await;
+            sub.ok().map(|s| (kind, s))
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY)
+        .filter_map(|s| async move { s })
+        .collect()
+        .await
+}
+
+/// Reads until `events` events arrived, the stream ended, or `deadline`.
+async fn read(mut sub: Sub, events: u64, deadline: Instant) -> Seen {
+    let mut seen = Seen {
+        delivered: 0,
+        latencies: Vec::with_capacity(events as usize),
+        last_at: None,
+        ended: None,
+    };
+    while seen.delivered < events {
+        match sub.next_event(deadline.into()).await {
+            Next::Event(e) if !e.gap => {
+                let now_us = client::micros();
+                seen.delivered += 1;
+                seen.last_at = Some(Instant::now());
+                if let Some(sent) = e.sent_us {
+                    seen.latencies
+                        .push(Duration::from_micros(now_us.saturating_sub(sent)));
+                }
+            }
+            Next::Event(_) => continue,
+            Next::Timeout => break,
+            Next::Closed(why) => {
+                seen.ended = Some(why);
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// Publishes `events` events at `plan.fanout_rate` a second, each in its own task; how many
+/// were stored.
+async fn publish_paced(plan: &Plan, setup: &Setup, c: &str, events: u64) -> u64 {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.fanout_rate as f64));
+    let mut sent = Vec::new();
+    for k in 0..events {
+        ticker.tick().await;
+        let (hub, c) = (setup.hub.clone(), c.to_string());
+        sent.push(tokio::spawn(async move {
+            let body = format!(r#"{{"data":{{"t":{},"k":{k}}}}}"#, client::micros());
+            client::publish(&hub, &c, body.into_bytes()).await.is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for s in sent {
+        if matches!(s.await, Ok(true)) {
+            ok += 1;
+        }
+    }
+    ok
+}

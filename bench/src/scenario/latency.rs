@@ -1,0 +1,211 @@
+//! Scenario 1: publish → deliver latency with one subscriber, one event at a time (the next is
+//! published once the last was delivered and answered). Three passes on fresh channels: an SSE
+//! subscriber, a WebSocket subscriber, and a poller that polls `since = id − 1` until the event
+//! shows (1 ms between polls). Times run from just before the publish is sent.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Plan, Setup};
+use crate::client;
+use crate::stats::{percentile_ms, Figures, Target, Unit};
+use crate::streams::{Kind, Next, Sub};
+
+const SCENARIO: &str = "latency";
+/// The most one round may wait for its delivery.
+const ROUND_WAIT: Duration = Duration::from_secs(10);
+/// The most one pass may take, however many rounds are left.
+const PASS_BUDGET: Duration = Duration::from_secs(240);
+const POLL_PAUSE: Duration = Duration::from_millis(1);
+
+pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
+    let mut f = Figures::default();
+    for kind in [Kind::Sse, Kind::Ws] {
+        let (mut delivered, mut answered) = live_pass(plan, setup, kind).await?;
+        delivered.sort();
+        answered.sort();
+        let (p50, p99) = (Target::AtMost(1.0), Target::AtMost(3.0));
+        let id = |q: &str| format!("latency.{}.{q}", kind.name());
+        let label = |q: &str| format!("{} publish → deliver {q}", kind.label());
+        f.add(
+            SCENARIO,
+            &id("p50"),
+            &label("p50"),
+            Unit::Ms,
+            Some(p50),
+            percentile_ms(&delivered, 0.5),
+        );
+        f.add(
+            SCENARIO,
+            &id("p99"),
+            &label("p99"),
+            Unit::Ms,
+            Some(p99),
+            percentile_ms(&delivered, 0.99),
+        );
+        if kind == Kind::Sse {
+            let p = |q| percentile_ms(&answered, q);
+            f.add(
+                SCENARIO,
+                "latency.publish.p50",
+                "publish answered (201) p50",
+                Unit::Ms,
+                None,
+                p(0.5),
+            );
+            f.add(
+                SCENARIO,
+                "latency.publish.p99",
+                "publish answered (201) p99",
+                Unit::Ms,
+                None,
+                p(0.99),
+            );
+        }
+    }
+    let (mut visible, mut request) = poll_pass(plan, setup).await?;
+    visible.sort();
+    request.sort();
+    let (v, r) = (
+        |q| percentile_ms(&visible, q),
+        |q| percentile_ms(&request, q),
+    );
+    f.add(
+        SCENARIO,
+        "latency.poll.p50",
+        "poll: publish → returned by a poll p50",
+        Unit::Ms,
+        None,
+        v(0.5),
+    );
+    f.add(
+        SCENARIO,
+        "latency.poll.p99",
+        "poll: publish → returned by a poll p99",
+        Unit::Ms,
+        None,
+        v(0.99),
+    );
+    f.add(
+        SCENARIO,
+        "latency.poll_request.p50",
+        "poll: that poll request's own time p50",
+        Unit::Ms,
+        None,
+        r(0.5),
+    );
+    f.add(
+        SCENARIO,
+        "latency.poll_request.p99",
+        "poll: that poll request's own time p99",
+        Unit::Ms,
+        None,
+        r(0.99),
+    );
+    f.note(format!(
+        "latency: {} sequential events per pass after {} unmeasured warm-up events; one \
+         subscriber per pass (SSE, WebSocket, poller), each on a fresh channel",
+        plan.latency_events, plan.latency_warmup
+    ));
+    Ok(f)
+}
+
+/// One subscriber of `kind`; returns (publish → delivered, publish → answered) per event.
+async fn live_pass(
+    plan: &Plan,
+    setup: &Setup,
+    kind: Kind,
+) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let c = client::channel(&format!("lat-{}", kind.name()));
+    let mut sub = Sub::open(kind, &setup.hub, setup.hub_port, &c, Some(0)).await?;
+    let (mut delivered, mut answered) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 1..=plan.latency_warmup + plan.latency_events {
+        if started.elapsed() > PASS_BUDGET {
+            return Err(format!(
+                "{} pass: over {PASS_BUDGET:?} after {i} events",
+                kind.label()
+            ));
+        }
+        let body = format!(r#"{{"data":{{"i":{i}}}}}"#).into_bytes();
+        let deadline = tokio::time::Instant::now() + ROUND_WAIT;
+        let sent = Instant::now();
+        let (publish, got) = tokio::join!(
+            async { (client::publish(&setup.hub, &c, body).await, Instant::now()) },
+            async { (sub.next_event(deadline).await, Instant::now()) },
+        );
+        let ids = publish.0?;
+        match got.0 {
+            Next::Event(e) if !e.gap && e.id.is_some() && e.id == ids.first().copied() => {}
+            other => {
+                return Err(format!(
+                    "{} event {i}: published {ids:?}, got {other:?}",
+                    kind.label()
+                ))
+            }
+        }
+        if i > plan.latency_warmup {
+            delivered.push(got.1 - sent);
+            answered.push(publish.1 - sent);
+        }
+    }
+    Ok((delivered, answered))
+}
+
+/// One poller; returns (publish → returned by a poll, that poll's own time) per event.
+async fn poll_pass(plan: &Plan, setup: &Setup) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let c = client::channel("lat-poll");
+    let (mut visible, mut request) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 1..=plan.latency_warmup + plan.latency_events {
+        if started.elapsed() > PASS_BUDGET {
+            return Err(format!("poll pass: over {PASS_BUDGET:?} after {i} events"));
+        }
+        let body = format!(r#"{{"data":{{"i":{i}}}}}"#).into_bytes();
+        let sent = Instant::now();
+        let (publish, seen) = tokio::join!(
+            client::publish(&setup.hub, &c, body),
+            poll_until(&setup.hub, &c, i),
+        );
+        if publish? != vec![i] {
+            return Err(format!("poll pass: event {i} got another id"));
+        }
+        let (at, took) = seen?;
+        if i > plan.latency_warmup {
+            visible.push(at - sent);
+            request.push(took);
+        }
+    }
+    Ok((visible, request))
+}
+
+/// Polls `since = id − 1` until event `id` is returned: when that poll ended, and how long it
+/// took. Bounded by `ROUND_WAIT`.
+async fn poll_until(base: &str, c: &str, id: u64) -> Result<(Instant, Duration), String> {
+    let url = format!("{base}/poll/{c}?since={}&limit=1", id - 1);
+    let started = Instant::now();
+    while started.elapsed() < ROUND_WAIT {
+        let asked = Instant::now();
+        let r = client::http()
+            .get(&url)
+            .header("authorization", client::bearer())
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = r.status().as_u16();
+        let body = r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let done = Instant::now();
+        if status != 200 {
+            return Err(format!("GET {url}: {status}"));
+        }
+        let page: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if page["events"][0]["id"].as_u64() == Some(id) {
+            return Ok((done, done - asked));
+        }
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+    Err(format!(
+        "event {id} not returned by a poll within {ROUND_WAIT:?}"
+    ))
+}
