@@ -132,7 +132,8 @@ fn main() {
         live::cases(),
         live_auth::cases(),
         load::cases(),
-        // Durability (issue 5): idempotency, crash, mirror healing, retention, slow consumers.
+        // Durability (issue 5): idempotency, retention, mirror healing, crash, slow consumers,
+        // many channels.
         idempotency::cases(),
         retention::cases(),
         mirror::cases(),
