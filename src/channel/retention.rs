@@ -9,7 +9,8 @@ pub struct Policy {
     pub max_age_ms: i64,
 }
 
-/// What to delete now: every id up to `through_id`, and every event older than `before_ms`.
+/// What to delete now: every id up to `through_id`, and every event stored at or before
+/// `before_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prune {
     pub through_id: u64,

@@ -24,23 +24,29 @@ impl Alarm {
     }
 
     /// Sets the alarm to `at_ms` (unix milliseconds) unless it is already set no later.
+    ///
+    /// Several callers may run at once (a mirror retry and retention upkeep after the same
+    /// publish): what this instance knows is updated before any await that follows a decision,
+    /// so the later caller sees the earlier one's alarm and an earlier alarm is never replaced
+    /// by a later one. Storage applies the `set_alarm` calls in the order they were made.
     pub async fn at_most(&self, storage: &Storage, at_ms: f64) {
-        let current = match self.known.get() {
-            Some(known) => known,
-            None => {
-                let read = storage.get_alarm().await.ok().flatten().map(|t| t as f64);
+        if self.known.get().is_none() {
+            let read = storage.get_alarm().await.ok().flatten().map(|t| t as f64);
+            // Another caller may have read, or set, the alarm while this one waited.
+            if self.known.get().is_none() {
                 self.known.set(Some(read));
-                read
             }
-        };
-        if current.is_some_and(|c| c <= at_ms) {
+        }
+        if self.known.get().flatten().is_some_and(|c| c <= at_ms) {
             return;
         }
+        self.known.set(Some(Some(at_ms)));
         // `ScheduledTime::from(i64)` would be an offset from now; this is an absolute time.
         let when = ScheduledTime::new(JsDate::new(&JsValue::from_f64(at_ms)));
-        match storage.set_alarm(when).await {
-            Ok(()) => self.known.set(Some(Some(at_ms))),
-            Err(e) => console_error!("edgehub: setting the alarm: {e}"),
+        if let Err(e) = storage.set_alarm(when).await {
+            // Unknown again: the next caller reads what storage really holds.
+            self.known.set(None);
+            console_error!("edgehub: setting the alarm: {e}");
         }
     }
 }

@@ -428,7 +428,7 @@ impl ChannelHub {
                 Err(e) => {
                     let n = failures.get().saturating_add(1);
                     failures.set(n);
-                    let backoff = (1000.0 * 2f64.powi(n.min(6) as i32 - 1)).min(60_000.0);
+                    let backoff = (1000.0 * 2f64.powi(n.min(7) as i32 - 1)).min(60_000.0);
                     console_error!("edgehub: mirroring to D1 failed ({n} in a row), retrying in {backoff} ms: {e}");
                     alarm
                         .at_most(&storage, Date::now().as_millis() as f64 + backoff)

@@ -203,11 +203,12 @@ impl ChannelLog {
     pub fn prune_by_age(&self, policy: Policy, now_ms: i64) -> worker::Result<()> {
         let prune = policy.prune(0, now_ms);
         self.sql.exec(
-            "DELETE FROM events WHERE time_ms < ?1",
+            // `<=`: the alarm fires at exactly oldest + max age, and must then delete it.
+            "DELETE FROM events WHERE time_ms <= ?1",
             vec![SqlStorageValue::Integer(prune.before_ms)],
         )?;
         self.sql.exec(
-            "DELETE FROM idempotency WHERE time_ms < ?1",
+            "DELETE FROM idempotency WHERE time_ms <= ?1",
             vec![SqlStorageValue::Integer(now_ms.saturating_sub(KEY_TTL_MS))],
         )?;
         Ok(())

@@ -3,8 +3,9 @@
 //! (already framed, once per publish) into the stream, adding heartbeats. The stream ends after
 //! `SSE_MAX_SECONDS`, when the token expires, or when the object closes the socket; when the
 //! client goes away, dropping the stream closes the socket, so the object forgets it. A client
-//! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it: its memory stays
-//! bounded, and `EventSource` resumes from `Last-Event-ID` when it reads again.
+//! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it and it has taken nothing
+//! for `STALL_MS`: its memory stays bounded, a big replay to a client that reads is not mistaken
+//! for a stall, and `EventSource` resumes from `Last-Event-ID` when it reads again.
 
 use super::http::internal;
 use crate::error::Error;
@@ -41,11 +42,28 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// How long a client with a full backlog may take nothing before it is dropped as too slow.
+const STALL_MS: f64 = 5000.0;
+
 /// Bytes forwarded from the object but not yet taken by the client's stream.
 #[derive(Clone, Default)]
 struct Backlog {
     bytes: Rc<Cell<usize>>,
     overflowed: Rc<Cell<bool>>,
+    /// When the client's stream last took something (unix milliseconds).
+    taken_at: Rc<Cell<f64>>,
+}
+
+impl Backlog {
+    fn took(&self, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_sub(n));
+        self.taken_at.set(Date::now().as_millis() as f64);
+    }
+
+    /// Full, and the client has stopped taking: a stall, not a big replay being read.
+    fn stalled(&self, waiting: usize, max: usize) -> bool {
+        waiting > max && Date::now().as_millis() as f64 - self.taken_at.get() > STALL_MS
+    }
 }
 
 struct Bridge {
@@ -77,6 +95,7 @@ pub fn bridge(
         .map_err(internal("accepting the hub socket"))?;
     let (tx, rx) = unbounded();
     let backlog = Backlog::default();
+    backlog.took(0);
     let forwarding = forward(socket.clone(), tx, backlog.clone(), limits.max_backlog);
     worker::wasm_bindgen_futures::spawn_local(forwarding);
 
@@ -119,8 +138,7 @@ async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error
     };
     match step {
         Step::Frame(text) => {
-            let bytes = &bridge.backlog.bytes;
-            bytes.set(bytes.get().saturating_sub(text.len()));
+            bridge.backlog.took(text.len());
             Some((Ok(text.into_bytes()), bridge))
         }
         Step::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
@@ -129,8 +147,8 @@ async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error
 }
 
 /// Moves the object's text frames into the stream until either side closes, or until the
-/// client has left more than `max_backlog` bytes unread: then the object's socket is closed as
-/// too slow and the stream ends.
+/// client has left more than `max_backlog` bytes unread and stalled: then the object's socket
+/// is closed as too slow and the stream ends.
 async fn forward(
     socket: WebSocket,
     tx: UnboundedSender<String>,
@@ -147,7 +165,7 @@ async fn forward(
         };
         let Some(text) = text else { continue };
         let waiting = backlog.bytes.get().saturating_add(text.len());
-        if waiting > max_backlog {
+        if backlog.stalled(waiting, max_backlog) {
             backlog.overflowed.set(true);
             let code = CloseCode::TooSlow;
             let _ = socket.close(Some(code.code()), Some(code.reason()));
