@@ -43,7 +43,7 @@ impl Drop for CloseOnDrop {
 }
 
 /// How long a client with a full backlog may take nothing before it is dropped as too slow.
-const STALL_MS: f64 = 5000.0;
+const STALL_MS: f64 = 1000.0;
 
 /// Bytes forwarded from the object but not yet taken by the client's stream.
 #[derive(Clone, Default)]
