@@ -21,12 +21,6 @@ pub struct PollRequest {
 }
 
 impl PollRequest {
-    /// The rows to read: ids greater than this, up to the mirror's head, at most `limit + 1`
-    /// (the extra row only tells whether the page was cut). No cursor reads nothing.
-    pub fn read_after(&self) -> Option<u64> {
-        self.cursor
-    }
-
     /// The answer depends only on the request and the mirror's window, so that is the tag.
     pub fn etag(&self, window: Window) -> String {
         let since = self

@@ -155,7 +155,9 @@ pub async fn read_page(
     channel: &ChannelName,
     req: &PollRequest,
 ) -> worker::Result<(Window, Vec<StoredEvent>)> {
-    let after = req.read_after().unwrap_or(MAX_CURSOR);
+    // Rows after the cursor, up to the mirror's head, at most `limit + 1` (the extra row only
+    // tells whether the page was cut). No cursor reads no rows.
+    let after = req.cursor.unwrap_or(MAX_CURSOR);
     let statement = db.prepare(SELECT_PAGE).bind(&[
         JsValue::from_str(channel.as_str()),
         JsValue::from_f64(after as f64),
