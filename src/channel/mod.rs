@@ -1,7 +1,9 @@
 //! One channel's rules, free of Durable Objects and D1: the log window (head and earliest
-//! retained id), where a reader starts (`plan_replay`), and how a poll page is cut (`poll`).
+//! retained id), where a reader starts (`plan_replay`), how a poll page is cut (`poll`), and how
+//! far a WebSocket subscriber may fall behind (`flow`).
 
 pub mod fanout;
+pub mod flow;
 pub mod poll;
 pub mod retention;
 

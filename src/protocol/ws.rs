@@ -1,5 +1,5 @@
 //! WebSocket messages: JSON text frames, server → client (`event`, `ready`, `gap`, `ack`,
-//! `error`) and client → server (`publish`), and the close codes. The text `ping` is answered
+//! `error`) and client → server (`publish`, `cursor`), and the close codes. The text `ping` is answered
 //! `pong` by the runtime's auto-response without waking the channel's object.
 //! See `docs/API.md#websocket` and `docs/API.md#close-codes`.
 
@@ -17,6 +17,7 @@ pub const OP_GAP: &str = "gap";
 pub const OP_ACK: &str = "ack";
 pub const OP_ERROR: &str = "error";
 pub const OP_PUBLISH: &str = "publish";
+pub const OP_CURSOR: &str = "cursor";
 
 /// Close codes. 1000 and 4000-4099 mean "reconnect (with your cursor)"; 4100 and above mean
 /// "do not reconnect as you are": fix the request or get a fresh token first.
@@ -26,7 +27,8 @@ pub enum CloseCode {
     Normal,
     /// 4000: the server ends the stream (lifetime reached, object restarting): reconnect.
     Reconnect,
-    /// 4001: the subscriber fell too far behind and was dropped: reconnect with its cursor.
+    /// 4001: the subscriber fell too far behind (more than its window unconfirmed, see
+    /// `channel::flow`) and was dropped: reconnect with its cursor.
     TooSlow,
     /// 4101: the token expired: get a fresh one, then reconnect.
     TokenExpired,
@@ -65,8 +67,10 @@ pub fn event_frame(envelope: &str) -> String {
     }
 }
 
-pub fn ready_frame(head: u64) -> String {
-    format!("{{\"op\":\"{OP_READY}\",\"head\":{head}}}")
+/// `window`: how many bytes of event frames may go unconfirmed by a `cursor` report before the
+/// socket is dropped as too slow.
+pub fn ready_frame(head: u64, window: u64) -> String {
+    format!("{{\"op\":\"{OP_READY}\",\"head\":{head},\"window\":{window}}}")
 }
 
 pub fn gap_frame(requested: u64, earliest: u64) -> String {
@@ -118,6 +122,22 @@ struct PublishFrame<'a> {
     idempotency_key: Option<String>,
 }
 
+/// What a client may send (besides the text `ping`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Publish(ClientPublish),
+    /// `{"op":"cursor","id":N}`: the client has every event through `N`.
+    Cursor(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CursorFrame {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    id: u64,
+}
+
 #[derive(Deserialize)]
 struct AnyFrame<'a> {
     op: Option<String>,
@@ -130,7 +150,7 @@ struct AnyFrame<'a> {
 pub fn parse_client(
     text: &str,
     limits: PublishLimits,
-) -> Result<ClientPublish, (Error, Option<String>)> {
+) -> Result<ClientFrame, (Error, Option<String>)> {
     let head: AnyFrame<'_> = serde_json::from_str(text).map_err(|e| {
         (
             Error::InvalidJson(format!("a frame is one JSON object: {e}")),
@@ -138,11 +158,31 @@ pub fn parse_client(
         )
     })?;
     let reference = head.reference.map(|r| compact(r.get()));
-    if head.op.as_deref() != Some(OP_PUBLISH) {
-        let err =
-            Error::bad_request("unknown op: the only client op is \"publish\" (and the text ping)");
-        return Err((err, reference));
+    match head.op.as_deref() {
+        Some(OP_PUBLISH) => parse_publish(text, limits, reference).map(ClientFrame::Publish),
+        Some(OP_CURSOR) => {
+            let frame: CursorFrame = serde_json::from_str(text).map_err(|e| {
+                let err = Error::bad_request(format!(
+                    "cursor is {{\"op\":\"cursor\",\"id\":N}} with N a whole number: {e}"
+                ));
+                (err, reference.clone())
+            })?;
+            Ok(ClientFrame::Cursor(frame.id))
+        }
+        _ => Err((
+            Error::bad_request(
+                "unknown op: client ops are \"publish\" and \"cursor\" (and the text ping)",
+            ),
+            reference,
+        )),
     }
+}
+
+fn parse_publish(
+    text: &str,
+    limits: PublishLimits,
+    reference: Option<String>,
+) -> Result<ClientPublish, (Error, Option<String>)> {
     let frame: PublishFrame<'_> = serde_json::from_str(text).map_err(|e| {
         let err = Error::bad_request(format!(
             "publish is {{\"op\",\"type\"?,\"data\",\"ref\"?}}: {e}"
@@ -188,7 +228,10 @@ mod tests {
             event_frame(r#"{"id":1,"data":2}"#),
             r#"{"op":"event","id":1,"data":2}"#
         );
-        assert_eq!(ready_frame(5), r#"{"op":"ready","head":5}"#);
+        assert_eq!(
+            ready_frame(5, 1024),
+            r#"{"op":"ready","head":5,"window":1024}"#
+        );
         assert_eq!(
             gap_frame(2, 9),
             r#"{"op":"gap","requested":2,"earliest":9}"#
@@ -208,24 +251,25 @@ mod tests {
 
     #[test]
     fn client_frames() {
-        let ok = parse_client(
-            r#"{"op":"publish","type":"t","data":{"x": 1},"ref":"r1"}"#,
-            LIMITS,
-        )
-        .unwrap();
+        let publish = |text: &str| match parse_client(text, LIMITS).unwrap() {
+            ClientFrame::Publish(p) => p,
+            other => panic!("{text}: {other:?}"),
+        };
+        let ok = publish(r#"{"op":"publish","type":"t","data":{"x": 1},"ref":"r1"}"#);
         assert_eq!(ok.event.data, r#"{"x":1}"#);
         assert_eq!(ok.event.event_type.as_str(), "t");
         assert_eq!(ok.reference.as_deref(), Some("\"r1\""));
-        let keyed = parse_client(
-            r#"{"op":"publish","data":1,"idempotency_key":"k-1"}"#,
-            LIMITS,
-        )
-        .unwrap();
+        let keyed = publish(r#"{"op":"publish","data":1,"idempotency_key":"k-1"}"#);
         assert_eq!(keyed.idempotency_key.as_deref(), Some("k-1"));
         let cases = [
             ("nope", 400, None),
             ("[1]", 400, None),
             (r#"{"op":"subscribe","ref":1}"#, 400, Some("1")),
+            (r#"{"op":"cursor"}"#, 400, None),
+            (r#"{"op":"cursor","id":-1}"#, 400, None),
+            (r#"{"op":"cursor","id":1.5}"#, 400, None),
+            (r#"{"op":"cursor","id":"7"}"#, 400, None),
+            (r#"{"op":"cursor","id":7,"ref":5}"#, 400, Some("5")),
             (r#"{"op":"publish","ref":2}"#, 400, Some("2")),
             (
                 r#"{"op":"publish","data":1,"type":"bad type","ref":3}"#,
@@ -245,6 +289,18 @@ mod tests {
             let (err, r) = parse_client(text, LIMITS).unwrap_err();
             assert_eq!((err.status(), r.as_deref()), (status, reference), "{text}");
         }
+    }
+
+    #[test]
+    fn cursor_reports() {
+        assert_eq!(
+            parse_client(r#"{"op":"cursor","id":42}"#, LIMITS).unwrap(),
+            ClientFrame::Cursor(42)
+        );
+        assert_eq!(
+            parse_client(r#"{ "id": 0, "op": "cursor" }"#, LIMITS).unwrap(),
+            ClientFrame::Cursor(0)
+        );
     }
 
     #[test]

@@ -5,10 +5,11 @@
 
 use super::alarm::{self, Alarm};
 use super::http::{internal, json, problem};
-use super::log::{Appended, ChannelLog, Key, Published, KEY_TTL_MS};
+use super::log::{Batch, ChannelLog, Key, NewRow, Published, Recalled, KEY_TTL_MS};
 use super::mirror;
-use super::subscribers::{self, Attachment};
-use crate::channel::fanout::Transport;
+use super::subscribers::{self, Attachment, FlowCheck, Join};
+use crate::channel::fanout::{Frames, Transport};
+use crate::channel::flow::{self, Credit, Floor, Report};
 use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::config::Config;
@@ -16,7 +17,9 @@ use crate::error::Error;
 use crate::protocol::envelope::format_time;
 use crate::protocol::publish::{fingerprint, PublishLimits};
 use crate::protocol::query::{parse_cursor, query_param};
-use crate::protocol::ws::{ack_frame, error_frame, parse_client, CloseCode, PING, PONG};
+use crate::protocol::ws::{
+    ack_frame, error_frame, parse_client, ClientFrame, ClientPublish, CloseCode, PING, PONG,
+};
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
@@ -68,6 +71,8 @@ pub struct ChannelHub {
     /// Consecutive failed catch-ups, for the retry backoff.
     mirror_failures: Rc<Cell<u32>>,
     alarm: Rc<Alarm>,
+    /// A lower bound on every WebSocket's confirmed position (`channel::flow`).
+    floor: Cell<Floor>,
     /// Settings, read once per instance: `[vars]` cannot change while it lives.
     config: Config,
 }
@@ -91,6 +96,7 @@ impl DurableObject for ChannelHub {
             mirroring: Rc::new(Cell::new(false)),
             mirror_failures: Rc::new(Cell::new(0)),
             alarm: Rc::new(Alarm::default()),
+            floor: Cell::new(Floor::default()),
             config,
         };
         // A crash between an answer and its D1 write leaves the mirror behind: catch up on wake.
@@ -141,7 +147,16 @@ impl DurableObject for ChannelHub {
             let _ = ws.send_with_str(PONG);
             return Ok(());
         }
-        if let Err((err, reference)) = self.socket_publish(&ws, &text) {
+        let limits = PublishLimits {
+            max_data_bytes: self.config.max_data_bytes,
+            max_batch: 1,
+        };
+        let done = match parse_client(&text, limits) {
+            Ok(ClientFrame::Publish(publish)) => self.socket_publish(&ws, publish),
+            Ok(ClientFrame::Cursor(id)) => self.socket_cursor(&ws, id).map_err(|e| (e, None)),
+            Err(refused) => Err(refused),
+        };
+        if let Err((err, reference)) = done {
             let _ = ws.send_with_str(error_frame(&err, reference.as_deref()));
         }
         Ok(())
@@ -209,7 +224,8 @@ impl ChannelHub {
 
     /// Stores a batch atomically (or finds the first answer for its idempotency key), then
     /// delivers it live and starts the mirror. Delivery comes after the store, in id order, and
-    /// a publish never waits for D1.
+    /// a publish never waits for D1. Each event is encoded once, before the store, which keeps
+    /// its frame's stream position (`channel::flow`).
     fn commit(
         &self,
         channel: &ChannelName,
@@ -217,10 +233,6 @@ impl ChannelHub {
         key: Option<&str>,
     ) -> std::result::Result<Committed, Error> {
         let log = self.log()?;
-        let batch =
-            serde_json::to_string(&items).map_err(|e| Error::Internal(format!("batch: {e}")))?;
-        let now = Date::now().as_millis() as i64;
-        let count = items.len() as u64;
         let print = key.map(|_| {
             fingerprint(
                 items
@@ -231,30 +243,27 @@ impl ChannelHub {
         let key = key
             .zip(print.as_deref())
             .map(|(key, fingerprint)| Key { key, fingerprint });
-        let appended = log
-            .append(
-                &self.state.storage(),
-                channel.as_str(),
-                batch,
-                count,
-                now,
-                key,
-                self.policy(),
-            )
-            .map_err(internal("storing events"))?;
-        let first = match appended {
-            Appended::New { first } => first,
-            Appended::Replayed(published) => {
-                return Ok(Committed {
-                    published,
-                    replayed: true,
-                })
+        if let Some(key) = &key {
+            match log.recall(key).map_err(internal("reading a key"))? {
+                Recalled::New => {}
+                Recalled::Replayed(published) => {
+                    return Ok(Committed {
+                        published,
+                        replayed: true,
+                    })
+                }
+                Recalled::Conflict => return Err(Error::IdempotencyConflict),
             }
-            Appended::Conflict => return Err(Error::IdempotencyConflict),
-        };
+        }
+        let now = Date::now().as_millis() as i64;
+        let count = items.len() as u64;
+        let (head, before) = log
+            .state()
+            .map_err(internal("reading the state"))?
+            .map_or((0, 0), |s| (s.head as u64, s.bytes as u64));
         let stored: Vec<StoredEvent> = items
             .into_iter()
-            .zip(first..)
+            .zip(head + 1..)
             .map(|(item, id)| StoredEvent {
                 id,
                 event_type: item.event_type,
@@ -262,11 +271,44 @@ impl ChannelHub {
                 time_ms: now,
             })
             .collect();
-        subscribers::fan_out(&self.state, channel, &stored);
+        let frames = Frames::encode(channel, &stored);
+        let (starts, end) = flow::starts(before, frames.ws.iter().map(String::len));
+        let rows: Vec<NewRow<'_>> = stored
+            .iter()
+            .zip(starts)
+            .map(|(e, start)| NewRow {
+                event_type: &e.event_type,
+                data: &e.data,
+                start,
+            })
+            .collect();
+        let batch = Batch {
+            head,
+            rows_json: serde_json::to_string(&rows)
+                .map_err(|e| Error::Internal(format!("batch: {e}")))?,
+            count,
+            bytes: end,
+            time_ms: now,
+        };
+        log.append(
+            &self.state.storage(),
+            channel.as_str(),
+            batch,
+            key,
+            self.policy(),
+        )
+        .map_err(internal("storing events"))?;
+        let check = FlowCheck {
+            window: self.flow_window(),
+            end,
+            now_ms: now,
+            floor: &self.floor,
+        };
+        subscribers::fan_out(&self.state, &frames, check);
         self.start_mirror();
         self.schedule_upkeep();
         let published = Published {
-            first_id: first as f64,
+            first_id: (head + 1) as f64,
             count: count as f64,
             time_ms: now as f64,
         };
@@ -276,18 +318,50 @@ impl ChannelHub {
         })
     }
 
+    fn flow_window(&self) -> u64 {
+        self.config.slow_consumer_bytes as u64
+    }
+
+    /// A WebSocket client's `cursor` report: it has every event through `id`. Moves its credit
+    /// forward; an id it was never sent is an error; a repeat changes nothing.
+    fn socket_cursor(&self, ws: &WebSocket, id: u64) -> std::result::Result<(), Error> {
+        let Some(mut attachment) = Attachment::read(ws) else {
+            return Ok(());
+        };
+        let log = self.log()?;
+        let head = log
+            .state()
+            .map_err(internal("reading the state"))?
+            .map_or(0, |s| s.head as u64);
+        let now = Date::now().as_millis() as i64;
+        let credit = attachment.credit;
+        let report = match credit {
+            Some(c) => c.report(id, head),
+            None => Credit::new(0, 0, now).report(id, head),
+        };
+        match report {
+            Report::Ahead { head } => Err(Error::bad_request(format!(
+                "cursor {id} is ahead of the channel's head {head}: report ids you were sent"
+            ))),
+            Report::Stale if credit.is_some() => Ok(()),
+            Report::Advance(_) | Report::Stale => {
+                let bytes = log.bytes_at(id).map_err(internal("reading a position"))?;
+                attachment.credit = Some(Credit::new(id, bytes, now));
+                if credit.is_none() {
+                    self.floor.set(self.floor.get().joined(bytes));
+                }
+                ws.serialize_attachment(attachment)
+                    .map_err(internal("storing a cursor"))
+            }
+        }
+    }
+
     /// A publish sent over a subscriber's own WebSocket: same validation and storage as HTTP.
     fn socket_publish(
         &self,
         ws: &WebSocket,
-        text: &str,
+        publish: ClientPublish,
     ) -> std::result::Result<(), (Error, Option<String>)> {
-        let config = &self.config;
-        let limits = PublishLimits {
-            max_data_bytes: config.max_data_bytes,
-            max_batch: 1,
-        };
-        let publish = parse_client(text, limits)?;
         let reference = publish.reference.clone();
         let with_ref = |e: Error| (e, reference.clone());
         let attachment = Attachment::read(ws);
@@ -344,16 +418,15 @@ impl ChannelHub {
             .transpose()?;
         let publish = header(req, PUBLISH_HEADER).is_some_and(|v| v == "1");
         let exp = header(req, EXPIRES_HEADER).and_then(|v| v.parse::<i64>().ok());
-        let window = log.window().map_err(internal("reading the window"))?;
-        let attachment = Attachment::new(transport, publish, exp);
-        let client = subscribers::accept(
-            &self.state,
+        let join = Join {
             channel,
-            attachment,
+            attachment: Attachment::new(transport, publish, exp),
             cursor,
-            window,
-            |after, limit| log.after(after, limit),
-        )?;
+            window: log.window().map_err(internal("reading the window"))?,
+            flow_window: self.flow_window(),
+            now_ms: Date::now().as_millis() as i64,
+        };
+        let client = subscribers::accept(&self.state, log, join, &self.floor)?;
         if let Some(exp) = exp {
             self.alarm
                 .at_most(&self.state.storage(), exp as f64 * 1000.0)

@@ -1,12 +1,13 @@
 //! The channel's event log in its Durable Object's SQLite storage: the source of truth. One
-//! `state` row holds the channel name, the last id given (`head`) and how far the D1 mirror got
-//! (`mirrored`, and the `earliest` it last wrote). Idempotency keys live beside the events.
+//! `state` row holds the channel name, the last id given (`head`), how far the D1 mirror got
+//! (`mirrored`, and the `earliest` it last wrote) and the stream position after the head's event
+//! frame (`bytes`, see `channel::flow`). Idempotency keys live beside the events.
 //! Appends run in one `transactionSync`, so a batch, its key and its pruning commit together.
 
 use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::channel::Window;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::rc::Rc;
 use worker::js_sys::{Function, Reflect};
@@ -19,20 +20,34 @@ pub const KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 
 const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, \
-     data TEXT NOT NULL, time_ms INTEGER NOT NULL)",
+     data TEXT NOT NULL, time_ms INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), \
      channel TEXT NOT NULL, head INTEGER NOT NULL, mirrored INTEGER NOT NULL, \
-     mirrored_earliest INTEGER NOT NULL DEFAULT 1)",
+     mirrored_earliest INTEGER NOT NULL DEFAULT 1, bytes INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, \
      first_id INTEGER NOT NULL, count INTEGER NOT NULL, time_ms INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS idempotency_time ON idempotency (time_ms)",
 ];
 
+/// Columns added after the first schema: a log made before them gets them on open. (The probe
+/// is a query that fails when the column is missing.)
+const UPGRADES: [(&str, &str); 2] = [
+    (
+        "SELECT start FROM events LIMIT 0",
+        "ALTER TABLE events ADD COLUMN start INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "SELECT bytes FROM state LIMIT 0",
+        "ALTER TABLE state ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+    ),
+];
+
 /// `?1` is the new head's predecessor, `?2` the time, `?3` a JSON array of
-/// `{"type", "data"}` with `data` as a string of compact JSON: one statement for any batch.
-const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms) \
-     SELECT ?1 + key + 1, json_extract(value, '$.type'), json_extract(value, '$.data'), ?2 \
-     FROM json_each(?3)";
+/// `{"type", "data", "start"}` with `data` as a string of compact JSON: one statement for any
+/// batch. `start` is the event frame's position in the channel's stream (`channel::flow`).
+const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms, start) \
+     SELECT ?1 + key + 1, json_extract(value, '$.type'), json_extract(value, '$.data'), ?2, \
+     json_extract(value, '$.start') FROM json_each(?3)";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogState {
@@ -40,6 +55,8 @@ pub struct LogState {
     pub head: f64,
     pub mirrored: f64,
     pub mirrored_earliest: f64,
+    /// The stream position after the head's event frame (`channel::flow`).
+    pub bytes: f64,
 }
 
 /// A stored publish, as an idempotency key remembers it.
@@ -50,14 +67,33 @@ pub struct Published {
     pub time_ms: f64,
 }
 
-/// What an append did.
-pub enum Appended {
-    /// Stored as ids `first..first + count`.
-    New { first: u64 },
-    /// The key was seen with the same body: nothing stored, here is the first answer.
+/// What an idempotency key says about a publish.
+pub enum Recalled {
+    /// Not seen: store the publish.
+    New,
+    /// Seen with the same body: nothing to store, here is the first answer.
     Replayed(Published),
-    /// The key was seen with another body.
+    /// Seen with another body.
     Conflict,
+}
+
+/// One event of a batch as `INSERT_BATCH` reads it.
+#[derive(Serialize)]
+pub struct NewRow<'a> {
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    pub data: &'a str,
+    pub start: u64,
+}
+
+/// A batch ready to store after `head`: its rows as `INSERT_BATCH` reads them, and the stream
+/// position after its last event frame.
+pub struct Batch {
+    pub head: u64,
+    pub rows_json: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub time_ms: i64,
 }
 
 /// An idempotency key and the fingerprint of the body it came with.
@@ -76,7 +112,7 @@ struct Row {
 }
 
 #[derive(Deserialize)]
-struct Oldest {
+struct Single {
     value: Option<f64>,
 }
 
@@ -103,6 +139,11 @@ impl ChannelLog {
         for statement in SCHEMA {
             sql.exec(statement, None)?;
         }
+        for (probe, upgrade) in UPGRADES {
+            if sql.exec(probe, None).is_err() {
+                sql.exec(upgrade, None)?;
+            }
+        }
         Ok(ChannelLog { sql })
     }
 
@@ -110,82 +151,102 @@ impl ChannelLog {
         let rows: Vec<LogState> = self
             .sql
             .exec(
-                "SELECT channel, head, mirrored, mirrored_earliest FROM state WHERE id = 1",
+                "SELECT channel, head, mirrored, mirrored_earliest, bytes FROM state WHERE id = 1",
                 None,
             )?
             .to_array()?;
         Ok(rows.into_iter().next())
     }
 
-    fn single(&self, query: &str) -> worker::Result<Option<f64>> {
-        let rows: Vec<Oldest> = self.sql.exec(query, None)?.to_array()?;
+    /// The column `value` of a query's first row.
+    fn single(
+        &self,
+        query: &str,
+        bindings: impl Into<Option<Vec<SqlStorageValue>>>,
+    ) -> worker::Result<Option<f64>> {
+        let rows: Vec<Single> = self.sql.exec(query, bindings)?.to_array()?;
         Ok(rows.into_iter().next().and_then(|r| r.value))
     }
 
     pub fn window(&self) -> worker::Result<Window> {
         let head = self.state()?.map_or(0, |s| s.head as u64);
-        let earliest = self.single("SELECT min(seq) AS value FROM events")?;
+        let earliest = self.single("SELECT min(seq) AS value FROM events", None)?;
         Ok(Window {
             head,
             earliest: earliest.map_or(head + 1, |e| e as u64),
         })
     }
 
-    /// Stores `count` events described by `batch_json` after the current head and prunes to
-    /// `policy`'s count, atomically; with a `key`, a repeat of the same body stores nothing.
-    #[allow(clippy::too_many_arguments)]
+    /// What `key` (with its body's fingerprint) says about a publish.
+    pub fn recall(&self, key: &Key<'_>) -> worker::Result<Recalled> {
+        Ok(match self.key(key.key)? {
+            None => Recalled::New,
+            Some(seen) if seen.fingerprint == key.fingerprint => Recalled::Replayed(Published {
+                first_id: seen.first_id,
+                count: seen.count,
+                time_ms: seen.time_ms,
+            }),
+            Some(_) => Recalled::Conflict,
+        })
+    }
+
+    /// Stores `batch` after the head, its `key` if any, and prunes to `policy`'s count,
+    /// atomically. Fails, storing nothing, when the head is no longer `batch.head`.
     pub fn append(
         &self,
         storage: &Storage,
         channel: &str,
-        batch_json: String,
-        count: u64,
-        time_ms: i64,
+        batch: Batch,
         key: Option<Key<'_>>,
         policy: Policy,
-    ) -> worker::Result<Appended> {
-        if let Some(key) = &key {
-            if let Some(seen) = self.key(key.key)? {
-                return Ok(if seen.fingerprint == key.fingerprint {
-                    Appended::Replayed(Published {
-                        first_id: seen.first_id,
-                        count: seen.count,
-                        time_ms: seen.time_ms,
-                    })
-                } else {
-                    Appended::Conflict
-                });
-            }
-        }
+    ) -> worker::Result<()> {
         let sql = self.sql.clone();
         let channel = channel.to_string();
         let key = key.map(|k| (k.key.to_string(), k.fingerprint.to_string()));
         let log = self.clone();
         transaction(storage, move || {
             let head = log.state()?.map_or(0, |s| s.head as u64);
-            let now = SqlStorageValue::Integer(time_ms);
+            if head != batch.head {
+                return Err(worker::Error::RustError(format!(
+                    "the head moved from {} to {head} while a batch was prepared",
+                    batch.head
+                )));
+            }
+            let now = SqlStorageValue::Integer(batch.time_ms);
             sql.exec(
                 INSERT_BATCH,
-                vec![int(head), now.clone(), batch_json.into()],
+                vec![int(head), now.clone(), batch.rows_json.into()],
             )?;
+            let new_head = head + batch.count;
             sql.exec(
-                "INSERT INTO state (id, channel, head, mirrored) VALUES (1, ?1, ?2, 0) \
-                 ON CONFLICT (id) DO UPDATE SET head = excluded.head",
-                vec![channel.into(), int(head + count)],
+                "INSERT INTO state (id, channel, head, mirrored, bytes) VALUES (1, ?1, ?2, 0, ?3) \
+                 ON CONFLICT (id) DO UPDATE SET head = excluded.head, bytes = excluded.bytes",
+                vec![channel.into(), int(new_head), int(batch.bytes)],
             )?;
             if let Some((key, fingerprint)) = key {
                 sql.exec(
                     "INSERT INTO idempotency (key, fingerprint, first_id, count, time_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    vec![key.into(), fingerprint.into(), int(head + 1), int(count), now],
+                    vec![key.into(), fingerprint.into(), int(head + 1), int(batch.count), now],
                 )?;
             }
-            let prune = policy.prune(head + count, time_ms);
+            let prune = policy.prune(new_head, batch.time_ms);
             sql.exec(
                 "DELETE FROM events WHERE seq <= ?1",
                 vec![int(prune.through_id)],
             )?;
-            Ok(Appended::New { first: head + 1 })
+            Ok(())
         })
+    }
+
+    /// The stream position at cursor `after`: where the first retained event after it starts,
+    /// or the position after the head when there is none.
+    pub fn bytes_at(&self, after: u64) -> worker::Result<u64> {
+        let at = self.single(
+            "SELECT coalesce((SELECT start FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1), \
+             (SELECT bytes FROM state WHERE id = 1), 0) AS value",
+            vec![int(after)],
+        )?;
+        Ok(at.unwrap_or(0.0) as u64)
     }
 
     fn key(&self, key: &str) -> worker::Result<Option<Fingerprinted>> {
@@ -218,8 +279,11 @@ impl ChannelLog {
     pub fn oldest(&self) -> worker::Result<(Option<i64>, Option<i64>)> {
         // Times follow ids, so the oldest event is the first by id: a key lookup, not a scan,
         // on every publish.
-        let event = self.single("SELECT time_ms AS value FROM events ORDER BY seq LIMIT 1")?;
-        let key = self.single("SELECT min(time_ms) AS value FROM idempotency")?;
+        let event = self.single(
+            "SELECT time_ms AS value FROM events ORDER BY seq LIMIT 1",
+            None,
+        )?;
+        let key = self.single("SELECT min(time_ms) AS value FROM idempotency", None)?;
         Ok((event.map(|t| t as i64), key.map(|t| t as i64)))
     }
 

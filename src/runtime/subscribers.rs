@@ -1,15 +1,18 @@
 //! The channel object's live subscribers: hibernatable WebSockets, tagged by transport (`ws` for
 //! clients, `sse` for the Worker's SSE bridges), each carrying a small typed attachment that
 //! survives hibernation. Accepting replays from the log in the same synchronous step, so no
-//! publish can fall between replay and live delivery.
+//! publish can fall between replay and live delivery. WebSocket clients confirm what they read
+//! (`channel::flow`); one that falls more than its window behind is closed with 4001.
 
+use super::log::ChannelLog;
 use crate::channel::fanout::{deliver, Frames, Sink, Transport};
-use crate::channel::poll::StoredEvent;
+use crate::channel::flow::{Credit, Floor};
 use crate::channel::{plan_replay, Replay, Window};
 use crate::error::Error;
 use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use worker::{State, WebSocket, WebSocketPair};
 
 /// Events read from the log per step of a replay.
@@ -26,6 +29,10 @@ pub struct Attachment {
     pub publish: bool,
     /// Token expiry, unix seconds.
     pub exp: Option<i64>,
+    /// How far a WebSocket client has confirmed (none for SSE bridges, which guard their own
+    /// clients). Added after version 1 was out, so it may be missing.
+    #[serde(default)]
+    pub credit: Option<Credit>,
 }
 
 impl Attachment {
@@ -35,6 +42,7 @@ impl Attachment {
             transport,
             publish,
             exp,
+            credit: None,
         }
     }
 
@@ -59,37 +67,72 @@ impl Sink for SocketSink {
     }
 }
 
-/// The sockets of one transport. Reads the runtime's list without the crate's `unwrap`.
+/// The open sockets of one transport. Reads the runtime's list without the crate's `unwrap`.
+/// A socket the object has closed stays in that list until its client answers the close (a
+/// client that stopped reading never does), so only `OPEN` sockets count.
 pub fn sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
-    state
-        .as_raw()
-        .get_websockets_with_tag(transport.tag())
-        .map(|list| list.into_iter().map(WebSocket::from).collect())
-        .unwrap_or_default()
+    open(state.as_raw().get_websockets_with_tag(transport.tag()))
 }
 
 pub fn all_sockets(state: &State) -> Vec<WebSocket> {
-    state
-        .as_raw()
-        .get_websockets()
-        .map(|list| list.into_iter().map(WebSocket::from).collect())
-        .unwrap_or_default()
+    open(state.as_raw().get_websockets())
+}
+
+fn open<E>(list: Result<Vec<worker::web_sys::WebSocket>, E>) -> Vec<WebSocket> {
+    const OPEN: u16 = 1;
+    list.map(|list| {
+        list.into_iter()
+            .filter(|ws| ws.ready_state() == OPEN)
+            .map(WebSocket::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// A subscriber about to be accepted.
+pub struct Join<'a> {
+    pub channel: &'a ChannelName,
+    pub attachment: Attachment,
+    pub cursor: Option<u64>,
+    pub window: Window,
+    /// Bytes of event frames a WebSocket client may leave unconfirmed (`channel::flow`).
+    pub flow_window: u64,
+    pub now_ms: i64,
 }
 
 /// Accepts a new subscriber and sends it `ready` (WebSocket clients), then its replay, all
-/// before any other event can run. `read_after(after, limit)` reads the log.
+/// before any other event can run. A WebSocket client's credit starts where its replay starts,
+/// so the replay counts against its window; `floor` is lowered to it.
 pub fn accept(
     state: &State,
-    channel: &ChannelName,
-    attachment: Attachment,
-    cursor: Option<u64>,
-    window: Window,
-    read_after: impl Fn(u64, u64) -> worker::Result<Vec<StoredEvent>>,
+    log: &ChannelLog,
+    join: Join<'_>,
+    floor: &Cell<Floor>,
 ) -> Result<WebSocket, Error> {
     let internal = |what: &str| {
         let what = what.to_string();
         move |e: worker::Error| Error::Internal(format!("{what}: {e}"))
     };
+    let Join {
+        channel,
+        mut attachment,
+        cursor,
+        window,
+        ..
+    } = join;
+    let plan = plan_replay(cursor, window, false);
+    let mut after = match plan {
+        Replay::Live => window.head,
+        Replay::After(n) => n,
+        Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
+    };
+    if attachment.transport == Transport::Ws {
+        let bytes = log
+            .bytes_at(after)
+            .map_err(internal("reading a position"))?;
+        attachment.credit = Some(Credit::new(after, bytes, join.now_ms));
+        floor.set(floor.get().joined(bytes));
+    }
     let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
     let server = pair.server;
     let tags = vec![worker::wasm_bindgen::JsValue::from_str(
@@ -104,17 +147,16 @@ pub fn accept(
         .map_err(internal("attaching rights"))?;
     let sink = [SocketSink(server.clone())];
     if attachment.transport == Transport::Ws {
-        deliver(&sink, &[ready_frame(window.head)]);
+        deliver(&sink, &[ready_frame(window.head, join.flow_window)]);
     }
-    let plan = plan_replay(cursor, window, false);
-    let mut after = match plan {
-        Replay::Live => return Ok(pair.client),
-        Replay::After(n) => n,
-        Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
-    };
+    if plan == Replay::Live {
+        return Ok(pair.client);
+    }
     let mut first = true;
     loop {
-        let events = read_after(after, REPLAY_PAGE).map_err(internal("reading the replay"))?;
+        let events = log
+            .after(after, REPLAY_PAGE)
+            .map_err(internal("reading the replay"))?;
         let frames = if first {
             Frames::replay(channel, plan, &events)
         } else {
@@ -129,18 +171,38 @@ pub fn accept(
     }
 }
 
-/// Sends a batch to every live subscriber, once encoded; sockets that fail are closed so their
-/// clients reconnect from their cursor.
-pub fn fan_out(state: &State, channel: &ChannelName, events: &[StoredEvent]) {
-    if events.is_empty() {
-        return;
-    }
-    let frames = Frames::encode(channel, events);
+/// What a publish's fan-out needs to enforce WebSocket windows.
+pub struct FlowCheck<'a> {
+    pub window: u64,
+    /// The stream position after this publish's last event frame.
+    pub end: u64,
+    pub now_ms: i64,
+    pub floor: &'a Cell<Floor>,
+}
+
+/// Sends a publish's frames to every live subscriber; sockets that fail are closed so their
+/// clients reconnect from their cursor. WebSocket clients that this publish would put over their
+/// window, silent for `flow::STALL_MS`, are closed with 4001 instead (their attachments are read
+/// only when the floor says some socket may be over).
+pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
     for transport in [Transport::Ws, Transport::Sse] {
-        let sinks: Vec<SocketSink> = sockets(state, transport)
-            .into_iter()
-            .map(SocketSink)
-            .collect();
+        let mut sockets = sockets(state, transport);
+        if transport == Transport::Ws && flow.floor.get().must_check(flow.end, flow.window) {
+            let mut lowest = flow.end;
+            sockets.retain(|ws| match Attachment::read(ws).and_then(|a| a.credit) {
+                Some(c) if c.too_slow(flow.end, flow.window, flow.now_ms) => {
+                    close(ws, CloseCode::TooSlow);
+                    false
+                }
+                Some(c) => {
+                    lowest = lowest.min(c.bytes);
+                    true
+                }
+                None => true,
+            });
+            flow.floor.set(Floor(Some(lowest)));
+        }
+        let sinks: Vec<SocketSink> = sockets.into_iter().map(SocketSink).collect();
         for failed in deliver(&sinks, frames.for_transport(transport)) {
             if let Some(sink) = sinks.get(failed) {
                 close(&sink.0, CloseCode::Reconnect);

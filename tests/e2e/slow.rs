@@ -1,8 +1,8 @@
 //! Slow consumers. An SSE client that stops reading is dropped once more than
-//! `SLOW_CONSUMER_BYTES` wait for it, while 100 other subscribers get every event in order, and
-//! it resumes from `Last-Event-ID` without loss. A WebSocket client that never reads has no
-//! explicit limit (the runtime buffers for it): the others must be unaffected; what happens to
-//! the non-reader itself (and to the hub's memory) is reported, not asserted.
+//! `SLOW_CONSUMER_BYTES` wait for it, and a WebSocket client that stops reading once more than
+//! that many bytes of events are unconfirmed by its `cursor` reports; meanwhile 100 other
+//! subscribers get every event in order, and the dropped one resumes from its cursor without
+//! loss. A WebSocket reader that never reports is dropped the same way; one that reports never is.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,13 +22,14 @@ use crate::harness::{Hub, HubOptions};
 use crate::live::info;
 use crate::sse_client::{event_ids, SseStream};
 use crate::sse_parser::{Item, Parser};
-use crate::ws_client::{Frame, WsClient};
+use crate::ws_client::{frame_ids, Frame, WsClient};
 use crate::{case_own_hub, Case};
 
 pub fn cases() -> Vec<Case> {
     vec![
         case_own_hub!(slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes),
-        case_own_hub!(slow_ws_non_reader_leaves_100_readers_unaffected),
+        case_own_hub!(slow_ws_non_reader_is_dropped_others_get_everything_and_it_resumes),
+        case_own_hub!(slow_ws_reports_keep_a_reader_others_are_dropped_at_the_window),
         case_own_hub!(slow_sse_replay_larger_than_the_limit_is_delivered_not_dropped),
     ]
 }
@@ -38,10 +39,6 @@ const LIMIT: usize = 64 * 1024;
 const PAD: usize = 8 * 1024;
 const READERS: usize = 100;
 const MAX_EVENTS: u64 = 1000;
-/// Events published to the WebSocket non-reader's channel (about 2.4 MB each reader).
-const WS_EVENTS: u64 = 300;
-/// Events then published to the non-reader alone (about 8 MB).
-const ALONE_EVENTS: u64 = 1000;
 const WAIT: Duration = Duration::from_secs(240);
 /// The receive buffer our stalled clients ask the kernel for, so backpressure reaches the hub.
 const RCVBUF: u32 = 4096;
@@ -287,8 +284,9 @@ async fn slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes(_: Ap
     hub.cleanup().await;
 }
 
-async fn slow_ws_non_reader_leaves_100_readers_unaffected(_: Api) {
-    let hub = own_hub(&[("RETAIN_EVENTS", "100000")]).await;
+async fn slow_ws_non_reader_is_dropped_others_get_everything_and_it_resumes(_: Api) {
+    let limit = LIMIT.to_string();
+    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
     let api = Api::new(hub.base());
     let c = channel("slowws");
     let target = Arc::new(AtomicU64::new(0));
@@ -306,57 +304,38 @@ async fn slow_ws_non_reader_leaves_100_readers_unaffected(_: Api) {
     let counts = info(&api, &c).await["subscribers"].clone();
     assert_eq!(counts, json!({"sse": READERS / 2, "ws": READERS / 2 + 1}));
 
-    let rss_before = hub.rss_kib();
-    let publishing = Instant::now();
-    for k in 1..=WS_EVENTS {
-        assert_eq!(publish_padded(&api, &c, k).await, k);
-    }
-    let published = publishing.elapsed();
-    let counts = info(&api, &c).await["subscribers"].clone();
-    target.store(WS_EVENTS, Ordering::SeqCst);
-    assert_readers(others, WS_EVENTS).await;
-    let delivered = publishing.elapsed();
-    eprintln!(
-        "e2e: slow WS: {WS_EVENTS} events of {PAD} B with {READERS} readers and one non-reader: \
-         publishing took {published:.1?}, every reader had all {:.1?} after the first publish; \
-         subscribers then {counts}; hub RSS {rss_before} -> {} KiB",
-        delivered,
-        hub.rss_kib()
-    );
-
-    // A control: the same volume to a channel nobody subscribes to, for the memory it costs.
-    let (control, before) = (channel("slowctl"), hub.rss_kib());
-    for k in 1..=ALONE_EVENTS {
-        assert_eq!(publish_padded(&api, &control, k).await, k);
-    }
-    eprintln!(
-        "e2e: slow WS: control, {ALONE_EVENTS} events to a channel without subscribers: hub RSS \
-         {before} -> {} KiB",
-        hub.rss_kib()
-    );
-
-    // The readers are gone; the non-reader alone gets ALONE_EVENTS more (about 8 MB).
-    let (alone, mut samples) = (Instant::now(), vec![(WS_EVENTS, hub.rss_kib())]);
-    for k in WS_EVENTS + 1..=WS_EVENTS + ALONE_EVENTS {
-        assert_eq!(publish_padded(&api, &c, k).await, k);
-        if k % 250 == 0 {
-            samples.push((k, hub.rss_kib()));
+    // Publish until the hub lets the non-reader go, then a few more.
+    let (rss_before, publishing) = (hub.rss_kib(), Instant::now());
+    let (mut dropped_at, mut n) = (None, 0);
+    while n < MAX_EVENTS && dropped_at.is_none_or(|d| n < d + 20) {
+        n += 1;
+        assert_eq!(publish_padded(&api, &c, n).await, n);
+        if dropped_at.is_none() && n % 5 == 0 {
+            let ws = info(&api, &c).await["subscribers"]["ws"].clone();
+            if ws == json!(READERS / 2) {
+                dropped_at = Some(n);
+            }
         }
     }
-    let total = WS_EVENTS + ALONE_EVENTS;
+    let dropped_at = dropped_at.unwrap_or_else(|| {
+        panic!("the WebSocket non-reader was never dropped ({n} events of {PAD} B)")
+    });
     let counts = info(&api, &c).await["subscribers"].clone();
-    eprintln!(
-        "e2e: slow WS: {ALONE_EVENTS} more to the non-reader alone in {:.1?}; subscribers \
-         {counts}; (published, hub RSS KiB) {samples:?}",
-        alone.elapsed()
+    assert_eq!(
+        counts,
+        json!({"sse": READERS / 2, "ws": READERS / 2}),
+        "after the drop"
     );
+    target.store(n, Ordering::SeqCst);
+    assert_readers(others, n).await;
+    let delivered = publishing.elapsed();
 
-    // Now the non-reader reads: whatever it gets must still be in order, each id once.
+    // The non-reader reads again: `ready`, a whole prefix 1..=K, then the close with 4001.
     let socket = MaybeTlsStream::Plain(stream);
     let mut ws = WebSocketStream::from_partially_read(socket, rest, Role::Client, None).await;
     let (mut got, mut ops, mut close) = (Vec::new(), Vec::new(), None);
     let reading = Instant::now();
-    while reading.elapsed() < Duration::from_secs(60) && got.last() != Some(&total) {
+    while close.is_none() && reading.elapsed() < Duration::from_secs(60) {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
@@ -366,30 +345,112 @@ async fn slow_ws_non_reader_leaves_100_readers_unaffected(_: Api) {
                 }
             }
             Ok(Some(Ok(Message::Close(f)))) => {
-                close = Some(format!("{f:?}"));
-                break;
+                close = Some(f.map(|f| (u16::from(f.code), f.reason.to_string())));
             }
             Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => {
-                close = Some(format!("error: {e}"));
-                break;
-            }
+            Ok(Some(Err(e))) => panic!("the non-reader's socket failed: {e}"),
             Ok(None) | Err(_) => break,
         }
     }
-    let read_in = reading.elapsed();
     let k = got.len() as u64;
     assert!(
         got == (1..=k).collect::<Vec<_>>(),
-        "the non-reader's events must be in order, once each: {} events",
+        "the non-reader's events must be a prefix, in order, once each: {} events",
         got.len()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(k < n, "it was dropped before the end ({k} of {n})");
+    assert_eq!(ops, ["ready"], "its other frames");
+    let (code, reason) = close.flatten().expect("a close frame");
+    assert_eq!(code, 4001, "closed as too slow: {reason}");
     eprintln!(
-        "e2e: slow WS: the non-reader then read {k} of {total} events in order (other frames \
-         {ops:?}) in {read_in:.1?}; close: {close:?}; hub RSS after it drained {} KiB",
+        "e2e: slow WS: window {LIMIT} B; the non-reader was dropped after {dropped_at} events \
+         of {PAD} B, having been sent 1..={k} ({} KiB); {READERS} others had all {n} in order \
+         {delivered:.1?} after the first publish; hub RSS {rss_before} -> {} KiB",
+        k * PAD as u64 / 1024,
         hub.rss_kib()
     );
+
+    // It resumes from its cursor and gets the rest, once.
+    let (mut again, _) = WsClient::subscribe(&api, &c, Some(k), Some(&admin())).await;
+    let rest = frame_ids(&again.frames_through(n, Duration::from_secs(60)).await);
+    assert!(
+        rest == (k + 1..=n).collect::<Vec<_>>(),
+        "resumed from {k} (of {n}): {} events",
+        rest.len()
+    );
+    hub.cleanup().await;
+}
+
+/// Reads until the socket closes or `wait` passes: the event ids and the close.
+async fn read_to_close(ws: &mut WsClient, wait: Duration) -> (Vec<u64>, Option<(u16, String)>) {
+    let (started, mut got) = (Instant::now(), Vec::new());
+    while started.elapsed() < wait {
+        match ws.next(Duration::from_millis(500)).await {
+            Some(Frame::Json(v)) if v["op"] == "event" => got.push(v["id"].as_u64().unwrap_or(0)),
+            Some(Frame::Closed(close)) => return (got, close),
+            _ => {}
+        }
+    }
+    (got, None)
+}
+
+/// A reader that confirms as it reads keeps its socket across many windows; one that reads
+/// everything but never confirms is closed with 4001 once a window is unconfirmed and it has
+/// been silent for a second, and it has everything up to the close.
+async fn slow_ws_reports_keep_a_reader_others_are_dropped_at_the_window(_: Api) {
+    let limit = LIMIT.to_string();
+    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit)]).await;
+    let api = Api::new(hub.base());
+    let c = channel("wscredit");
+    let (mut confirming, _) = WsClient::subscribe(&api, &c, None, Some(&admin())).await;
+    let (mut quiet, _) = WsClient::subscribe(&api, &c, None, Some(&admin())).await;
+    quiet.set_reporting(false);
+    // Two windows, then more than a second of silence, then eight windows more.
+    let first = 2 * LIMIT as u64 / PAD as u64;
+    let total = first + 8 * LIMIT as u64 / PAD as u64;
+    let wait = Duration::from_secs(60);
+    let reading = tokio::spawn(async move {
+        let ids = frame_ids(&confirming.frames_through(total, wait).await);
+        (ids, confirming.reports, confirming)
+    });
+    for k in 1..=first {
+        publish_padded(&api, &c, k).await;
+    }
+    let mut quiet_got = frame_ids(&quiet.frames_through(first, wait).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The quiet reader is closed on the way (at the first publish after its second of silence,
+    // unless publishing the first part already took that long).
+    for k in first + 1..=total {
+        publish_padded(&api, &c, k).await;
+    }
+    let (after, close) = read_to_close(&mut quiet, wait).await;
+    quiet_got.extend(after);
+    let j = quiet_got.len() as u64;
+    assert_eq!(
+        quiet_got,
+        (1..=j).collect::<Vec<_>>(),
+        "the quiet reader's events"
+    );
+    assert!(
+        j * PAD as u64 > LIMIT as u64 && j < total,
+        "the quiet reader got {j} events of {PAD} B (window {LIMIT} B, {total} published)"
+    );
+    let (code, reason) = close.expect("the quiet reader is closed");
+    assert_eq!(code, 4001, "{reason}");
+    let (ids, reports, confirming) = reading.await.expect("the confirming reader");
+    assert_eq!(
+        ids,
+        (1..=total).collect::<Vec<_>>(),
+        "the confirming reader"
+    );
+    assert!(reports >= 8, "{reports} reports");
+    let counts = info(&api, &c).await["subscribers"].clone();
+    assert_eq!(
+        counts,
+        json!({"sse": 0, "ws": 1}),
+        "the confirming reader stays"
+    );
+    confirming.close().await;
     hub.cleanup().await;
 }
 

@@ -235,6 +235,27 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable(api: Api) {
             "unknown member",
         ),
         Refusal(
+            r#"{"op":"cursor","id":"1","ref":7}"#,
+            400,
+            BAD,
+            Some(json!(7)),
+            "a cursor that is a string",
+        ),
+        Refusal(
+            r#"{"op":"cursor","id":-1}"#,
+            400,
+            BAD,
+            None,
+            "a negative cursor",
+        ),
+        Refusal(
+            r#"{"op":"cursor","id":1}"#,
+            400,
+            BAD,
+            None,
+            "a cursor ahead of the head",
+        ),
+        Refusal(
             &over,
             413,
             Some("too_large"),
@@ -248,6 +269,9 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable(api: Api) {
     }
     ws.send_binary(br#"{"op":"publish","data":1}"#).await;
     assert_error(&mut ws, 400, Some("bad_request"), None, "a binary frame").await;
+    // A good cursor report is taken silently: the next frame is the ping's pong.
+    ws.send_text(r#"{"op":"cursor","id":0}"#).await;
+    assert!(ws.ping(WAIT).await, "a cursor report gets no answer");
     assert_eq!(
         head(&api, &c).await,
         0,

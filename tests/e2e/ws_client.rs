@@ -1,6 +1,9 @@
 //! A WebSocket client for the hub's `/ws/{channel}`: the opening handshake by hand over plain
 //! TCP to 127.0.0.1 (so a refused upgrade comes back whole, for tests to assert on 401 and 403),
-//! then tokio-tungstenite for the frames, with every read bounded by a deadline.
+//! then tokio-tungstenite for the frames, with every read bounded by a deadline. Like any
+//! well-behaved client it confirms what it has read with `{"op":"cursor","id":N}` every quarter
+//! of the window its `ready` frame announced (tests can turn that off to play a client that never
+//! confirms).
 
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,19 @@ pub enum Frame {
 pub struct WsClient {
     socket: Socket,
     closed: bool,
+    /// The window from `ready`; reports go out every quarter of it.
+    window: u64,
+    /// Bytes of event frames read since the last report, and the last event id read.
+    unreported: u64,
+    last_id: u64,
+    /// Whether to send `cursor` reports.
+    reporting: bool,
+    /// Reports sent so far.
+    pub reports: u64,
 }
+
+/// The window assumed until a `ready` frame says otherwise (the hub's smallest).
+const DEFAULT_WINDOW: u64 = 64 * 1024;
 
 /// `/ws/{channel}` with an optional `since`.
 pub fn ws_path(channel: &str, since: Option<u64>) -> String {
@@ -60,6 +75,11 @@ impl WsClient {
         Ok(WsClient {
             socket,
             closed: false,
+            window: DEFAULT_WINDOW,
+            unreported: 0,
+            last_id: 0,
+            reporting: true,
+            reports: 0,
         })
     }
 
@@ -80,6 +100,36 @@ impl WsClient {
         assert_eq!(ready["op"], "ready", "first frame on {path}: {ready}");
         let head = ready["head"].as_u64().unwrap_or(u64::MAX);
         (ws, head)
+    }
+
+    /// Stops (or resumes) sending `cursor` reports.
+    pub fn set_reporting(&mut self, on: bool) {
+        self.reporting = on;
+    }
+
+    /// Counts an event frame read and reports the cursor once a quarter window is unreported.
+    async fn account(&mut self, frame: &Value, len: usize) {
+        match frame["op"].as_str() {
+            Some("ready") => self.window = frame["window"].as_u64().unwrap_or(DEFAULT_WINDOW),
+            Some("event") => {
+                self.last_id = frame["id"].as_u64().unwrap_or(self.last_id);
+                self.unreported += len as u64;
+                if self.reporting && self.unreported >= self.window / 4 {
+                    let report = serde_json::json!({"op": "cursor", "id": self.last_id});
+                    // A closed socket shows in the next read; nothing to do here.
+                    if self
+                        .socket
+                        .send(Message::text(report.to_string()))
+                        .await
+                        .is_ok()
+                    {
+                        self.reports += 1;
+                        self.unreported = 0;
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -113,8 +163,11 @@ impl WsClient {
                 }
             };
             let frame = match msg {
-                Message::Text(t) => match serde_json::from_str(t.as_str()) {
-                    Ok(v) => Frame::Json(v),
+                Message::Text(t) => match serde_json::from_str::<Value>(t.as_str()) {
+                    Ok(v) => {
+                        self.account(&v, t.len()).await;
+                        Frame::Json(v)
+                    }
                     Err(_) => Frame::Text(t.to_string()),
                 },
                 Message::Binary(b) => Frame::Binary(b.to_vec()),

@@ -1,0 +1,146 @@
+//! Flow control for WebSocket subscribers. The runtime does not say how much waits for a socket
+//! (workerd's WebSocket has no `bufferedAmount`), so the client says how far it got: it sends
+//! `{"op":"cursor","id":N}` as it reads, and the channel's object counts the bytes of event frames
+//! it sent after the last reported id. A socket with more than its window unconfirmed, and no
+//! report for `STALL_MS`, is closed with 4001 and resumes from its cursor.
+//!
+//! Byte counts are positions in the channel's stream of event frames: `bytes_at(n)` is the size
+//! of every event frame through id `n`. The log stores each event's starting position, so a
+//! report of any id is one lookup, and a socket's unconfirmed bytes are one subtraction.
+
+use serde::{Deserialize, Serialize};
+
+/// How long a socket over its window may go without reporting before it is dropped: a socket
+/// that is still reading (a large replay, a burst) reports within this time.
+pub const STALL_MS: i64 = 1000;
+
+/// How far a socket has confirmed, kept in its attachment so it survives hibernation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// The last id the client reported, or where its delivery started.
+    pub cursor: u64,
+    /// The stream position at `cursor`.
+    pub bytes: u64,
+    /// When `cursor` last moved, unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// What a report does to a socket's credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The cursor moved forward: look up its position and store the new credit.
+    Advance(u64),
+    /// Nothing new (the same or an older id): nothing changes, not even the time, so a client
+    /// cannot stay connected by repeating an old cursor without reading.
+    Stale,
+    /// The id was never sent: a client error.
+    Ahead { head: u64 },
+}
+
+impl Credit {
+    pub fn new(cursor: u64, bytes: u64, now_ms: i64) -> Credit {
+        Credit {
+            cursor,
+            bytes,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Bytes of event frames sent after the confirmed cursor, when the stream is at `end`.
+    pub fn unconfirmed(&self, end: u64) -> u64 {
+        end.saturating_sub(self.bytes)
+    }
+
+    /// True when the socket should be dropped before more is sent to it.
+    pub fn too_slow(&self, end: u64, window: u64, now_ms: i64) -> bool {
+        self.unconfirmed(end) > window && now_ms.saturating_sub(self.at_ms) >= STALL_MS
+    }
+
+    pub fn report(&self, id: u64, head: u64) -> Report {
+        if id > head {
+            Report::Ahead { head }
+        } else if id > self.cursor {
+            Report::Advance(id)
+        } else {
+            Report::Stale
+        }
+    }
+}
+
+/// A lower bound on the confirmed position of every socket, kept in memory, so a publish reads
+/// no attachment while no socket can be over its window. `None` (a fresh instance) means
+/// unknown: the next publish reads every socket once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Floor(pub Option<u64>);
+
+impl Floor {
+    /// True when some socket may be over `window` once the stream reaches `end`.
+    pub fn must_check(self, end: u64, window: u64) -> bool {
+        self.0
+            .is_none_or(|floor| end.saturating_sub(floor) > window)
+    }
+
+    /// A socket joined at `bytes`: the bound must not be above it.
+    pub fn joined(self, bytes: u64) -> Floor {
+        Floor(self.0.map(|f| f.min(bytes)))
+    }
+}
+
+/// Each event frame's starting position, given the stream's position before them.
+pub fn starts(before: u64, sizes: impl IntoIterator<Item = usize>) -> (Vec<u64>, u64) {
+    let mut at = before;
+    let starts = sizes
+        .into_iter()
+        .map(|size| {
+            let start = at;
+            at = at.saturating_add(size as u64);
+            start
+        })
+        .collect();
+    (starts, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_only_when_over_the_window_and_silent() {
+        let c = Credit::new(10, 1000, 0);
+        assert_eq!(c.unconfirmed(1500), 500);
+        assert!(!c.too_slow(1500, 400, 999), "over, but reported just now");
+        assert!(c.too_slow(1500, 400, 1000));
+        assert!(
+            !c.too_slow(1400, 400, 60_000),
+            "at the window is not over it"
+        );
+        assert_eq!(c.unconfirmed(900), 0, "a position before the credit");
+    }
+
+    #[test]
+    fn reports_move_forward_only() {
+        let c = Credit::new(10, 1000, 0);
+        assert_eq!(c.report(11, 20), Report::Advance(11));
+        assert_eq!(c.report(20, 20), Report::Advance(20));
+        assert_eq!(c.report(10, 20), Report::Stale);
+        assert_eq!(c.report(3, 20), Report::Stale);
+        assert_eq!(c.report(21, 20), Report::Ahead { head: 20 });
+    }
+
+    #[test]
+    fn the_floor_spares_reads_until_someone_can_be_over() {
+        assert!(Floor(None).must_check(0, 100));
+        let f = Floor(Some(1000));
+        assert!(!f.must_check(1100, 100));
+        assert!(f.must_check(1101, 100));
+        assert_eq!(f.joined(500), Floor(Some(500)));
+        assert_eq!(f.joined(2000), f);
+        assert_eq!(Floor(None).joined(5), Floor(None));
+    }
+
+    #[test]
+    fn starts_are_running_sums() {
+        assert_eq!(starts(100, [10, 5, 1]), (vec![100, 110, 115], 116));
+        assert_eq!(starts(7, []), (vec![], 7));
+    }
+}
