@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -125,9 +125,13 @@ fn parse_block(block: &str) -> Option<Event> {
     })
 }
 
-/// An open WebSocket, past its `ready` frame.
+/// An open WebSocket, past its `ready` frame. It confirms what it read, as clients must, with
+/// `{"op":"cursor","id":N}` every quarter of the window `ready` announced.
 pub struct WsSub {
     socket: WebSocketStream<TcpStream>,
+    window: u64,
+    /// Bytes of event frames read since the last report.
+    unreported: u64,
 }
 
 impl WsSub {
@@ -162,9 +166,16 @@ impl WsSub {
             Ok(r) => r?,
             Err(_) => return Err(format!("{url}: no upgrade within {OPEN_TIMEOUT:?}")),
         };
-        let mut ws = WsSub { socket };
+        let mut ws = WsSub {
+            socket,
+            window: 64 * 1024,
+            unreported: 0,
+        };
         match ws.next_frame(Instant::now() + OPEN_TIMEOUT).await {
-            Ok(Some(v)) if v["op"] == "ready" => Ok(ws),
+            Ok(Some(v)) if v["op"] == "ready" => {
+                ws.window = v["window"].as_u64().unwrap_or(ws.window);
+                Ok(ws)
+            }
             Ok(Some(v)) => Err(format!("{url}: first frame {v}")),
             Ok(None) => Err(format!("{url}: no ready frame within {OPEN_TIMEOUT:?}")),
             Err(why) => Err(format!("{url}: {why}")),
@@ -181,11 +192,18 @@ impl WsSub {
             };
             match v["op"].as_str() {
                 Some("event") => {
+                    if self.unreported >= self.window / 4 {
+                        let report = format!(r#"{{"op":"cursor","id":{}}}"#, v["id"]);
+                        if let Err(e) = self.socket.send(Message::text(report)).await {
+                            return Next::Closed(format!("reporting the cursor: {e}"));
+                        }
+                        self.unreported = 0;
+                    }
                     return Next::Event(Event {
                         id: v["id"].as_u64(),
                         gap: false,
                         sent_us: v["data"]["t"].as_u64(),
-                    })
+                    });
                 }
                 Some("gap") => {
                     return Next::Event(Event {
@@ -210,7 +228,10 @@ impl WsSub {
             };
             match msg {
                 Message::Text(t) => {
-                    if let Ok(v) = serde_json::from_str(t.as_str()) {
+                    if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
+                        if v["op"] == "event" {
+                            self.unreported += t.len() as u64;
+                        }
                         return Ok(Some(v));
                     }
                 }
