@@ -1,4 +1,4 @@
-//! Limits and settings, typed and read once per request from the environment's `[vars]`
+//! Limits and settings, typed and read once per isolate from the environment's `[vars]`
 //! (see `wrangler.toml`). A missing or unreadable value falls back to the documented default, so
 //! a typo in configuration can never take the hub down; `docs/API.md#configuration` lists them.
 
@@ -19,6 +19,9 @@ pub struct Config {
     pub token_max_ttl_seconds: i64,
     pub poll_default_limit: u32,
     pub poll_max_limit: u32,
+    /// How long a Worker isolate may answer a conditional poll from the mirror window it read
+    /// last, without D1 (0: always ask D1).
+    pub poll_cache_ms: i64,
     pub public_channels: Vec<Pattern>,
     pub cors_origins: Vec<String>,
     /// True only under the local development config (`.dev.vars`).
@@ -60,6 +63,7 @@ impl Config {
                 .unwrap_or(3600),
             poll_default_limit,
             poll_max_limit,
+            poll_cache_ms: i64::try_from(num("POLL_CACHE_MS", 250)).unwrap_or(250),
             public_channels: patterns(&var("PUBLIC_CHANNELS").unwrap_or_default()),
             cors_origins: var("CORS_ORIGINS")
                 .unwrap_or_default()
@@ -98,6 +102,7 @@ mod tests {
         assert_eq!(c.slow_consumer_bytes, 1_048_576);
         assert_eq!(c.query_token_max_seconds, 300);
         assert_eq!((c.poll_default_limit, c.poll_max_limit), (100, 1000));
+        assert_eq!(c.poll_cache_ms, 250);
         assert!(c.public_channels.is_empty());
         assert!(!c.development);
         assert!(!c.fault_d1_writes);

@@ -4,6 +4,7 @@
 use super::{plan_replay, Replay, Window};
 use crate::protocol::envelope::encode_envelope;
 use crate::protocol::ChannelName;
+use std::collections::HashMap;
 
 /// One mirrored event as D1 returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,32 @@ impl PollPage {
             self.more,
             self.head
         )
+    }
+}
+
+/// Mirror windows read recently, per channel, so that a conditional poll whose answer has not
+/// changed can be a 304 without asking D1. A window is used for `ttl_ms` after it was read:
+/// a 304 may then be that much late (more lag, never a hole: a changed answer always comes from
+/// D1). At most `capacity` channels are held; a full cache starts over.
+#[derive(Debug, Clone, Default)]
+pub struct WindowCache {
+    entries: HashMap<String, (Window, i64)>,
+}
+
+impl WindowCache {
+    pub const CAPACITY: usize = 4096;
+
+    /// The window of `channel` if it was read less than `ttl_ms` before `now_ms`.
+    pub fn fresh(&self, channel: &str, now_ms: i64, ttl_ms: i64) -> Option<Window> {
+        let (window, at) = self.entries.get(channel)?;
+        (now_ms.saturating_sub(*at) < ttl_ms && now_ms >= *at).then_some(*window)
+    }
+
+    pub fn put(&mut self, channel: &str, window: Window, now_ms: i64) {
+        if self.entries.len() >= Self::CAPACITY && !self.entries.contains_key(channel) {
+            self.entries.clear();
+        }
+        self.entries.insert(channel.to_string(), (window, now_ms));
     }
 }
 
@@ -248,5 +275,26 @@ mod tests {
         );
         assert_ne!(a, req(Some(4), 10).etag(W10));
         assert_ne!(req(None, 10).etag(W10), req(Some(10), 10).etag(W10));
+    }
+
+    #[test]
+    fn window_cache_holds_for_its_ttl_only() {
+        let w = Window {
+            head: 7,
+            earliest: 1,
+        };
+        let mut cache = WindowCache::default();
+        assert_eq!(cache.fresh("c", 0, 250), None);
+        cache.put("c", w, 1000);
+        assert_eq!(cache.fresh("c", 1000, 250), Some(w));
+        assert_eq!(cache.fresh("c", 1249, 250), Some(w));
+        assert_eq!(cache.fresh("c", 1250, 250), None, "expired");
+        assert_eq!(cache.fresh("c", 999, 250), None, "a clock that went back");
+        assert_eq!(cache.fresh("c", 1000, 0), None, "ttl 0 turns it off");
+        assert_eq!(cache.fresh("d", 1000, 250), None);
+        for n in 0..WindowCache::CAPACITY {
+            cache.put(&format!("x{n}"), w, 1000);
+        }
+        assert!(cache.entries.len() <= WindowCache::CAPACITY);
     }
 }

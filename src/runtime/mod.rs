@@ -18,7 +18,7 @@ mod subscribers;
 use crate::auth::delegate::{delegate, TokenRequest};
 use crate::auth::{self, Action};
 use crate::channel::fanout::Transport;
-use crate::channel::poll::{cut_page, PollRequest};
+use crate::channel::poll::{cut_page, PollRequest, WindowCache};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
@@ -28,10 +28,31 @@ use crate::protocol::{route, ChannelName, Route};
 use access::Credentials;
 use client::Hub;
 use http::{internal, is_json, json, problem, read_body};
-use worker::{event, Context, Env, Method, Request, Response, Result};
+use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
+use worker::{event, Context, Date, Env, Method, Request, Response, Result};
 
 /// The largest `POST /tokens` body.
 const MINT_BODY_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Settings, read once per isolate: `[vars]` cannot change while an isolate lives (a new
+    /// deployment gets new isolates).
+    static CONFIG: OnceCell<Rc<Config>> = const { OnceCell::new() };
+    /// Mirror windows this isolate read recently, for 304s without D1 (`POLL_CACHE_MS`).
+    static WINDOWS: RefCell<WindowCache> = RefCell::new(WindowCache::default());
+}
+
+fn config(env: &Env) -> Rc<Config> {
+    CONFIG.with(|cell| {
+        cell.get_or_init(|| {
+            Rc::new(Config::from_lookup(|name| {
+                env.var(name).ok().map(|v| v.to_string())
+            }))
+        })
+        .clone()
+    })
+}
 
 #[event(start)]
 fn start() {
@@ -40,7 +61,7 @@ fn start() {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    let config = Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()));
+    let config = config(&env);
     let origin = req.headers().get("origin").ok().flatten();
     if req.method() == Method::Options {
         return Ok(
@@ -162,7 +183,9 @@ fn since(query: &str) -> std::result::Result<Option<u64>, Error> {
         .transpose()
 }
 
-/// `/poll` from the D1 mirror alone: the channel's object is never woken by a poll.
+/// `/poll` from the D1 mirror alone: the channel's object is never woken by a poll. A
+/// conditional poll that matches the window this isolate read less than `POLL_CACHE_MS` ago is a
+/// 304 without D1; any other answer comes from D1 (and refreshes that window).
 async fn poll(
     req: &Request,
     query: &str,
@@ -176,24 +199,36 @@ async fn poll(
         None => config.poll_default_limit,
     };
     let request = PollRequest { cursor, limit };
-    let db = env
-        .d1(mirror::BINDING)
-        .map_err(internal("the D1 binding"))?;
-    let (window, rows) = mirror::read_page(&db, channel, &request)
-        .await
-        .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-    let etag = request.etag(window);
-    let unchanged = req
-        .headers()
-        .get("if-none-match")
-        .ok()
-        .flatten()
-        .is_some_and(|v| etag_matches(&v, &etag));
-    let response = if unchanged {
-        Response::builder().with_status(304).empty()
-    } else {
-        json(200, cut_page(&request, window, rows).encode(channel))
-            .map_err(internal("answering"))?
+    let if_none_match = req.headers().get("if-none-match").ok().flatten();
+    let now = Date::now().as_millis() as i64;
+    let cached = WINDOWS.with(|w| {
+        w.borrow()
+            .fresh(channel.as_str(), now, config.poll_cache_ms)
+    });
+    let unchanged = |etag: &str| {
+        if_none_match
+            .as_deref()
+            .is_some_and(|v| etag_matches(v, etag))
+    };
+    let (etag, response) = match cached.map(|w| request.etag(w)) {
+        Some(etag) if unchanged(&etag) => (etag, Response::builder().with_status(304).empty()),
+        _ => {
+            let db = env
+                .d1(mirror::BINDING)
+                .map_err(internal("the D1 binding"))?;
+            let (window, rows) = mirror::read_page(&db, channel, &request)
+                .await
+                .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+            WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
+            let etag = request.etag(window);
+            let response = if unchanged(&etag) {
+                Response::builder().with_status(304).empty()
+            } else {
+                json(200, cut_page(&request, window, rows).encode(channel))
+                    .map_err(internal("answering"))?
+            };
+            (etag, response)
+        }
     };
     let headers = response.headers();
     headers.set("etag", &etag).map_err(internal("answering"))?;

@@ -1,14 +1,15 @@
 //! Polling from the D1 mirror: paging with `limit`/`next`/`more`, cursors (none, ahead of the
-//! head, unknown channel), `ETag`/304, bad parameters, and that polling never reaches the
-//! channel's Durable Object.
+//! head, unknown channel), `ETag`/304 (also from a window cached in the isolate), bad
+//! parameters, and that polling never reaches the channel's Durable Object.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::api::{admin, channel, ids, Api};
+use crate::harness::{Hub, HubOptions};
 use crate::publish::assert_problem;
-use crate::{case, Case};
+use crate::{case, case_own_hub, Case};
 
 pub fn cases() -> Vec<Case> {
     vec![
@@ -17,6 +18,7 @@ pub fn cases() -> Vec<Case> {
         case!(cursor_none_ahead_of_head_and_unknown_channel),
         case!(bad_poll_parameters_are_400),
         case!(polling_leaves_the_durable_object_untouched),
+        case_own_hub!(a_cached_window_only_ever_answers_304s),
     ]
 }
 
@@ -167,6 +169,57 @@ async fn if_none_match_is_304_until_a_new_event_is_mirrored(api: Api) {
         new_tag.is_some() && new_tag.as_deref() != Some(etag.as_str()),
         "ETag must change: {new_tag:?}"
     );
+}
+
+/// With `POLL_CACHE_MS` long, a conditional poll is answered from the window this isolate read
+/// last: a new event stays invisible to it (a 304 is only late, never wrong), while any poll
+/// that reads D1 sees the event at once and refreshes the window, after which the old tag gets
+/// a 200 with the event.
+async fn a_cached_window_only_ever_answers_304s(_: Api) {
+    let hub = Hub::start(HubOptions::with_vars(&[("POLL_CACHE_MS", "600000")])).await;
+    let hub = hub.unwrap_or_else(|why| panic!("starting this test's own hub: {why}"));
+    let api = Api::new(hub.base());
+    let c = channel("cached");
+    fill(&api, &c, 1).await;
+    let (path, token) = (format!("/poll/{c}?since=0&limit=10"), admin());
+    let first = api.get(&path, Some(&token)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let etag = first.header("etag").unwrap_or_default();
+
+    fill_more(&api, &c, 2).await;
+    let cached = client_get_if_none_match(&api, &path, &token, &etag).await;
+    assert_eq!(cached.status, 304, "answered from the cached window");
+    assert_eq!(cached.header("etag").as_deref(), Some(etag.as_str()));
+    let fresh = api.get(&path, Some(&token)).await;
+    assert_eq!(
+        (fresh.status, event_ids(&fresh.json())),
+        (200, vec![1, 2]),
+        "an unconditional poll reads D1"
+    );
+    let refreshed = client_get_if_none_match(&api, &path, &token, &etag).await;
+    assert_eq!(
+        (refreshed.status, event_ids(&refreshed.json())),
+        (200, vec![1, 2]),
+        "the old tag after the window was refreshed"
+    );
+    assert_eq!(refreshed.header("etag"), fresh.header("etag"));
+    hub.cleanup().await;
+}
+
+/// Publishes one more event (the `n`th) and waits until D1 has it, asking the channel's object
+/// (a poll would refresh the isolate's cached window).
+async fn fill_more(api: &Api, c: &str, n: u64) {
+    let r = api.publish(c, &json!({"data": {"n": n}}), &admin()).await;
+    assert_eq!(ids(&r.json()), vec![n], "{}", r.text());
+    let started = Instant::now();
+    let mut mirrored = 0;
+    while mirrored < n && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        mirrored = crate::live::info(api, c).await["mirrored"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert_eq!(mirrored, n, "the mirror of {c}");
 }
 
 async fn client_get_if_none_match(
