@@ -1,7 +1,9 @@
 //! Scenario 1: publish → deliver latency with one subscriber, one event at a time (the next is
 //! published once the last was delivered and answered). Three passes on fresh channels: an SSE
 //! subscriber, a WebSocket subscriber, and a poller that polls `since = id − 1` until the event
-//! shows (1 ms between polls). Times run from just before the publish is sent.
+//! shows (1 ms between polls). Times run from just before the publish is sent. For the floor,
+//! the same number of requests one at a time to the no-op Worker, and to its no-op Durable
+//! Object (`/do/{name}`): a delivery takes at least a request into an object.
 
 use std::time::{Duration, Instant};
 
@@ -103,12 +105,60 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         None,
         r(0.99),
     );
+    for (id, label, path) in [
+        ("noop", "floor: no-op Worker, one request at a time", "/"),
+        (
+            "noop_object",
+            "floor: no-op Durable Object round trip, one at a time",
+            "/do/latency",
+        ),
+    ] {
+        let url = format!("{}{path}", setup.noop);
+        let mut times = sequential(&url, plan.latency_warmup, plan.latency_events).await?;
+        times.sort();
+        for (q, at) in [("p50", 0.5), ("p99", 0.99)] {
+            f.add(
+                SCENARIO,
+                &format!("latency.{id}.{q}"),
+                &format!("{label} {q}"),
+                Unit::Ms,
+                None,
+                percentile_ms(&times, at),
+            );
+        }
+    }
     f.note(format!(
         "latency: {} sequential events per pass after {} unmeasured warm-up events; one \
          subscriber per pass (SSE, WebSocket, poller), each on a fresh channel",
         plan.latency_events, plan.latency_warmup
     ));
     Ok(f)
+}
+
+/// `warmup` unmeasured GETs of `url`, then `n` measured ones, one after the other.
+async fn sequential(url: &str, warmup: u64, n: u64) -> Result<Vec<Duration>, String> {
+    let mut times = Vec::new();
+    let started = Instant::now();
+    for i in 0..warmup + n {
+        if started.elapsed() > PASS_BUDGET {
+            return Err(format!("GET {url}: over {PASS_BUDGET:?} after {i} requests"));
+        }
+        let asked = Instant::now();
+        let r = client::http()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = r.status().as_u16();
+        r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if status != 200 {
+            return Err(format!("GET {url}: {status}"));
+        }
+        if i >= warmup {
+            times.push(asked.elapsed());
+        }
+    }
+    Ok(times)
 }
 
 /// One subscriber of `kind`; returns (publish → delivered, publish → answered) per event.

@@ -15,11 +15,11 @@ const WARM_UP: Duration = Duration::from_millis(500);
 const MIRROR_WAIT: Duration = Duration::from_secs(30);
 
 /// One path's load result.
-struct Load {
-    per_s: f64,
-    p50: f64,
-    p99: f64,
-    errors: u64,
+pub(super) struct Load {
+    pub per_s: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub errors: u64,
 }
 
 pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
@@ -43,9 +43,10 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let noop_url = format!("{}/", setup.noop);
     let seconds = Duration::from_secs_f64(plan.poll_seconds);
 
-    let noop = load(plan, &noop_url, None, 200, seconds).await;
-    let full = load(plan, &url, None, 200, seconds).await;
-    let not_modified = load(plan, &url, Some(&etag), 304, seconds).await;
+    let n = plan.poll_concurrency;
+    let noop = load(n, &noop_url, None, 200, seconds).await;
+    let full = load(n, &url, None, 200, seconds).await;
+    let not_modified = load(n, &url, Some(&etag), 304, seconds).await;
 
     let mut f = Figures::default();
     let mut add = |path: &str, label: &str, l: &Load| {
@@ -135,11 +136,17 @@ async fn etag(url: &str) -> Result<String, String> {
     }
 }
 
-/// Warm-up, then `concurrency` loops of requests to `url` for `seconds`.
-async fn load(plan: &Plan, url: &str, etag: Option<&str>, want: u16, seconds: Duration) -> Load {
-    let _ = hammer(plan.poll_concurrency, url, etag, want, WARM_UP).await;
+/// Warm-up, then `concurrency` loops of GETs to `url` for `seconds`.
+pub(super) async fn load(
+    concurrency: usize,
+    url: &str,
+    etag: Option<&str>,
+    want: u16,
+    seconds: Duration,
+) -> Load {
+    let _ = hammer(concurrency, url, etag, want, WARM_UP).await;
     let started = Instant::now();
-    let (mut times, errors) = hammer(plan.poll_concurrency, url, etag, want, seconds).await;
+    let (mut times, errors) = hammer(concurrency, url, etag, want, seconds).await;
     let elapsed = started.elapsed().as_secs_f64();
     times.sort();
     Load {

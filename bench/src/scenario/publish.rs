@@ -2,12 +2,15 @@
 //! other, for `publish_seconds`: into one channel and spread over `publish_channels` channels,
 //! one event per request and batches of 100. Events stored per second (201 answers × events
 //! per request). Between variants the D1 mirror is let catch up, so no backlog carries over.
+//! The ceiling for a publish is a request that reaches a Durable Object and does nothing there:
+//! the no-op Worker's `/do/{name}`, loaded the same way, and the single publishes into one
+//! channel as a share of it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Plan, Setup};
+use super::{polling, Plan, Setup};
 use crate::client;
 use crate::stats::{percentile_ms, Figures, Target, Unit};
 
@@ -26,7 +29,26 @@ struct Load {
 
 pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut f = Figures::default();
-    let mut errors = 0;
+    let seconds = Duration::from_secs_f64(plan.publish_seconds);
+    let object_url = format!("{}/do/ceiling", setup.noop);
+    let ceiling = polling::load(plan.publish_concurrency, &object_url, None, 200, seconds).await;
+    f.add(
+        SCENARIO,
+        "publish.noop_object.per_s",
+        "no-op Durable Object round trip (the ceiling): requests/s",
+        Unit::PerSec,
+        None,
+        ceiling.per_s,
+    );
+    f.add(
+        SCENARIO,
+        "publish.noop_object.p99",
+        "no-op Durable Object round trip: p99",
+        Unit::Ms,
+        None,
+        ceiling.p99,
+    );
+    let mut errors = ceiling.errors;
     let mut lagging = 0;
     for (spread, channels) in [("one", 1), ("many", plan.publish_channels)] {
         for (size, label, per_request) in [
@@ -58,6 +80,16 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
                 target,
                 load.events_per_s,
             );
+            if (spread, size) == ("one", "single") && ceiling.per_s > 0.0 {
+                f.add(
+                    SCENARIO,
+                    "publish.one.single.vs_noop_object",
+                    "single publishes into one channel vs the no-op object round trip",
+                    Unit::Percent,
+                    None,
+                    100.0 * load.events_per_s / ceiling.per_s,
+                );
+            }
             f.add(
                 SCENARIO,
                 &format!("publish.{spread}.{size}.p99"),
