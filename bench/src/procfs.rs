@@ -1,6 +1,6 @@
 //! What the bench reads from `/proc` (Linux only): the processes of a runtime's process group,
-//! their proportional set size (`smaps_rollup`'s `Pss`), open fds and fd limits, and the
-//! machine (cores, memory, CPU model). Also raises our own fd soft limit to the hard limit.
+//! their proportional set size (`smaps_rollup`'s `Pss`), CPU time, open fds and fd limits, and
+//! the machine (cores, memory, CPU model). Also raises our own fd soft limit to the hard limit.
 
 use std::fs;
 
@@ -92,6 +92,34 @@ pub fn group(pgid: u32, port: u16) -> Vec<Proc> {
             Proc { pid, role }
         })
         .collect()
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`, 100 on Linux's usual builds).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU time (user + system) a process has used so far, seconds; `pid` may be `self`.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after `(comm)`: state is the first; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_S)
+}
+
+/// CPU seconds used so far by the group's workerd and node processes, by role.
+pub fn cpu_by_role(pgid: u32, port: u16) -> Vec<(&'static str, f64)> {
+    let mut out: Vec<(&'static str, f64)> = Vec::new();
+    for p in group(pgid, port) {
+        let Some(role) = p.role else { continue };
+        let secs = cpu_seconds(&p.pid.to_string()).unwrap_or(0.0);
+        match out.iter_mut().find(|(r, _)| *r == role) {
+            Some((_, s)) => *s += secs,
+            None => out.push((role, secs)),
+        }
+    }
+    out
 }
 
 /// PSS of the group's workerd and node processes.

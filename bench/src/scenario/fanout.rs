@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use super::{Plan, Setup};
 use crate::client;
+use crate::procfs;
 use crate::stats::{percentile_ms, Figures, Target, Unit};
 use crate::streams::{Kind, Next, Sub};
 
@@ -54,6 +55,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     }
 
     let events = plan.fanout_rate * plan.fanout_seconds;
+    let cpu_before = cpu_now(setup);
     let first_publish = Instant::now();
     let deadline = first_publish + Duration::from_secs(plan.fanout_seconds) + DRAIN;
     let readers: Vec<JoinHandle<Seen>> = subs
@@ -69,6 +71,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         );
     }
 
+    let (cpu_after, wall) = (cpu_now(setup), first_publish.elapsed().as_secs_f64());
     let delivered: u64 = seen.iter().map(|s| s.delivered).sum();
     let ended: Vec<String> = seen.iter().filter_map(|s| s.ended.clone()).collect();
     let last = seen.iter().filter_map(|s| s.last_at).max();
@@ -120,6 +123,21 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         Some(Target::AtMost(25.0)),
         percentile_ms(&latencies, 0.99),
     );
+    // Where the machine's CPU went while events were delivered (100 % is one core busy).
+    for ((role, after), (_, before)) in cpu_after.iter().zip(&cpu_before) {
+        let key: String = role
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        f.add(
+            SCENARIO,
+            &format!("fanout.cpu.{key}"),
+            &format!("CPU while delivering: {role}"),
+            Unit::Percent,
+            None,
+            100.0 * (after - before) / wall.max(1e-3),
+        );
+    }
     let per_s = connected as f64 / connect_time.as_secs_f64().max(1e-3);
     f.add(
         SCENARIO,
@@ -142,6 +160,24 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         plan.fanout_subscribers, plan.fanout_rate, plan.fanout_seconds
     ));
     Ok(f)
+}
+
+/// CPU seconds so far of the hub's processes by role, then of this bench (the load generator).
+fn cpu_now(setup: &Setup) -> Vec<(&'static str, f64)> {
+    let mut roles: Vec<(&'static str, f64)> = procfs::ROLES
+        .iter()
+        .map(|role| (*role, 0.0))
+        .collect();
+    for (role, secs) in procfs::cpu_by_role(setup.hub_pgid, setup.hub_port) {
+        if let Some(slot) = roles.iter_mut().find(|(r, _)| *r == role) {
+            slot.1 += secs;
+        }
+    }
+    roles.push((
+        "the load generator (this bench)",
+        procfs::cpu_seconds("self").unwrap_or(0.0),
+    ));
+    roles
 }
 
 /// Opens `n` subscribers, alternating SSE and WebSocket, from the start of the (new) channel
