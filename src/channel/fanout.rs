@@ -37,9 +37,10 @@ impl Transport {
     }
 }
 
-/// Something a frame can be sent to; `false` when it can take no more (closed, failed).
-pub trait Sink {
-    fn send_text(&self, text: &str) -> bool;
+/// Something a frame can be sent to; `false` when it can take no more (closed, failed). `F` is
+/// the frame's form: text here, or whatever the runtime sends fastest.
+pub trait Sink<F> {
+    fn send(&self, frame: &F) -> bool;
 }
 
 /// A batch of events encoded for both transports.
@@ -102,14 +103,14 @@ fn push_sse(chunks: &mut Vec<String>, chunk: &mut String, text: &str) {
 
 /// Sends `frames` in order to each sink; returns the indices of sinks that failed, so the
 /// caller can close them (their subscribers reconnect with their cursor).
-pub fn deliver<S: Sink>(sinks: &[S], frames: &[String]) -> Vec<usize> {
+pub fn deliver<F, S: Sink<F>>(sinks: &[S], frames: &[F]) -> Vec<usize> {
     if frames.is_empty() {
         return Vec::new();
     }
     sinks
         .iter()
         .enumerate()
-        .filter(|(_, sink)| !frames.iter().all(|f| sink.send_text(f)))
+        .filter(|(_, sink)| !frames.iter().all(|f| sink.send(f)))
         .map(|(i, _)| i)
         .collect()
 }
@@ -125,10 +126,10 @@ mod tests {
         broken: bool,
     }
 
-    impl Sink for FakeSink {
-        fn send_text(&self, text: &str) -> bool {
+    impl Sink<String> for FakeSink {
+        fn send(&self, text: &String) -> bool {
             if !self.broken {
-                self.got.borrow_mut().push(text.to_string());
+                self.got.borrow_mut().push(text.clone());
             }
             !self.broken
         }
@@ -199,6 +200,6 @@ mod tests {
 
     #[test]
     fn nothing_to_send_fails_nobody() {
-        assert!(deliver(&[sink(true)], &[]).is_empty());
+        assert!(deliver::<String, _>(&[sink(true)], &[]).is_empty());
     }
 }

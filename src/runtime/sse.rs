@@ -12,7 +12,6 @@ use crate::error::Error;
 use crate::protocol::sse;
 use crate::protocol::ws::CloseCode;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
-use futures::future::{select, Either};
 use futures::{stream, StreamExt};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -52,12 +51,16 @@ struct Backlog {
     overflowed: Rc<Cell<bool>>,
     /// When the client's stream last took something (unix milliseconds).
     taken_at: Rc<Cell<f64>>,
+    /// When the client was last sent anything, a frame or a heartbeat (unix milliseconds).
+    sent_at: Rc<Cell<f64>>,
 }
 
 impl Backlog {
     fn took(&self, n: usize) {
+        let now = Date::now().as_millis() as f64;
         self.bytes.set(self.bytes.get().saturating_sub(n));
-        self.taken_at.set(Date::now().as_millis() as f64);
+        self.taken_at.set(now);
+        self.sent_at.set(now);
     }
 
     /// Full, and the client has stopped taking: a stall, not a big replay being read.
@@ -67,21 +70,21 @@ impl Backlog {
 }
 
 struct Bridge {
-    frames: UnboundedReceiver<String>,
+    items: UnboundedReceiver<Item>,
     backlog: Backlog,
-    /// Unix milliseconds at which the stream ends cleanly.
-    deadline_ms: f64,
-    heartbeat: Duration,
     _socket: CloseOnDrop,
 }
 
-enum Step {
+/// What the client's stream gets next: a frame from the object, a heartbeat, or its end.
+enum Item {
     Frame(String),
     Heartbeat,
     End,
 }
 
 /// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream.
+/// Two tasks feed it: `forward` (the object's frames) and `pace` (heartbeats and the end of the
+/// stream's lifetime), so a frame costs no timer of its own.
 pub fn bridge(
     upstream: Response,
     limits: BridgeLimits,
@@ -96,20 +99,24 @@ pub fn bridge(
     let (tx, rx) = unbounded();
     let backlog = Backlog::default();
     backlog.took(0);
-    let forwarding = forward(socket.clone(), tx, backlog.clone(), limits.max_backlog);
+    let forwarding = forward(
+        socket.clone(),
+        tx.clone(),
+        backlog.clone(),
+        limits.max_backlog,
+    );
     worker::wasm_bindgen_futures::spawn_local(forwarding);
 
     let mut deadline_ms = Date::now().as_millis() as f64 + limits.lifetime_s as f64 * 1000.0;
     if let Some(exp) = token_exp {
         deadline_ms = deadline_ms.min(exp as f64 * 1000.0);
     }
+    let period =
+        Duration::from_millis(limits.heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT);
+    worker::wasm_bindgen_futures::spawn_local(pace(tx, backlog.clone(), period, deadline_ms));
     let bridge = Bridge {
-        frames: rx,
+        items: rx,
         backlog,
-        deadline_ms,
-        heartbeat: Duration::from_millis(
-            limits.heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT,
-        ),
         _socket: CloseOnDrop(socket),
     };
     let preamble =
@@ -126,23 +133,44 @@ pub fn bridge(
 }
 
 async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
-    let left_ms = bridge.deadline_ms - Date::now().as_millis() as f64;
-    if left_ms <= 0.0 || bridge.backlog.overflowed.get() {
+    if bridge.backlog.overflowed.get() {
         return None;
     }
-    let wait = bridge.heartbeat.min(Duration::from_millis(left_ms as u64));
-    let step = match select(bridge.frames.next(), Delay::from(wait)).await {
-        Either::Left((Some(frame), _)) => Step::Frame(frame),
-        Either::Left((None, _)) => Step::End,
-        Either::Right(_) => Step::Heartbeat,
-    };
-    match step {
-        Step::Frame(text) => {
+    match bridge.items.next().await? {
+        Item::Frame(text) => {
             bridge.backlog.took(text.len());
             Some((Ok(text.into_bytes()), bridge))
         }
-        Step::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
-        Step::End => None,
+        Item::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
+        Item::End => None,
+    }
+}
+
+/// Sends a heartbeat whenever the client has been sent nothing for `period`, and the end at
+/// `deadline_ms`; stops when the stream is gone.
+async fn pace(tx: UnboundedSender<Item>, backlog: Backlog, period: Duration, deadline_ms: f64) {
+    let period_ms = period.as_millis() as f64;
+    loop {
+        let now = Date::now().as_millis() as f64;
+        let left_ms = deadline_ms - now;
+        if left_ms <= 0.0 {
+            let _ = tx.unbounded_send(Item::End);
+            return;
+        }
+        let quiet_ms = now - backlog.sent_at.get();
+        let wait_ms = if quiet_ms >= period_ms {
+            if tx.unbounded_send(Item::Heartbeat).is_err() {
+                return;
+            }
+            backlog.sent_at.set(now);
+            period_ms
+        } else {
+            period_ms - quiet_ms
+        };
+        Delay::from(Duration::from_millis(wait_ms.min(left_ms).max(1.0) as u64)).await;
+        if tx.is_closed() {
+            return;
+        }
     }
 }
 
@@ -151,13 +179,23 @@ async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error
 /// is closed as too slow and the stream ends.
 async fn forward(
     socket: WebSocket,
-    tx: UnboundedSender<String>,
+    tx: UnboundedSender<Item>,
     backlog: Backlog,
     max_backlog: usize,
 ) {
-    let Ok(mut events) = socket.events() else {
-        return;
-    };
+    if let Ok(events) = socket.events() {
+        forward_events(&socket, events, &tx, &backlog, max_backlog).await;
+    }
+    let _ = tx.unbounded_send(Item::End);
+}
+
+async fn forward_events(
+    socket: &WebSocket,
+    mut events: worker::EventStream<'_>,
+    tx: &UnboundedSender<Item>,
+    backlog: &Backlog,
+    max_backlog: usize,
+) {
     while let Some(event) = events.next().await {
         let text = match event {
             Ok(WebsocketEvent::Message(message)) => message.text(),
@@ -172,7 +210,7 @@ async fn forward(
             break;
         }
         backlog.bytes.set(waiting);
-        if tx.unbounded_send(text).is_err() {
+        if tx.unbounded_send(Item::Frame(text)).is_err() {
             break;
         }
     }

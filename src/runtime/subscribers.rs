@@ -13,6 +13,8 @@ use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
 use std::cell::Cell;
+use worker::js_sys::{Function, Reflect};
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{State, WebSocket, WebSocketPair};
 
 /// Events read from the log per step of a replay.
@@ -61,10 +63,47 @@ impl Attachment {
 /// A subscriber's socket in the `Sink` role.
 pub struct SocketSink(pub WebSocket);
 
-impl Sink for SocketSink {
-    fn send_text(&self, text: &str) -> bool {
+impl Sink<String> for SocketSink {
+    fn send(&self, text: &String) -> bool {
         self.0.send_with_str(text).is_ok()
     }
+}
+
+/// A socket in the `Sink` role for frames already made JS strings: a publish's frame is
+/// converted once for all its subscribers, not once per socket, and `send` is looked up once.
+struct JsSink<'a> {
+    socket: &'a WebSocket,
+    send: &'a Function,
+}
+
+impl Sink<JsValue> for JsSink<'_> {
+    fn send(&self, frame: &JsValue) -> bool {
+        let this: &JsValue = self.socket.as_ref();
+        self.send.call1(this, frame).is_ok()
+    }
+}
+
+/// Sends `frames` to `sockets` as JS strings; returns the indices of the sockets that failed.
+fn deliver_js(sockets: &[WebSocket], frames: &[String]) -> Vec<usize> {
+    let Some(first) = sockets.first() else {
+        return Vec::new();
+    };
+    let first: &JsValue = first.as_ref();
+    let send = Reflect::get(first, &JsValue::from_str("send")).and_then(|f| f.dyn_into());
+    let Ok(send) = send else {
+        // Not a WebSocket as we know it: the text path reports every failure on its own.
+        let sinks: Vec<SocketSink> = sockets.iter().cloned().map(SocketSink).collect();
+        return deliver(&sinks, frames);
+    };
+    let frames: Vec<JsValue> = frames.iter().map(|f| JsValue::from_str(f)).collect();
+    let sinks: Vec<JsSink<'_>> = sockets
+        .iter()
+        .map(|socket| JsSink {
+            socket,
+            send: &send,
+        })
+        .collect();
+    deliver(&sinks, &frames)
 }
 
 /// The open sockets of one transport. Reads the runtime's list without the crate's `unwrap`.
@@ -72,6 +111,16 @@ impl Sink for SocketSink {
 /// client that stopped reading never does), so only `OPEN` sockets count.
 pub fn sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
     open(state.as_raw().get_websockets_with_tag(transport.tag()))
+}
+
+/// Every socket of one transport, closing ones included: a publish sends to these without
+/// asking each for its state (a send to a closing one fails and is ignored).
+fn any_sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
+    state
+        .as_raw()
+        .get_websockets_with_tag(transport.tag())
+        .map(|list| list.into_iter().map(WebSocket::from).collect())
+        .unwrap_or_default()
 }
 
 pub fn all_sockets(state: &State) -> Vec<WebSocket> {
@@ -186,7 +235,7 @@ pub struct FlowCheck<'a> {
 /// only when the floor says some socket may be over).
 pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
     for transport in [Transport::Ws, Transport::Sse] {
-        let mut sockets = sockets(state, transport);
+        let mut sockets = any_sockets(state, transport);
         if transport == Transport::Ws && flow.floor.get().must_check(flow.end, flow.window) {
             let mut lowest = flow.end;
             sockets.retain(|ws| match Attachment::read(ws).and_then(|a| a.credit) {
@@ -202,10 +251,9 @@ pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
             });
             flow.floor.set(Floor(Some(lowest)));
         }
-        let sinks: Vec<SocketSink> = sockets.into_iter().map(SocketSink).collect();
-        for failed in deliver(&sinks, frames.for_transport(transport)) {
-            if let Some(sink) = sinks.get(failed) {
-                close(&sink.0, CloseCode::Reconnect);
+        for failed in deliver_js(&sockets, frames.for_transport(transport)) {
+            if let Some(socket) = sockets.get(failed) {
+                close(socket, CloseCode::Reconnect);
             }
         }
     }
