@@ -1,7 +1,9 @@
 //! Scenario 2: fan-out. Subscribers on one channel, half SSE and half WebSocket, all connected
 //! (the channel's counts say so) before a paced publisher sends `fanout_rate` events a second
 //! for `fanout_seconds`. Each event carries its send time; every subscriber times each
-//! delivery. Delivered share, deliveries per second, p50 and p99 over all deliveries.
+//! delivery. Delivered share, deliveries per second, p50 and p99 over all deliveries, and where
+//! the CPU went. Then the same with `fanout_light_subscribers`, on a fresh channel: the latency
+//! of the same path when the runtime is not saturated.
 
 use std::time::{Duration, Instant};
 
@@ -31,9 +33,33 @@ struct Seen {
 }
 
 pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
+    let mut f = measure(plan, setup, plan.fanout_subscribers, "").await?;
+    let light = measure(plan, setup, plan.fanout_light_subscribers, "light").await?;
+    let keep = [
+        "fanout.light.delivered",
+        "fanout.light.p50",
+        "fanout.light.p99",
+    ];
+    f.list.extend(
+        light
+            .list
+            .into_iter()
+            .filter(|fig| keep.contains(&fig.id.as_str())),
+    );
+    f.notes.extend(light.notes);
+    Ok(f)
+}
+
+/// One fan-out to `subscribers`; figure ids get `.{variant}` after `fanout` when it is not empty.
+async fn measure(
+    plan: &Plan,
+    setup: &Setup,
+    subscribers: usize,
+    variant: &str,
+) -> Result<Figures, String> {
     let c = client::channel("fan");
     let connecting = Instant::now();
-    let subs = connect(plan.fanout_subscribers, setup, &c).await;
+    let subs = connect(subscribers, setup, &c).await;
     let connect_time = connecting.elapsed();
     let (mut sse, mut ws) = (0u64, 0u64);
     for (kind, _) in &subs {
@@ -90,49 +116,55 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         0.0
     };
 
+    let id = |x: &str| match variant {
+        "" => format!("fanout.{x}"),
+        v => format!("fanout.{v}.{x}"),
+    };
+    let label = |x: &str| match variant {
+        "" => x.to_string(),
+        _ => format!("{x}, {subscribers} subscribers"),
+    };
+    let main = variant.is_empty();
     let mut f = Figures::default();
     f.add(
         SCENARIO,
-        "fanout.delivered",
-        "delivered share",
+        &id("delivered"),
+        &label("delivered share"),
         Unit::Percent,
-        Some(Target::AtLeast(100.0)),
+        main.then_some(Target::AtLeast(100.0)),
         share,
     );
     f.add(
         SCENARIO,
-        "fanout.deliveries_per_s",
-        "deliveries per second",
+        &id("deliveries_per_s"),
+        &label("deliveries per second"),
         Unit::PerSec,
         None,
         rate,
     );
     f.add(
         SCENARIO,
-        "fanout.p50",
-        "publish → deliver p50",
+        &id("p50"),
+        &label("publish → deliver p50"),
         Unit::Ms,
         None,
         percentile_ms(&latencies, 0.5),
     );
     f.add(
         SCENARIO,
-        "fanout.p99",
-        "publish → deliver p99",
+        &id("p99"),
+        &label("publish → deliver p99"),
         Unit::Ms,
-        Some(Target::AtMost(25.0)),
+        main.then_some(Target::AtMost(25.0)),
         percentile_ms(&latencies, 0.99),
     );
     // Where the machine's CPU went while events were delivered (100 % is one core busy).
     for ((role, after), (_, before)) in cpu_after.iter().zip(&cpu_before) {
-        let key: String = role
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
+        let key: String = role.chars().filter(char::is_ascii_alphanumeric).collect();
         f.add(
             SCENARIO,
-            &format!("fanout.cpu.{key}"),
-            &format!("CPU while delivering: {role}"),
+            &id(&format!("cpu.{key}")),
+            &label(&format!("CPU while delivering: {role}")),
             Unit::Percent,
             None,
             100.0 * (after - before) / wall.max(1e-3),
@@ -141,8 +173,8 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let per_s = connected as f64 / connect_time.as_secs_f64().max(1e-3);
     f.add(
         SCENARIO,
-        "fanout.connects_per_s",
-        "subscribers connected per second",
+        &id("connects_per_s"),
+        &label("subscribers connected per second"),
         Unit::PerSec,
         None,
         per_s,
@@ -157,17 +189,15 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         "fanout: {connected} of {} subscribers connected ({sse} SSE, {ws} WebSocket) on one \
          channel, {CONNECT_CONCURRENCY} connecting at a time; {published} of {events} events \
          published ({} a second for {} s, each from its own task, not waiting for the last)",
-        plan.fanout_subscribers, plan.fanout_rate, plan.fanout_seconds
+        subscribers, plan.fanout_rate, plan.fanout_seconds
     ));
     Ok(f)
 }
 
 /// CPU seconds so far of the hub's processes by role, then of this bench (the load generator).
 fn cpu_now(setup: &Setup) -> Vec<(&'static str, f64)> {
-    let mut roles: Vec<(&'static str, f64)> = procfs::ROLES
-        .iter()
-        .map(|role| (*role, 0.0))
-        .collect();
+    let mut roles: Vec<(&'static str, f64)> =
+        procfs::ROLES.iter().map(|role| (*role, 0.0)).collect();
     for (role, secs) in procfs::cpu_by_role(setup.hub_pgid, setup.hub_port) {
         if let Some(slot) = roles.iter_mut().find(|(r, _)| *r == role) {
             slot.1 += secs;

@@ -141,7 +141,9 @@ async fn sequential(url: &str, warmup: u64, n: u64) -> Result<Vec<Duration>, Str
     let started = Instant::now();
     for i in 0..warmup + n {
         if started.elapsed() > PASS_BUDGET {
-            return Err(format!("GET {url}: over {PASS_BUDGET:?} after {i} requests"));
+            return Err(format!(
+                "GET {url}: over {PASS_BUDGET:?} after {i} requests"
+            ));
         }
         let asked = Instant::now();
         let r = client::http()

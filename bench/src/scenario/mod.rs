@@ -87,6 +87,8 @@ pub struct Plan {
     pub latency_events: u64,
     pub latency_warmup: u64,
     pub fanout_subscribers: usize,
+    /// A second, lighter fan-out: the latency when the runtime is not saturated.
+    pub fanout_light_subscribers: usize,
     pub fanout_rate: u64,
     pub fanout_seconds: u64,
     /// Idle connections of each kind wanted (fewer if the fd limit cannot hold them).
@@ -112,6 +114,7 @@ impl Plan {
             latency_events: if quick { 50 } else { 1000 },
             latency_warmup: if quick { 5 } else { 20 },
             fanout_subscribers: if quick { 100 } else { 1000 },
+            fanout_light_subscribers: if quick { 20 } else { 100 },
             fanout_rate: 20,
             fanout_seconds: if quick { 3 } else { 10 },
             idle_connections: if quick { 200 } else { 10_000 },
