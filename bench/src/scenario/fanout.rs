@@ -88,7 +88,7 @@ async fn measure(
         .into_iter()
         .map(|(_, sub)| tokio::spawn(read(sub, events, deadline)))
         .collect();
-    let published = publish_paced(plan, setup, &c, events).await;
+    let (published, failure) = publish_paced(plan, setup, &c, events).await;
     let mut seen = Vec::with_capacity(readers.len());
     for r in readers {
         seen.push(
@@ -179,6 +179,12 @@ async fn measure(
         None,
         per_s,
     );
+    if let Some(why) = failure {
+        f.note(format!(
+            "fanout: {} of {events} publishes failed, the first: {why}",
+            events - published
+        ));
+    }
     if let Some(why) = ended.first() {
         f.note(format!(
             "fanout: {} subscribers' streams ended early, e.g. {why}",
@@ -261,7 +267,8 @@ async fn read(mut sub: Sub, events: u64, deadline: Instant) -> Seen {
 
 /// Publishes `events` events at `plan.fanout_rate` a second, each in its own task; how many
 /// were stored.
-async fn publish_paced(plan: &Plan, setup: &Setup, c: &str, events: u64) -> u64 {
+/// Publishes `events` at `fanout_rate` a second; how many were stored, and the first failure.
+async fn publish_paced(plan: &Plan, setup: &Setup, c: &str, events: u64) -> (u64, Option<String>) {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.fanout_rate as f64));
     let mut sent = Vec::new();
     for k in 0..events {
@@ -269,14 +276,16 @@ async fn publish_paced(plan: &Plan, setup: &Setup, c: &str, events: u64) -> u64 
         let (hub, c) = (setup.hub.clone(), c.to_string());
         sent.push(tokio::spawn(async move {
             let body = format!(r#"{{"data":{{"t":{},"k":{k}}}}}"#, client::micros());
-            client::publish(&hub, &c, body.into_bytes()).await.is_ok()
+            client::publish(&hub, &c, body.into_bytes()).await
         }));
     }
-    let mut ok = 0;
+    let (mut ok, mut failure) = (0, None);
     for s in sent {
-        if matches!(s.await, Ok(true)) {
-            ok += 1;
+        match s.await {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(why)) => failure = failure.or(Some(why)),
+            Err(e) => failure = failure.or(Some(format!("a publish task failed: {e}"))),
         }
     }
-    ok
+    (ok, failure)
 }
