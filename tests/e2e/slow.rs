@@ -186,6 +186,26 @@ async fn assert_readers(handles: Vec<tokio::task::JoinHandle<Vec<u64>>>, n: u64)
     }
 }
 
+/// Publishes padded events until the channel counts only the readers of `transport` (`sse` or
+/// `ws`), i.e. the stalled one was let go, then 20 more; returns when it went and the last id.
+async fn publish_until_dropped(api: &Api, c: &str, transport: &str) -> (u64, u64) {
+    let (mut dropped_at, mut n) = (None, 0);
+    while n < MAX_EVENTS && dropped_at.is_none_or(|d| n < d + 20) {
+        n += 1;
+        assert_eq!(publish_padded(api, c, n).await, n);
+        if dropped_at.is_none() && n % 5 == 0 {
+            let count = info(api, c).await["subscribers"][transport].clone();
+            if count == json!(READERS / 2) {
+                dropped_at = Some(n);
+            }
+        }
+    }
+    let dropped_at = dropped_at.unwrap_or_else(|| {
+        panic!("the stalled {transport} client was never dropped ({n} events of {PAD} B)")
+    });
+    (dropped_at, n)
+}
+
 async fn slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes(_: Api) {
     let limit = LIMIT.to_string();
     let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
@@ -204,21 +224,7 @@ async fn slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes(_: Ap
     let counts = info(&api, &c).await["subscribers"].clone();
     assert_eq!(counts, json!({"sse": READERS / 2 + 1, "ws": READERS / 2}));
 
-    // Publish until the hub lets the stalled client go, then a few more.
-    let (mut dropped_at, mut n) = (None, 0);
-    while n < MAX_EVENTS && dropped_at.is_none_or(|d| n < d + 20) {
-        n += 1;
-        assert_eq!(publish_padded(&api, &c, n).await, n);
-        if dropped_at.is_none() && n % 5 == 0 {
-            let sse = info(&api, &c).await["subscribers"]["sse"].clone();
-            if sse == json!(READERS / 2) {
-                dropped_at = Some(n);
-            }
-        }
-    }
-    let dropped_at = dropped_at.unwrap_or_else(|| {
-        panic!("the stalled SSE client was never dropped ({n} events of {PAD} B)")
-    });
+    let (dropped_at, n) = publish_until_dropped(&api, &c, "sse").await;
     let counts = info(&api, &c).await["subscribers"].clone();
     assert_eq!(
         counts,
@@ -304,22 +310,8 @@ async fn slow_ws_non_reader_is_dropped_others_get_everything_and_it_resumes(_: A
     let counts = info(&api, &c).await["subscribers"].clone();
     assert_eq!(counts, json!({"sse": READERS / 2, "ws": READERS / 2 + 1}));
 
-    // Publish until the hub lets the non-reader go, then a few more.
     let (rss_before, publishing) = (hub.rss_kib(), Instant::now());
-    let (mut dropped_at, mut n) = (None, 0);
-    while n < MAX_EVENTS && dropped_at.is_none_or(|d| n < d + 20) {
-        n += 1;
-        assert_eq!(publish_padded(&api, &c, n).await, n);
-        if dropped_at.is_none() && n % 5 == 0 {
-            let ws = info(&api, &c).await["subscribers"]["ws"].clone();
-            if ws == json!(READERS / 2) {
-                dropped_at = Some(n);
-            }
-        }
-    }
-    let dropped_at = dropped_at.unwrap_or_else(|| {
-        panic!("the WebSocket non-reader was never dropped ({n} events of {PAD} B)")
-    });
+    let (dropped_at, n) = publish_until_dropped(&api, &c, "ws").await;
     let counts = info(&api, &c).await["subscribers"].clone();
     assert_eq!(
         counts,
