@@ -2,7 +2,8 @@
 //! (workerd's WebSocket has no `bufferedAmount`), so the client says how far it got: it sends
 //! `{"op":"cursor","id":N}` as it reads, and the channel's object counts the bytes of event frames
 //! it sent after the last reported id. A socket with more than its window unconfirmed, and no
-//! report for `STALL_MS`, is closed with 4001 and resumes from its cursor.
+//! report for `STALL_MS` while it had something to confirm, is closed with 4001 and resumes from
+//! its cursor.
 //!
 //! Byte counts are positions in the channel's stream of event frames: `bytes_at(n)` is the size
 //! of every event frame through id `n`. The log stores each event's starting position, so a
@@ -51,9 +52,24 @@ impl Credit {
         end.saturating_sub(self.bytes)
     }
 
-    /// True when the socket should be dropped before more is sent to it.
-    pub fn too_slow(&self, end: u64, window: u64, now_ms: i64) -> bool {
-        self.unconfirmed(end) > window && now_ms.saturating_sub(self.at_ms) >= STALL_MS
+    /// True when the socket should be dropped before more is sent to it: more than `window`
+    /// unconfirmed, and no report for `STALL_MS` while it had something to confirm. That silence
+    /// starts at the later of its last report and `sent_ms(cursor)`, when the first event after
+    /// its cursor was sent (asked only when over the window): a socket that had confirmed
+    /// everything and then sat idle owes nothing for the idle time, so a burst after a pause
+    /// gives it `STALL_MS` to read, as any other burst does.
+    pub fn too_slow(
+        &self,
+        end: u64,
+        window: u64,
+        now_ms: i64,
+        sent_ms: impl FnOnce(u64) -> Option<i64>,
+    ) -> bool {
+        if self.unconfirmed(end) <= window {
+            return false;
+        }
+        let owed_since = sent_ms(self.cursor).map_or(self.at_ms, |sent| sent.max(self.at_ms));
+        now_ms.saturating_sub(owed_since) >= STALL_MS
     }
 
     pub fn report(&self, id: u64, head: u64) -> Report {
@@ -107,14 +123,42 @@ mod tests {
     #[test]
     fn dropped_only_when_over_the_window_and_silent() {
         let c = Credit::new(10, 1000, 0);
+        let sent_at_once = |_| Some(0);
         assert_eq!(c.unconfirmed(1500), 500);
-        assert!(!c.too_slow(1500, 400, 999), "over, but reported just now");
-        assert!(c.too_slow(1500, 400, 1000));
         assert!(
-            !c.too_slow(1400, 400, 60_000),
+            !c.too_slow(1500, 400, 999, sent_at_once),
+            "over, but reported just now"
+        );
+        assert!(c.too_slow(1500, 400, 1000, sent_at_once));
+        assert!(
+            !c.too_slow(1400, 400, 60_000, |_| panic!("not asked under the window")),
             "at the window is not over it"
         );
         assert_eq!(c.unconfirmed(900), 0, "a position before the credit");
+    }
+
+    #[test]
+    fn silence_counts_from_when_there_was_something_to_confirm() {
+        // Confirmed everything at 0, idle until 60 s, then a burst over the window.
+        let c = Credit::new(10, 1000, 0);
+        let burst_at = |cursor| {
+            assert_eq!(cursor, 10, "asks about the first event after the cursor");
+            Some(60_000)
+        };
+        assert!(
+            !c.too_slow(1500, 400, 60_000, burst_at),
+            "the burst just came"
+        );
+        assert!(!c.too_slow(1500, 400, 60_999, burst_at));
+        assert!(
+            c.too_slow(1500, 400, 61_000, burst_at),
+            "a second without a report"
+        );
+        // An event sent before the last report does not move the clock back.
+        let reported = Credit::new(10, 1000, 5_000);
+        assert!(!reported.too_slow(1500, 400, 5_999, |_| Some(0)));
+        // Not known (pruned, or the lookup failed): the last report counts, as before.
+        assert!(c.too_slow(1500, 400, 1000, |_| None));
     }
 
     #[test]

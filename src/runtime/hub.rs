@@ -303,6 +303,7 @@ impl ChannelHub {
             end,
             now_ms: now,
             floor: &self.floor,
+            sent_after: &|cursor| log.time_after(cursor).ok().flatten(),
         };
         subscribers::fan_out(&self.state, &frames, check);
         self.start_mirror();

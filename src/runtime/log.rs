@@ -249,6 +249,15 @@ impl ChannelLog {
         Ok(at.unwrap_or(0.0) as u64)
     }
 
+    /// When the first event after id `after` was stored (unix milliseconds), if one is held.
+    pub fn time_after(&self, after: u64) -> worker::Result<Option<i64>> {
+        let at = self.single(
+            "SELECT time_ms AS value FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
+            vec![int(after)],
+        )?;
+        Ok(at.map(|ms| ms as i64))
+    }
+
     fn key(&self, key: &str) -> worker::Result<Option<Fingerprinted>> {
         let rows: Vec<Fingerprinted> = self
             .sql

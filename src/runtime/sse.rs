@@ -49,7 +49,9 @@ const STALL_MS: f64 = 1000.0;
 struct Backlog {
     bytes: Rc<Cell<usize>>,
     overflowed: Rc<Cell<bool>>,
-    /// When the client's stream last took something (unix milliseconds).
+    /// When the client's stream last took something, or when something came for it while
+    /// nothing was waiting (unix milliseconds): a client idle because there was nothing to read
+    /// is not counted as stalled for that time.
     taken_at: Rc<Cell<f64>>,
     /// When the client was last sent anything, a frame or a heartbeat (unix milliseconds).
     sent_at: Rc<Cell<f64>>,
@@ -63,9 +65,18 @@ impl Backlog {
         self.sent_at.set(now);
     }
 
-    /// Full, and the client has stopped taking: a stall, not a big replay being read.
-    fn stalled(&self, waiting: usize, max: usize) -> bool {
-        waiting > max && Date::now().as_millis() as f64 - self.taken_at.get() > STALL_MS
+    /// `n` more bytes wait for the client; the clock starts if nothing waited before.
+    fn queued(&self, n: usize) {
+        let before = self.bytes.get();
+        if before == 0 {
+            self.taken_at.set(Date::now().as_millis() as f64);
+        }
+        self.bytes.set(before.saturating_add(n));
+    }
+
+    /// Full, and the client has stopped taking: a stall, not a big replay or a burst being read.
+    fn stalled(&self, max: usize) -> bool {
+        self.bytes.get() > max && Date::now().as_millis() as f64 - self.taken_at.get() > STALL_MS
     }
 }
 
@@ -202,14 +213,13 @@ async fn forward_events(
             Ok(WebsocketEvent::Close(_)) | Err(_) => break,
         };
         let Some(text) = text else { continue };
-        let waiting = backlog.bytes.get().saturating_add(text.len());
-        if backlog.stalled(waiting, max_backlog) {
+        backlog.queued(text.len());
+        if backlog.stalled(max_backlog) {
             backlog.overflowed.set(true);
             let code = CloseCode::TooSlow;
             let _ = socket.close(Some(code.code()), Some(code.reason()));
             break;
         }
-        backlog.bytes.set(waiting);
         if tx.unbounded_send(Item::Frame(text)).is_err() {
             break;
         }

@@ -227,6 +227,8 @@ pub struct FlowCheck<'a> {
     pub end: u64,
     pub now_ms: i64,
     pub floor: &'a Cell<Floor>,
+    /// When the first event after a cursor was sent (its publish time), if it is still held.
+    pub sent_after: &'a dyn Fn(u64) -> Option<i64>,
 }
 
 /// Sends a publish's frames to every live subscriber; sockets that fail are closed so their
@@ -239,7 +241,7 @@ pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
         if transport == Transport::Ws && flow.floor.get().must_check(flow.end, flow.window) {
             let mut lowest = flow.end;
             sockets.retain(|ws| match Attachment::read(ws).and_then(|a| a.credit) {
-                Some(c) if c.too_slow(flow.end, flow.window, flow.now_ms) => {
+                Some(c) if c.too_slow(flow.end, flow.window, flow.now_ms, flow.sent_after) => {
                     close(ws, CloseCode::TooSlow);
                     false
                 }

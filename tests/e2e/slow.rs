@@ -31,6 +31,7 @@ pub fn cases() -> Vec<Case> {
         case_own_hub!(slow_ws_non_reader_is_dropped_others_get_everything_and_it_resumes),
         case_own_hub!(slow_ws_reports_keep_a_reader_others_are_dropped_at_the_window),
         case_own_hub!(slow_sse_replay_larger_than_the_limit_is_delivered_not_dropped),
+        case_own_hub!(slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped),
     ]
 }
 
@@ -469,5 +470,48 @@ async fn slow_sse_replay_larger_than_the_limit_is_delivered_not_dropped(_: Api) 
             s.ended()
         );
     }
+    hub.cleanup().await;
+}
+
+/// Regression: a subscriber that had read (and confirmed) everything and then sat idle for more
+/// than a second was counted silent for the idle time, so a burst bigger than the window dropped
+/// it before it could read a byte (seen in CI: a confirming WebSocket reader was closed when
+/// publishing resumed after a pause). The silence that counts starts when there is something to
+/// read. Both transports, one batch of 10 events (about 82 KB) against a 64 KiB window.
+async fn slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped(_: Api) {
+    let limit = LIMIT.to_string();
+    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit)]).await;
+    let api = Api::new(hub.base());
+    let c = channel("quietburst");
+    let wait = Duration::from_secs(30);
+    let (mut ws, _) = WsClient::subscribe(&api, &c, None, Some(&admin())).await;
+    let mut sse = SseStream::subscribe(&api, &c, None, Some(&admin())).await;
+    publish_padded(&api, &c, 1).await;
+    assert_eq!(frame_ids(&ws.frames_through(1, wait).await), vec![1]);
+    ws.send_json(&json!({"op": "cursor", "id": 1})).await;
+    assert_eq!(event_ids(&sse.events_through(1, wait).await), vec![1]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let burst: Vec<_> = (2..=11)
+        .map(|k| json!({"data": {"k": k, "pad": "x".repeat(PAD)}}))
+        .collect();
+    let r = api.publish(&c, &json!(burst), &admin()).await;
+    assert_eq!(r.status, 201, "the burst: {}", r.text());
+    let want: Vec<u64> = (2..=11).collect();
+    assert_eq!(frame_ids(&ws.frames_through(11, wait).await), want, "WS");
+    let got = event_ids(&sse.events_through(11, wait).await);
+    assert!(got == want, "SSE: {got:?}, stream ended {}", sse.ended());
+    // Both still subscribed: the next event reaches both.
+    publish_padded(&api, &c, 12).await;
+    assert_eq!(
+        frame_ids(&ws.frames_through(12, wait).await),
+        vec![12],
+        "WS"
+    );
+    assert_eq!(
+        event_ids(&sse.events_through(12, wait).await),
+        vec![12],
+        "SSE"
+    );
+    ws.close().await;
     hub.cleanup().await;
 }
