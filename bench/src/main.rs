@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::runtime::Runtime;
 use crate::scenario::{Plan, Scenario, Setup};
 use crate::stats::Figures;
 
@@ -102,8 +101,8 @@ async fn run(args: Args) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut hub = Runtime::start_hub(args.keep).await?;
-    let mut noop = match Runtime::start_noop(args.keep).await {
+    let mut hub = runtime::start_hub(args.keep).await?;
+    let mut noop = match runtime::start_noop(args.keep).await {
         Ok(n) => n,
         Err(why) => {
             hub.stop().await;

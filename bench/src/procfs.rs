@@ -4,6 +4,8 @@
 
 use std::fs;
 
+pub use edgehub_launch::group_pids;
+
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// Roles of a runtime's processes, by what they run. The proxy is the workerd that listens on
@@ -50,28 +52,6 @@ pub fn raise_fd_limit() -> Result<u64, String> {
     };
     setrlimit(Resource::Nofile, raised).map_err(|e| format!("raising the fd limit: {e}"))?;
     Ok(hard)
-}
-
-/// Live (not zombie) processes whose process group is `pgid`.
-pub fn group_pids(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // Fields after `(comm)`: state, ppid, pgrp, …
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let pgrp = fields.nth(1).and_then(|p| p.parse::<u32>().ok());
-            pgrp == Some(pgid) && state != "Z" && state != "X"
-        })
-        .collect()
 }
 
 /// The group's processes with their roles; `port` tells the proxy workerd from the other.

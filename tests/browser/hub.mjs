@@ -1,6 +1,6 @@
 // The runtime under the browser tests: a real `wrangler dev` (workerd) with D1 and SQLite-backed
 // Durable Objects persisted to a fresh directory under `target/browser-tmp/`, started the way the
-// Rust e2e harness starts it (tests/e2e/harness.rs). `restart()` keeps the port, so a page left
+// Rust tests and the bench start theirs (tests/launch). `restart()` keeps the port, so a page left
 // open on the hub's origin can reconnect by itself. Every wait here is bounded.
 
 import { spawn } from 'node:child_process';

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::{Plan, Setup};
 use crate::client;
 use crate::procfs::{self, Memory, ROLES};
-use crate::runtime::Runtime;
+use crate::runtime;
 use crate::stats::{Figures, Target, Unit};
 use crate::streams::{Kind, Next, Sub};
 
@@ -39,7 +39,7 @@ const FD_RESERVE: u64 = 300;
 pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut f = Figures::default();
     for kind in [Kind::Ws, Kind::Sse] {
-        let mut hub = Runtime::start_hub(setup.keep).await?;
+        let mut hub = runtime::start_hub(setup.keep).await?;
         let result = one_kind(plan, &setup.with_hub(&hub), kind, &mut f).await;
         hub.stop().await;
         if !setup.keep {
