@@ -157,7 +157,7 @@ mod tests {
         // An event sent before the last report does not move the clock back.
         let reported = Credit::new(10, 1000, 5_000);
         assert!(!reported.too_slow(1500, 400, 5_999, |_| Some(0)));
-        // Not known (pruned, or the lookup failed): the last report counts, as before.
+        // Not known (the log was purged, or the lookup failed): the last report counts.
         assert!(c.too_slow(1500, 400, 1000, |_| None));
     }
 
