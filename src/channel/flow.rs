@@ -35,7 +35,7 @@ pub enum Report {
     /// cannot stay connected by repeating an old cursor without reading.
     Stale,
     /// The id was never sent: a client error.
-    Ahead { head: u64 },
+    Ahead { sent: u64 },
 }
 
 impl Credit {
@@ -72,9 +72,30 @@ impl Credit {
         now_ms.saturating_sub(owed_since) >= STALL_MS
     }
 
-    pub fn report(&self, id: u64, head: u64) -> Report {
-        if id > head {
-            Report::Ahead { head }
+    /// Where a paced replay stops: events whose frames start before this position are sent,
+    /// so a socket is never more than its window (plus the frame that crosses it) ahead of
+    /// its reports.
+    pub fn replay_limit(&self, window: u64) -> u64 {
+        self.bytes.saturating_add(window)
+    }
+
+    /// True when a socket held at its window by a paced replay has not reported for
+    /// `STALL_MS`: it is closed with 4001 and resumes from its cursor, so a client that does not
+    /// report is not left waiting for a replay that never comes.
+    pub fn stalled(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.at_ms) >= STALL_MS
+    }
+
+    /// When `stalled` becomes true if nothing is reported before.
+    pub fn stalls_at(&self) -> i64 {
+        self.at_ms.saturating_add(STALL_MS)
+    }
+
+    /// What reporting `id` does; `sent` is the last id the socket has been sent (the head for
+    /// a live socket, less while a paced replay is under way).
+    pub fn report(&self, id: u64, sent: u64) -> Report {
+        if id > sent {
+            Report::Ahead { sent }
         } else if id > self.cursor {
             Report::Advance(id)
         } else {
@@ -168,7 +189,16 @@ mod tests {
         assert_eq!(c.report(20, 20), Report::Advance(20));
         assert_eq!(c.report(10, 20), Report::Stale);
         assert_eq!(c.report(3, 20), Report::Stale);
-        assert_eq!(c.report(21, 20), Report::Ahead { head: 20 });
+        assert_eq!(c.report(21, 20), Report::Ahead { sent: 20 });
+    }
+
+    #[test]
+    fn a_paced_replay_stops_at_the_window_and_stalls_a_second_later() {
+        let c = Credit::new(10, 1000, 5_000);
+        assert_eq!(c.replay_limit(400), 1400);
+        assert!(!c.stalled(5_999));
+        assert!(c.stalled(6_000));
+        assert_eq!(c.stalls_at(), 6_000);
     }
 
     #[test]

@@ -113,6 +113,7 @@ impl DurableObject for ChannelHub {
         self.alarm.fired();
         let now = Date::now().as_millis() as i64;
         let next_expiry = subscribers::close_expired(&self.state, now / 1000);
+        let next_stall = subscribers::close_stalled(&self.state, now);
         if let Some(log) = &self.log {
             if let Err(e) = log.prune_by_age(self.policy(), now) {
                 console_error!("edgehub: pruning by age: {e}");
@@ -123,6 +124,7 @@ impl DurableObject for ChannelHub {
             .next_upkeep()
             .into_iter()
             .chain(next_expiry.map(|s| s * 1000))
+            .chain(next_stall)
             .min();
         if let Some(at) = next {
             self.alarm.at_most(&self.state.storage(), at as f64).await;
@@ -153,7 +155,13 @@ impl DurableObject for ChannelHub {
         };
         let done = match parse_client(&text, limits) {
             Ok(ClientFrame::Publish(publish)) => self.socket_publish(&ws, publish),
-            Ok(ClientFrame::Cursor(id)) => self.socket_cursor(&ws, id).map_err(|e| (e, None)),
+            Ok(ClientFrame::Cursor(id)) => match self.socket_cursor(&ws, id) {
+                Ok(stalls_at) => {
+                    self.check_stall_at(stalls_at).await;
+                    Ok(())
+                }
+                Err(e) => Err((e, None)),
+            },
             Err(refused) => Err(refused),
         };
         if let Err((err, reference)) = done {
@@ -324,37 +332,50 @@ impl ChannelHub {
     }
 
     /// A WebSocket client's `cursor` report: it has every event through `id`. Moves its credit
-    /// forward; an id it was never sent is an error; a repeat changes nothing.
-    fn socket_cursor(&self, ws: &WebSocket, id: u64) -> std::result::Result<(), Error> {
+    /// forward; an id it was never sent is an error; a repeat changes nothing. A client held by
+    /// a paced replay is sent what its window now allows; returns when it would stall if it is
+    /// still held, for the alarm.
+    fn socket_cursor(&self, ws: &WebSocket, id: u64) -> std::result::Result<Option<i64>, Error> {
         let Some(mut attachment) = Attachment::read(ws) else {
-            return Ok(());
+            return Ok(None);
         };
         let log = self.log()?;
-        let head = log
-            .state()
-            .map_err(internal("reading the state"))?
-            .map_or(0, |s| s.head as u64);
+        let state = log.state().map_err(internal("reading the state"))?;
+        let head = state.as_ref().map_or(0, |s| s.head as u64);
         let now = Date::now().as_millis() as i64;
         let credit = attachment.credit;
+        let sent = attachment.sent.unwrap_or(head);
         let report = match credit {
-            Some(c) => c.report(id, head),
-            None => Credit::new(0, 0, now).report(id, head),
+            Some(c) => c.report(id, sent),
+            None => Credit::new(0, 0, now).report(id, sent),
         };
-        match report {
-            Report::Ahead { head } => Err(Error::bad_request(format!(
-                "cursor {id} is ahead of the channel's head {head}: report ids you were sent"
-            ))),
-            Report::Stale if credit.is_some() => Ok(()),
+        let moved = match report {
+            Report::Ahead { sent } => {
+                return Err(Error::bad_request(format!(
+                    "cursor {id} is ahead of the last id you were sent ({sent}): report ids \
+                     you have received"
+                )))
+            }
+            Report::Stale if credit.is_some() => return Ok(None),
             Report::Advance(_) | Report::Stale => {
                 let bytes = log.bytes_at(id).map_err(internal("reading a position"))?;
-                attachment.credit = Some(Credit::new(id, bytes, now));
                 if credit.is_none() {
                     self.floor.set(self.floor.get().joined(bytes));
                 }
-                ws.serialize_attachment(attachment)
-                    .map_err(internal("storing a cursor"))
+                Credit::new(id, bytes, now)
             }
+        };
+        attachment.credit = Some(moved);
+        if let Some(sent) = attachment.sent {
+            let channel = state
+                .and_then(|s| ChannelName::parse(&s.channel).ok())
+                .ok_or_else(|| Error::Internal("socket on a channel without a name".into()))?;
+            attachment.sent =
+                subscribers::resume_replay(ws, log, &channel, sent, moved, self.flow_window())?;
         }
+        ws.serialize_attachment(attachment)
+            .map_err(internal("storing a cursor"))?;
+        Ok(attachment.sent.map(|_| moved.stalls_at()))
     }
 
     /// A publish sent over a subscriber's own WebSocket: same validation and storage as HTTP.
@@ -427,7 +448,9 @@ impl ChannelHub {
             flow_window: self.flow_window(),
             now_ms: Date::now().as_millis() as i64,
         };
-        let client = subscribers::accept(&self.state, log, join, &self.floor)?;
+        let accepted = subscribers::accept(&self.state, log, join, &self.floor)?;
+        self.check_stall_at(accepted.stalls_at).await;
+        let client = accepted.client;
         if let Some(exp) = exp {
             self.alarm
                 .at_most(&self.state.storage(), exp as f64 * 1000.0)
@@ -465,6 +488,13 @@ impl ChannelHub {
         let event = self.policy().next_expiry(event);
         let key = key.map(|t| t.saturating_add(KEY_TTL_MS));
         event.into_iter().chain(key).min()
+    }
+
+    /// Sets the alarm for when a client held by a paced replay would stall, if one is.
+    async fn check_stall_at(&self, at_ms: Option<i64>) {
+        if let Some(at) = at_ms {
+            self.alarm.at_most(&self.state.storage(), at as f64).await;
+        }
     }
 
     fn schedule_upkeep(&self) {

@@ -302,13 +302,21 @@ impl ChannelLog {
         Ok(())
     }
 
-    /// At most `limit` events with ids greater than `after`, ascending.
-    pub fn after(&self, after: u64, limit: u64) -> worker::Result<Vec<StoredEvent>> {
+    /// At most `limit` events with ids greater than `after`, ascending; with `below`, only
+    /// those whose frame starts before that stream position (a paced replay's window).
+    pub fn after(
+        &self,
+        after: u64,
+        limit: u64,
+        below: Option<u64>,
+    ) -> worker::Result<Vec<StoredEvent>> {
+        let below = below.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let rows: Vec<Row> = self
             .sql
             .exec(
-                "SELECT seq, type, data, time_ms FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                vec![int(after), int(limit)],
+                "SELECT seq, type, data, time_ms FROM events WHERE seq > ?1 AND start < ?3 \
+                 ORDER BY seq LIMIT ?2",
+                vec![int(after), int(limit), SqlStorageValue::Integer(below)],
             )?
             .to_array()?;
         Ok(rows

@@ -105,7 +105,7 @@ pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker:
             return Ok(());
         };
         let mirrored = state.mirrored as u64;
-        let events = log.after(mirrored, CATCH_UP_BATCH)?;
+        let events = log.after(mirrored, CATCH_UP_BATCH, None)?;
         let window = log.window()?;
         if events.is_empty() && state.mirrored_earliest as u64 == window.earliest {
             return Ok(());

@@ -2,7 +2,9 @@
 //! clients, `sse` for the Worker's SSE bridges), each carrying a small typed attachment that
 //! survives hibernation. Accepting replays from the log in the same synchronous step, so no
 //! publish can fall between replay and live delivery. WebSocket clients confirm what they read
-//! (`channel::flow`); one that falls more than its window behind is closed with 4001.
+//! (`channel::flow`); one that falls more than its window behind is closed with 4001. Their
+//! replay is paced by that window: what does not fit waits for their reports
+//! (`resume_replay`), and until they have caught up they get no live events.
 
 use super::log::ChannelLog;
 use crate::channel::fanout::{deliver, Frames, Sink, Transport};
@@ -35,6 +37,11 @@ pub struct Attachment {
     /// clients). Added after version 1 was out, so it may be missing.
     #[serde(default)]
     pub credit: Option<Credit>,
+    /// While a paced replay holds a WebSocket client at its window: the last id it was sent.
+    /// Such a socket gets no live events; its reports resume the replay until it reaches the
+    /// head, and then it is live (`None`).
+    #[serde(default)]
+    pub sent: Option<u64>,
 }
 
 impl Attachment {
@@ -45,6 +52,7 @@ impl Attachment {
             publish,
             exp,
             credit: None,
+            sent: None,
         }
     }
 
@@ -149,15 +157,23 @@ pub struct Join<'a> {
     pub now_ms: i64,
 }
 
+/// A subscriber just accepted: the client end of its socket, and when it would stall if a
+/// paced replay holds it at its window.
+pub struct Accepted {
+    pub client: WebSocket,
+    pub stalls_at: Option<i64>,
+}
+
 /// Accepts a new subscriber and sends it `ready` (WebSocket clients), then its replay, all
 /// before any other event can run. A WebSocket client's credit starts where its replay starts,
-/// so the replay counts against its window; `floor` is lowered to it.
+/// so the replay counts against its window and is paced by it (the rest follows its reports);
+/// `floor` is lowered to it.
 pub fn accept(
     state: &State,
     log: &ChannelLog,
     join: Join<'_>,
     floor: &Cell<Floor>,
-) -> Result<WebSocket, Error> {
+) -> Result<Accepted, Error> {
     let internal = |what: &str| {
         let what = what.to_string();
         move |e: worker::Error| Error::Internal(format!("{what}: {e}"))
@@ -170,7 +186,7 @@ pub fn accept(
         ..
     } = join;
     let plan = plan_replay(cursor, window, false);
-    let mut after = match plan {
+    let after = match plan {
         Replay::Live => window.head,
         Replay::After(n) => n,
         Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
@@ -191,33 +207,113 @@ pub fn accept(
         .as_raw()
         .accept_websocket_with_tags(server.as_ref(), tags)
         .map_err(|e| Error::Unavailable(format!("accepting a socket: {e:?}")))?;
+    let sink = SocketSink(server.clone());
+    if attachment.transport == Transport::Ws {
+        deliver(
+            std::slice::from_ref(&sink),
+            &[ready_frame(window.head, join.flow_window)],
+        );
+    }
+    let limit = attachment.credit.map(|c| c.replay_limit(join.flow_window));
+    attachment.sent = replay(
+        &sink,
+        log,
+        channel,
+        attachment.transport,
+        plan,
+        window.head,
+        limit,
+    )?;
     server
         .serialize_attachment(attachment)
         .map_err(internal("attaching rights"))?;
-    let sink = [SocketSink(server.clone())];
-    if attachment.transport == Transport::Ws {
-        deliver(&sink, &[ready_frame(window.head, join.flow_window)]);
-    }
-    if plan == Replay::Live {
-        return Ok(pair.client);
-    }
-    let mut first = true;
-    loop {
+    let held = attachment.sent.and(attachment.credit);
+    Ok(Accepted {
+        client: pair.client,
+        stalls_at: held.map(|c| c.stalls_at()),
+    })
+}
+
+/// Sends `sink` the replay `plan` asks for, page by page: the gap notice if any, then the
+/// events. With `limit` (a WebSocket client's `Credit::replay_limit`), only the events whose
+/// frames start before it: returns the last id sent when that stops it short of `head`.
+fn replay(
+    sink: &SocketSink,
+    log: &ChannelLog,
+    channel: &ChannelName,
+    transport: Transport,
+    plan: Replay,
+    head: u64,
+    limit: Option<u64>,
+) -> Result<Option<u64>, Error> {
+    let mut after = match plan {
+        Replay::Live => return Ok(None),
+        Replay::After(n) => n,
+        Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
+    };
+    for page in 0.. {
         let events = log
-            .after(after, REPLAY_PAGE)
-            .map_err(internal("reading the replay"))?;
-        let frames = if first {
-            Frames::replay(channel, plan, &events)
-        } else {
-            Frames::encode(channel, &events)
+            .after(after, REPLAY_PAGE, limit)
+            .map_err(|e| Error::Internal(format!("reading the replay: {e}")))?;
+        let frames = match page {
+            0 => Frames::replay(channel, plan, &events),
+            _ => Frames::encode(channel, &events),
         };
-        first = false;
-        deliver(&sink, frames.for_transport(attachment.transport));
-        match events.last() {
-            Some(last) if events.len() as u64 == REPLAY_PAGE => after = last.id,
-            _ => return Ok(pair.client),
+        deliver(std::slice::from_ref(sink), frames.for_transport(transport));
+        let full = events.len() as u64 == REPLAY_PAGE;
+        if let Some(last) = events.last() {
+            after = last.id;
+        }
+        if !full {
+            break;
         }
     }
+    Ok((after < head).then_some(after))
+}
+
+/// A WebSocket client held by a paced replay reported its cursor (its `credit` is updated):
+/// sends it what its window now allows, from where the replay stopped (a gap notice first if
+/// retention dropped events meanwhile). Returns the last id sent if it is still short of the
+/// head, `None` once it is live.
+pub fn resume_replay(
+    ws: &WebSocket,
+    log: &ChannelLog,
+    channel: &ChannelName,
+    sent: u64,
+    credit: Credit,
+    flow_window: u64,
+) -> Result<Option<u64>, Error> {
+    let window = log
+        .window()
+        .map_err(|e| Error::Internal(format!("reading the window: {e}")))?;
+    let plan = plan_replay(Some(sent), window, false);
+    let sink = SocketSink(ws.clone());
+    let limit = Some(credit.replay_limit(flow_window));
+    replay(&sink, log, channel, Transport::Ws, plan, window.head, limit)
+}
+
+/// Closes with 4001 every WebSocket client a paced replay holds at its window that has not
+/// reported for `flow::STALL_MS` (it resumes from its cursor); returns when the next of those
+/// still held would stall, for the alarm.
+pub fn close_stalled(state: &State, now_ms: i64) -> Option<i64> {
+    let mut next: Option<i64> = None;
+    for ws in sockets(state, Transport::Ws) {
+        let Some(Attachment {
+            sent: Some(_),
+            credit: Some(credit),
+            ..
+        }) = Attachment::read(&ws)
+        else {
+            continue;
+        };
+        if credit.stalled(now_ms) {
+            close(&ws, CloseCode::TooSlow);
+        } else {
+            let at = credit.stalls_at();
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+    }
+    next
 }
 
 /// What a publish's fan-out needs to enforce WebSocket windows.
@@ -235,21 +331,32 @@ pub struct FlowCheck<'a> {
 /// clients reconnect from their cursor. WebSocket clients that this publish would put over their
 /// window, silent for `flow::STALL_MS`, are closed with 4001 instead (their attachments are read
 /// only when the floor says some socket may be over).
+///
+/// Clients held by a paced replay get nothing here: their replay brings these events in order.
+/// Skipping them needs their attachments read, and it always is: a held client stopped at
+/// `credit.bytes + window` short of the head, so this publish ends more than a window past
+/// its credit, hence past the floor (which is never above a credit).
 pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
     for transport in [Transport::Ws, Transport::Sse] {
         let mut sockets = any_sockets(state, transport);
         if transport == Transport::Ws && flow.floor.get().must_check(flow.end, flow.window) {
             let mut lowest = flow.end;
-            sockets.retain(|ws| match Attachment::read(ws).and_then(|a| a.credit) {
-                Some(c) if c.too_slow(flow.end, flow.window, flow.now_ms, flow.sent_after) => {
-                    close(ws, CloseCode::TooSlow);
-                    false
+            sockets.retain(|ws| {
+                let Some(attachment) = Attachment::read(ws) else {
+                    return true;
+                };
+                match attachment.credit {
+                    Some(c) if c.too_slow(flow.end, flow.window, flow.now_ms, flow.sent_after) => {
+                        close(ws, CloseCode::TooSlow);
+                        false
+                    }
+                    Some(c) => {
+                        lowest = lowest.min(c.bytes);
+                        // Held by a paced replay: the replay brings it these events later.
+                        attachment.sent.is_none()
+                    }
+                    None => true,
                 }
-                Some(c) => {
-                    lowest = lowest.min(c.bytes);
-                    true
-                }
-                None => true,
             });
             flow.floor.set(Floor(Some(lowest)));
         }

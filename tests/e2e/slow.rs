@@ -32,6 +32,8 @@ pub fn cases() -> Vec<Case> {
         case_own_hub!(slow_ws_reports_keep_a_reader_others_are_dropped_at_the_window),
         case_own_hub!(slow_sse_replay_larger_than_the_limit_is_delivered_not_dropped),
         case_own_hub!(slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped),
+        case_own_hub!(slow_ws_replay_is_paced_by_the_window),
+        case_own_hub!(slow_ws_held_replay_overtaken_by_retention_gets_the_gap),
     ]
 }
 
@@ -54,6 +56,26 @@ async fn publish_padded(api: &Api, c: &str, k: u64) -> u64 {
     let r = api.publish(c, &body, &admin()).await;
     assert_eq!(r.status, 201, "publish {k}: {}", r.text());
     ids(&r.json()).first().copied().unwrap_or(0)
+}
+
+/// Publishes events `ks` (padded like `publish_padded`) in one batch: one request, however many.
+async fn publish_padded_batch(api: &Api, c: &str, ks: std::ops::RangeInclusive<u64>) {
+    let (first, count) = (*ks.start(), ks.clone().count());
+    let batch: Vec<_> = ks
+        .map(|k| json!({"data": {"k": k, "pad": "x".repeat(PAD)}}))
+        .collect();
+    let r = api.publish(c, &json!(batch), &admin()).await;
+    assert_eq!(
+        r.status,
+        201,
+        "publishing {count} from {first}: {}",
+        r.text()
+    );
+    assert_eq!(
+        ids(&r.json()).first().copied(),
+        Some(first),
+        "the batch's first id"
+    );
 }
 
 /// A connection that sends `request` and reads only the answer's head, with a tiny receive
@@ -491,11 +513,7 @@ async fn slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped(_: Api) {
     ws.send_json(&json!({"op": "cursor", "id": 1})).await;
     assert_eq!(event_ids(&sse.events_through(1, wait).await), vec![1]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let burst: Vec<_> = (2..=11)
-        .map(|k| json!({"data": {"k": k, "pad": "x".repeat(PAD)}}))
-        .collect();
-    let r = api.publish(&c, &json!(burst), &admin()).await;
-    assert_eq!(r.status, 201, "the burst: {}", r.text());
+    publish_padded_batch(&api, &c, 2..=11).await;
     let want: Vec<u64> = (2..=11).collect();
     assert_eq!(frame_ids(&ws.frames_through(11, wait).await), want, "WS");
     let got = event_ids(&sse.events_through(11, wait).await);
@@ -513,5 +531,129 @@ async fn slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped(_: Api) {
         "SSE"
     );
     ws.close().await;
+    hub.cleanup().await;
+}
+
+/// A WebSocket replay is paced by the window, so a `since=0` client costs at most a window of
+/// buffers however much is retained. One that never reports is sent one window and, a second
+/// later, closed with 4001 (by the alarm: nothing is published meanwhile). Events published
+/// while a client is held reach it in order and once, after its reports. One that reports gets
+/// everything and stays.
+async fn slow_ws_replay_is_paced_by_the_window(_: Api) {
+    let limit = LIMIT.to_string();
+    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let api = Api::new(hub.base());
+    let c = channel("pacedreplay");
+    let wait = Duration::from_secs(30);
+    let stored = 40;
+    for k in 1..=stored {
+        assert_eq!(publish_padded(&api, &c, k).await, k);
+    }
+    // A window holds a little under LIMIT / PAD frames (each is PAD plus its envelope); the
+    // replay sends the frame that crosses it too.
+    let per_window = (LIMIT / PAD) as u64;
+
+    let (mut quiet, _) = WsClient::subscribe(&api, &c, Some(0), Some(&admin())).await;
+    quiet.set_reporting(false);
+    let started = Instant::now();
+    let (got, close) = read_to_close(&mut quiet, Duration::from_secs(20)).await;
+    let k = got.len() as u64;
+    assert_eq!(
+        got,
+        (1..=k).collect::<Vec<_>>(),
+        "the quiet client's events"
+    );
+    assert!(
+        (per_window - 1..=per_window + 1).contains(&k),
+        "a client that never reports got {k} events of {PAD} B with a {LIMIT} B window"
+    );
+    let (code, reason) = close.expect("the quiet client is closed");
+    assert_eq!(code, 4001, "{reason}");
+    eprintln!(
+        "e2e: paced replay: a client that never reports got {k} of {stored} events of {PAD} B \
+         (window {LIMIT} B), then was closed with 4001 after {:.1?}",
+        started.elapsed()
+    );
+
+    // Held at its window, with live events published meanwhile; then it reports.
+    let (mut held, _) = WsClient::subscribe(&api, &c, Some(0), Some(&admin())).await;
+    held.set_reporting(false);
+    // A held client must report within a second of being sent its window, or it is closed as
+    // stalled: one batch, no waiting, before the report.
+    let live = stored + 4;
+    publish_padded_batch(&api, &c, stored + 1..=live).await;
+    let mut ids = frame_ids(&held.frames_through(k, wait).await);
+    held.send_json(&json!({"op": "cursor", "id": k})).await;
+    held.set_reporting(true);
+    ids.extend(frame_ids(&held.frames_through(live, wait).await));
+    assert_eq!(
+        ids,
+        (1..=live).collect::<Vec<_>>(),
+        "held, then reporting: every event once, in order"
+    );
+
+    // A client that reports from the start gets everything, then live events, and stays.
+    let (mut reader, _) = WsClient::subscribe(&api, &c, Some(0), Some(&admin())).await;
+    let replayed = frame_ids(&reader.frames_through(live, wait).await);
+    assert_eq!(
+        replayed,
+        (1..=live).collect::<Vec<_>>(),
+        "the reader's replay"
+    );
+    assert!(
+        reader.reports >= live / per_window,
+        "{} reports",
+        reader.reports
+    );
+    publish_padded(&api, &c, live + 1).await;
+    let next = frame_ids(&reader.frames_through(live + 1, wait).await);
+    assert_eq!(next, vec![live + 1], "live after the replay");
+    assert_eq!(
+        frame_ids(&held.frames_through(live + 1, wait).await),
+        vec![live + 1]
+    );
+    let counts = info(&api, &c).await["subscribers"].clone();
+    assert_eq!(counts, json!({"sse": 0, "ws": 2}), "both readers stay");
+    reader.close().await;
+    held.close().await;
+    hub.cleanup().await;
+}
+
+/// No silent gap on the paced path: a client held by its replay while retention drops the
+/// events it has not been sent yet is told so (`gap`) when its report resumes the replay, then
+/// gets what is retained, in order.
+async fn slow_ws_held_replay_overtaken_by_retention_gets_the_gap(_: Api) {
+    let limit = LIMIT.to_string();
+    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "20")]).await;
+    let api = Api::new(hub.base());
+    let c = channel("pacedgap");
+    let wait = Duration::from_secs(30);
+    for k in 1..=20 {
+        assert_eq!(publish_padded(&api, &c, k).await, k);
+    }
+    let (mut held, _) = WsClient::subscribe(&api, &c, Some(0), Some(&admin())).await;
+    held.set_reporting(false);
+    let first = frame_ids(&held.frames_through(1, wait).await);
+    assert_eq!(first, vec![1]);
+    // Ten more: retention keeps 11..=30, so 2..=10 are gone before the client asks for them.
+    // (It must report within a second of being sent its window: one batch, short waits.)
+    publish_padded_batch(&api, &c, 21..=30).await;
+    let mut sent = first;
+    while let Some(Frame::Json(v)) = held.next(Duration::from_millis(100)).await {
+        sent.extend(v["id"].as_u64());
+    }
+    let k = sent.last().copied().unwrap_or(0);
+    assert_eq!(sent, (1..=k).collect::<Vec<_>>(), "the first window");
+    assert!(k < 10, "held at its window before 10 (got {k})");
+    held.send_json(&json!({"op": "cursor", "id": k})).await;
+    held.set_reporting(true);
+    let frames = held.frames_through(30, wait).await;
+    assert_eq!(
+        frames.first(),
+        Some(&json!({"op": "gap", "requested": k, "earliest": 11})),
+        "the gap first"
+    );
+    assert_eq!(frame_ids(&frames), (11..=30).collect::<Vec<_>>());
+    held.close().await;
     hub.cleanup().await;
 }
