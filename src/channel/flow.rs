@@ -104,22 +104,46 @@ impl Credit {
     }
 }
 
-/// A lower bound on the confirmed position of every socket, kept in memory, so a publish reads
-/// no attachment while no socket can be over its window. `None` (a fresh instance) means
-/// unknown: the next publish reads every socket once.
+/// What a publish must know before it can skip reading the sockets' attachments, kept in
+/// memory: a lower bound on every socket's confirmed position (no socket can be over its window
+/// while the stream is within a window of it), and whether a paced replay may be holding a
+/// socket (it must then be left out of the fan-out). `Floor::default()` (a fresh instance)
+/// knows nothing: the next publish reads every socket once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Floor(pub Option<u64>);
+pub struct Floor {
+    lowest: Option<u64>,
+    held: bool,
+}
 
 impl Floor {
-    /// True when some socket may be over `window` once the stream reaches `end`.
-    pub fn must_check(self, end: u64, window: u64) -> bool {
-        self.0
-            .is_none_or(|floor| end.saturating_sub(floor) > window)
+    /// What a pass over every socket found.
+    pub fn seen(lowest: u64, held: bool) -> Floor {
+        Floor {
+            lowest: Some(lowest),
+            held,
+        }
     }
 
-    /// A socket joined at `bytes`: the bound must not be above it.
+    /// True when the attachments must be read: some socket may be over `window` once the
+    /// stream reaches `end`, or may be held by a paced replay.
+    pub fn must_check(self, end: u64, window: u64) -> bool {
+        self.held
+            || self
+                .lowest
+                .is_none_or(|floor| end.saturating_sub(floor) > window)
+    }
+
+    /// A socket's credit starts at `bytes`: the bound must not be above it.
     pub fn joined(self, bytes: u64) -> Floor {
-        Floor(self.0.map(|f| f.min(bytes)))
+        Floor {
+            lowest: self.lowest.map(|f| f.min(bytes)),
+            ..self
+        }
+    }
+
+    /// A paced replay left a socket held.
+    pub fn holding(self) -> Floor {
+        Floor { held: true, ..self }
     }
 }
 
@@ -203,13 +227,21 @@ mod tests {
 
     #[test]
     fn the_floor_spares_reads_until_someone_can_be_over() {
-        assert!(Floor(None).must_check(0, 100));
-        let f = Floor(Some(1000));
+        assert!(Floor::default().must_check(0, 100));
+        let f = Floor::seen(1000, false);
         assert!(!f.must_check(1100, 100));
         assert!(f.must_check(1101, 100));
-        assert_eq!(f.joined(500), Floor(Some(500)));
+        assert_eq!(f.joined(500), Floor::seen(500, false));
         assert_eq!(f.joined(2000), f);
-        assert_eq!(Floor(None).joined(5), Floor(None));
+        assert_eq!(Floor::default().joined(5), Floor::default());
+    }
+
+    #[test]
+    fn a_held_socket_is_checked_at_every_publish() {
+        let f = Floor::seen(1000, false).holding();
+        assert!(f.must_check(1000, 100), "within the window, but held");
+        assert_eq!(f.joined(500), Floor::seen(500, true));
+        assert!(!Floor::seen(1000, false).must_check(1000, 100));
     }
 
     #[test]

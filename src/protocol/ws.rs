@@ -73,6 +73,12 @@ pub fn ready_frame(head: u64, window: u64) -> String {
     format!("{{\"op\":\"{OP_READY}\",\"head\":{head},\"window\":{window}}}")
 }
 
+/// The client's report that it has every event through `id` (what the SSE bridge sends for
+/// its client).
+pub fn cursor_frame(id: u64) -> String {
+    format!("{{\"op\":\"cursor\",\"id\":{id}}}")
+}
+
 pub fn gap_frame(requested: u64, earliest: u64) -> String {
     format!("{{\"op\":\"{OP_GAP}\",\"requested\":{requested},\"earliest\":{earliest}}}")
 }
@@ -300,6 +306,10 @@ mod tests {
         assert_eq!(
             parse_client(r#"{ "id": 0, "op": "cursor" }"#, LIMITS).unwrap(),
             ClientFrame::Cursor(0)
+        );
+        assert_eq!(
+            parse_client(&cursor_frame(9_007_199_254_740_991), LIMITS).unwrap(),
+            ClientFrame::Cursor(9_007_199_254_740_991)
         );
     }
 

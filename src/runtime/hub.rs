@@ -332,13 +332,17 @@ impl ChannelHub {
     }
 
     /// A WebSocket client's `cursor` report: it has every event through `id`. Moves its credit
-    /// forward; an id it was never sent is an error; a repeat changes nothing. A client held by
-    /// a paced replay is sent what its window now allows; returns when it would stall if it is
-    /// still held, for the alarm.
+    /// forward; an id it was never sent is an error; a repeat changes nothing. A subscriber held
+    /// by a paced replay (a WebSocket client, or an SSE bridge) is sent what its credit now
+    /// allows; returns when it would stall if it is still held, for the alarm.
     fn socket_cursor(&self, ws: &WebSocket, id: u64) -> std::result::Result<Option<i64>, Error> {
         let Some(mut attachment) = Attachment::read(ws) else {
             return Ok(None);
         };
+        if attachment.transport == Transport::Sse && attachment.sent.is_none() {
+            // A live SSE bridge guards its own client; its reports change nothing here.
+            return Ok(None);
+        }
         let log = self.log()?;
         let state = log.state().map_err(internal("reading the state"))?;
         let head = state.as_ref().map_or(0, |s| s.head as u64);
@@ -370,8 +374,11 @@ impl ChannelHub {
             let channel = state
                 .and_then(|s| ChannelName::parse(&s.channel).ok())
                 .ok_or_else(|| Error::Internal("socket on a channel without a name".into()))?;
-            attachment.sent =
-                subscribers::resume_replay(ws, log, &channel, sent, moved, self.flow_window())?;
+            let window = self.flow_window();
+            subscribers::resume_replay(ws, log, &channel, sent, &mut attachment, window)?;
+            if attachment.sent.is_some() {
+                self.floor.set(self.floor.get().holding());
+            }
         }
         ws.serialize_attachment(attachment)
             .map_err(internal("storing a cursor"))?;

@@ -5,12 +5,14 @@
 //! client goes away, dropping the stream closes the socket, so the object forgets it. A client
 //! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it and it has taken nothing
 //! for `STALL_MS`: its memory stays bounded, a big replay to a client that reads is not mistaken
-//! for a stall, and `EventSource` resumes from `Last-Event-ID` when it reads again.
+//! for a stall, and `EventSource` resumes from `Last-Event-ID` when it reads again. A replay
+//! comes paced: after each step the object sends a `held` notice, and once the client has taken
+//! everything before it the bridge reports the cursor, which brings the next step.
 
 use super::http::internal;
 use crate::error::Error;
 use crate::protocol::sse;
-use crate::protocol::ws::CloseCode;
+use crate::protocol::ws::{self, CloseCode};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{stream, StreamExt};
 use std::cell::Cell;
@@ -83,13 +85,16 @@ impl Backlog {
 struct Bridge {
     items: UnboundedReceiver<Item>,
     backlog: Backlog,
-    _socket: CloseOnDrop,
+    socket: CloseOnDrop,
 }
 
-/// What the client's stream gets next: a frame from the object, a heartbeat, or its end.
+/// What the client's stream gets next: a frame from the object, a heartbeat, or its end; or
+/// the object's notice that a paced replay waits until the client has taken everything before
+/// it (not sent to the client: the bridge reports the cursor then).
 enum Item {
     Frame(String),
     Heartbeat,
+    Held(u64),
     End,
 }
 
@@ -128,7 +133,7 @@ pub fn bridge(
     let bridge = Bridge {
         items: rx,
         backlog,
-        _socket: CloseOnDrop(socket),
+        socket: CloseOnDrop(socket),
     };
     let preamble =
         stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
@@ -144,16 +149,23 @@ pub fn bridge(
 }
 
 async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
-    if bridge.backlog.overflowed.get() {
-        return None;
-    }
-    match bridge.items.next().await? {
-        Item::Frame(text) => {
-            bridge.backlog.took(text.len());
-            Some((Ok(text.into_bytes()), bridge))
+    loop {
+        if bridge.backlog.overflowed.get() {
+            return None;
         }
-        Item::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
-        Item::End => None,
+        match bridge.items.next().await? {
+            Item::Frame(text) => {
+                bridge.backlog.took(text.len());
+                return Some((Ok(text.into_bytes()), bridge));
+            }
+            Item::Heartbeat => return Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
+            Item::Held(sent) => {
+                // The client has taken all the replay sent so far: ask for the next step. A
+                // failed send shows as the socket's close, which ends the stream.
+                let _ = bridge.socket.0.send_with_str(ws::cursor_frame(sent));
+            }
+            Item::End => return None,
+        }
     }
 }
 
@@ -213,6 +225,12 @@ async fn forward_events(
             Ok(WebsocketEvent::Close(_)) | Err(_) => break,
         };
         let Some(text) = text else { continue };
+        if let Some(sent) = sse::parse_held(&text) {
+            if tx.unbounded_send(Item::Held(sent)).is_err() {
+                break;
+            }
+            continue;
+        }
         backlog.queued(text.len());
         if backlog.stalled(max_backlog) {
             backlog.overflowed.set(true);

@@ -11,6 +11,7 @@ use crate::channel::fanout::{deliver, Frames, Sink, Transport};
 use crate::channel::flow::{Credit, Floor};
 use crate::channel::{plan_replay, Replay, Window};
 use crate::error::Error;
+use crate::protocol::sse;
 use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,16 @@ impl Attachment {
             .ok()
             .flatten()
             .filter(|a| a.v == ATTACHMENT_VERSION)
+    }
+
+    /// Records where a paced replay left the socket: held after `sent`, or live. A live SSE
+    /// bridge keeps no credit: its reports only matter while it is held (it guards its own
+    /// client), and a stale credit would hold the floor down.
+    pub fn settle(&mut self, sent: Option<u64>) {
+        self.sent = sent;
+        if sent.is_none() && self.transport == Transport::Sse {
+            self.credit = None;
+        }
     }
 
     pub fn expired(&self, now_s: i64) -> bool {
@@ -191,7 +202,7 @@ pub fn accept(
         Replay::After(n) => n,
         Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
     };
-    if attachment.transport == Transport::Ws {
+    if plan != Replay::Live || attachment.transport == Transport::Ws {
         let bytes = log
             .bytes_at(after)
             .map_err(internal("reading a position"))?;
@@ -214,16 +225,19 @@ pub fn accept(
             &[ready_frame(window.head, join.flow_window)],
         );
     }
-    let limit = attachment.credit.map(|c| c.replay_limit(join.flow_window));
-    attachment.sent = replay(
+    let sent = paced_replay(
         &sink,
         log,
         channel,
-        attachment.transport,
+        &attachment,
         plan,
         window.head,
-        limit,
+        join.flow_window,
     )?;
+    if sent.is_some() {
+        floor.set(floor.get().holding());
+    }
+    attachment.settle(sent);
     server
         .serialize_attachment(attachment)
         .map_err(internal("attaching rights"))?;
@@ -232,6 +246,32 @@ pub fn accept(
         client: pair.client,
         stalls_at: held.map(|c| c.stalls_at()),
     })
+}
+
+/// Sends a subscriber the next step of its replay (`replay`), paced by its credit if it has
+/// one: a WebSocket client up to its window (it reports every quarter of it); an SSE bridge a
+/// quarter window at a time, followed by a `held` notice, because it reports only once its
+/// client has taken everything before that notice. Returns the last id sent if short of `head`.
+fn paced_replay(
+    sink: &SocketSink,
+    log: &ChannelLog,
+    channel: &ChannelName,
+    attachment: &Attachment,
+    plan: Replay,
+    head: u64,
+    flow_window: u64,
+) -> Result<Option<u64>, Error> {
+    let transport = attachment.transport;
+    let step = match transport {
+        Transport::Ws => flow_window,
+        Transport::Sse => flow_window / 4,
+    };
+    let limit = attachment.credit.map(|c| c.replay_limit(step));
+    let sent = replay(sink, log, channel, transport, plan, head, limit)?;
+    if let (Some(sent), Transport::Sse) = (sent, transport) {
+        deliver(std::slice::from_ref(sink), &[sse::held(sent)]);
+    }
+    Ok(sent)
 }
 
 /// Sends `sink` the replay `plan` asks for, page by page: the gap notice if any, then the
@@ -271,33 +311,42 @@ fn replay(
     Ok((after < head).then_some(after))
 }
 
-/// A WebSocket client held by a paced replay reported its cursor (its `credit` is updated):
-/// sends it what its window now allows, from where the replay stopped (a gap notice first if
-/// retention dropped events meanwhile). Returns the last id sent if it is still short of the
-/// head, `None` once it is live.
+/// A subscriber held by a paced replay reported its cursor (`attachment.credit` is updated):
+/// sends it what its credit now allows, from where the replay stopped at `sent` (a gap notice
+/// first if retention dropped events meanwhile), and settles `attachment` (still held, or
+/// live).
 pub fn resume_replay(
     ws: &WebSocket,
     log: &ChannelLog,
     channel: &ChannelName,
     sent: u64,
-    credit: Credit,
+    attachment: &mut Attachment,
     flow_window: u64,
-) -> Result<Option<u64>, Error> {
+) -> Result<(), Error> {
     let window = log
         .window()
         .map_err(|e| Error::Internal(format!("reading the window: {e}")))?;
     let plan = plan_replay(Some(sent), window, false);
     let sink = SocketSink(ws.clone());
-    let limit = Some(credit.replay_limit(flow_window));
-    replay(&sink, log, channel, Transport::Ws, plan, window.head, limit)
+    let sent = paced_replay(
+        &sink,
+        log,
+        channel,
+        attachment,
+        plan,
+        window.head,
+        flow_window,
+    )?;
+    attachment.settle(sent);
+    Ok(())
 }
 
-/// Closes with 4001 every WebSocket client a paced replay holds at its window that has not
-/// reported for `flow::STALL_MS` (it resumes from its cursor); returns when the next of those
+/// Closes with 4001 every subscriber a paced replay holds that has not reported for
+/// `flow::STALL_MS` (it resumes from its cursor); returns when the next of those
 /// still held would stall, for the alarm.
 pub fn close_stalled(state: &State, now_ms: i64) -> Option<i64> {
     let mut next: Option<i64> = None;
-    for ws in sockets(state, Transport::Ws) {
+    for ws in all_sockets(state) {
         let Some(Attachment {
             sent: Some(_),
             credit: Some(credit),
@@ -332,39 +381,42 @@ pub struct FlowCheck<'a> {
 /// window, silent for `flow::STALL_MS`, are closed with 4001 instead (their attachments are read
 /// only when the floor says some socket may be over).
 ///
-/// Clients held by a paced replay get nothing here: their replay brings these events in order.
-/// Skipping them needs their attachments read, and it always is: a held client stopped at
-/// `credit.bytes + window` short of the head, so this publish ends more than a window past
-/// its credit, hence past the floor (which is never above a credit).
+/// Subscribers held by a paced replay get nothing here: their replay brings these events in
+/// order. The floor says when one may be held, and the attachments are read then.
 pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
+    let check = flow.floor.get().must_check(flow.end, flow.window);
+    let (mut lowest, mut held) = (flow.end, false);
     for transport in [Transport::Ws, Transport::Sse] {
         let mut sockets = any_sockets(state, transport);
-        if transport == Transport::Ws && flow.floor.get().must_check(flow.end, flow.window) {
-            let mut lowest = flow.end;
+        if check {
             sockets.retain(|ws| {
                 let Some(attachment) = Attachment::read(ws) else {
                     return true;
                 };
-                match attachment.credit {
-                    Some(c) if c.too_slow(flow.end, flow.window, flow.now_ms, flow.sent_after) => {
-                        close(ws, CloseCode::TooSlow);
-                        false
-                    }
-                    Some(c) => {
-                        lowest = lowest.min(c.bytes);
-                        // Held by a paced replay: the replay brings it these events later.
-                        attachment.sent.is_none()
-                    }
-                    None => true,
+                let Some(credit) = attachment.credit else {
+                    return true;
+                };
+                // SSE bridges guard their own clients; only their replays are paced here.
+                let ws_client = transport == Transport::Ws;
+                if ws_client && credit.too_slow(flow.end, flow.window, flow.now_ms, flow.sent_after)
+                {
+                    close(ws, CloseCode::TooSlow);
+                    return false;
                 }
+                lowest = lowest.min(credit.bytes);
+                // Held by a paced replay: the replay brings it these events later, in order.
+                held |= attachment.sent.is_some();
+                attachment.sent.is_none()
             });
-            flow.floor.set(Floor(Some(lowest)));
         }
         for failed in deliver_js(&sockets, frames.for_transport(transport)) {
             if let Some(socket) = sockets.get(failed) {
                 close(socket, CloseCode::Reconnect);
             }
         }
+    }
+    if check {
+        flow.floor.set(Floor::seen(lowest, held));
     }
 }
 

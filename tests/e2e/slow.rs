@@ -34,6 +34,7 @@ pub fn cases() -> Vec<Case> {
         case_own_hub!(slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped),
         case_own_hub!(slow_ws_replay_is_paced_by_the_window),
         case_own_hub!(slow_ws_held_replay_overtaken_by_retention_gets_the_gap),
+        case_own_hub!(slow_sse_replay_is_paced_and_a_stalled_one_ends),
     ]
 }
 
@@ -655,5 +656,94 @@ async fn slow_ws_held_replay_overtaken_by_retention_gets_the_gap(_: Api) {
     );
     assert_eq!(frame_ids(&frames), (11..=30).collect::<Vec<_>>());
     held.close().await;
+    hub.cleanup().await;
+}
+
+/// An SSE replay is paced too: the object sends the bridge a quarter window at a time, and the
+/// next step only once the bridge's client has taken the last. A client that asks for
+/// `since=0` on a channel holding more than the buffers on the way absorb (about 7 MB under
+/// `wrangler dev`) and never reads is let go a second after they fill, by the object's alarm
+/// (nothing is published meanwhile): its stream ends after a prefix, and it resumes from there.
+/// A client that reads gets everything.
+async fn slow_sse_replay_is_paced_and_a_stalled_one_ends(_: Api) {
+    let limit = LIMIT.to_string();
+    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let api = Api::new(hub.base());
+    let c = channel("pacedsse");
+    let stored: u64 = 2000;
+    for first in (1..=stored).step_by(100) {
+        publish_padded_batch(&api, &c, first..=first + 99).await;
+    }
+    let host = api.base.trim_start_matches("http://");
+    let request = format!(
+        "GET /sse/{c}?since=0 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        admin()
+    );
+    let started = Instant::now();
+    let (mut slow, head, mut raw) = stalled(&api, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Not reading: the object lets the bridge go once its client has stopped taking.
+    let mut let_go = None;
+    for _ in 0..240 {
+        if info(&api, &c).await["subscribers"]["sse"] == 0 {
+            let_go = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let let_go = let_go.unwrap_or_else(|| {
+        panic!("a client that never read a replay of {stored} events was never let go")
+    });
+    let (read_from, mut ended) = (Instant::now(), false);
+    while !ended && read_from.elapsed() < Duration::from_secs(60) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => ended = true,
+            Ok(Ok(k)) => raw.extend_from_slice(&chunk[..k]),
+            Err(_) => {}
+        }
+        ended |= dechunk(&raw).1;
+    }
+    assert!(ended, "the stalled replay's stream never ended");
+    let got: Vec<u64> = Parser::default()
+        .feed(&dechunk(&raw).0)
+        .iter()
+        .filter_map(|i| match i {
+            Item::Event(e) => e.id(),
+            _ => None,
+        })
+        .collect();
+    let k = got.len() as u64;
+    assert_eq!(
+        got,
+        (1..=k).collect::<Vec<_>>(),
+        "the stalled client's events"
+    );
+    assert!(k < stored, "it was let go before the end ({k} of {stored})");
+    eprintln!(
+        "e2e: paced SSE replay: a client that never read was let go after {let_go:.1?}, \
+         having been sent 1..={k} of {stored} events of {PAD} B; hub RSS {} KiB",
+        hub.rss_kib()
+    );
+
+    // A reader from 0 gets everything; the stalled one resumes from its last id.
+    let mut reader = SseStream::subscribe(&api, &c, Some(0), Some(&admin())).await;
+    let all = event_ids(&reader.events_through(stored, WAIT).await);
+    assert!(
+        all == (1..=stored).collect::<Vec<_>>(),
+        "the reader got {} events ({:?}..{:?}), stream ended {}",
+        all.len(),
+        all.first(),
+        all.last(),
+        reader.ended()
+    );
+    let mut again = SseStream::subscribe(&api, &c, Some(k), Some(&admin())).await;
+    let rest = event_ids(&again.events_through(stored, WAIT).await);
+    assert!(
+        rest == (k + 1..=stored).collect::<Vec<_>>(),
+        "resumed from {k}: {} events",
+        rest.len()
+    );
     hub.cleanup().await;
 }
