@@ -47,10 +47,19 @@ const WAIT: Duration = Duration::from_secs(240);
 /// The receive buffer our stalled clients ask the kernel for, so backpressure reaches the hub.
 const RCVBUF: u32 = 4096;
 
-async fn own_hub(vars: &[(&str, &str)]) -> Hub {
-    let started = Hub::start(HubOptions::with_vars(vars)).await;
+/// This test's own hub, with the smallest window (`LIMIT`) and `RETAIN_EVENTS` = `retain`.
+async fn own_hub(retain: &str) -> Hub {
+    let limit = LIMIT.to_string();
+    let vars = [
+        ("SLOW_CONSUMER_BYTES", limit.as_str()),
+        ("RETAIN_EVENTS", retain),
+    ];
+    let started = Hub::start(HubOptions::with_vars(&vars)).await;
     started.unwrap_or_else(|why| panic!("starting this test's own hub: {why}"))
 }
+
+/// Wide enough that nothing a test publishes is pruned.
+const RETAIN_ALL: &str = "100000";
 
 async fn publish_padded(api: &Api, c: &str, k: u64) -> u64 {
     let body = json!({"data": {"k": k, "pad": "x".repeat(PAD)}});
@@ -101,6 +110,43 @@ async fn stalled(api: &Api, request: &str) -> (TcpStream, String, Vec<u8>) {
     };
     let rest = buf.split_off(end);
     (stream, String::from_utf8_lossy(&buf).into_owned(), rest)
+}
+
+/// An SSE subscribe from 0 on a `stalled` connection: the answer's head and the body read so far.
+async fn stalled_sse(api: &Api, c: &str) -> (TcpStream, Vec<u8>) {
+    let host = api.base.trim_start_matches("http://");
+    let request = format!(
+        "GET /sse/{c}?since=0 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        admin()
+    );
+    let (stream, head, raw) = stalled(api, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (stream, raw)
+}
+
+/// Reads a `stalled_sse` stream again, after `raw`, until its body ends (or a minute passes):
+/// the ids of its events, and whether it ended.
+async fn read_sse_to_end(stream: &mut TcpStream, mut raw: Vec<u8>) -> (Vec<u64>, bool) {
+    let (started, mut ended) = (Instant::now(), false);
+    while !ended && started.elapsed() < Duration::from_secs(60) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => ended = true,
+            Ok(Ok(k)) => raw.extend_from_slice(&chunk[..k]),
+            Err(_) => {}
+        }
+        ended |= dechunk(&raw).1;
+    }
+    let ids = Parser::default()
+        .feed(&dechunk(&raw).0)
+        .iter()
+        .filter_map(|i| match i {
+            Item::Event(e) if e.kind != "gap" => e.id(),
+            _ => None,
+        })
+        .collect();
+    (ids, ended)
 }
 
 /// Decodes a chunked body read so far: the bytes, and whether its last chunk was seen.
@@ -231,20 +277,12 @@ async fn publish_until_dropped(api: &Api, c: &str, transport: &str) -> (u64, u64
 }
 
 async fn slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("slowsse");
     let target = Arc::new(AtomicU64::new(0));
     let others = readers(&api, &c, &target).await;
-    let host = api.base.trim_start_matches("http://");
-    let request = format!(
-        "GET /sse/{c}?since=0 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        admin()
-    );
-    let (mut slow, head, mut raw) = stalled(&api, &request).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (mut slow, raw) = stalled_sse(&api, &c).await;
     let counts = info(&api, &c).await["subscribers"].clone();
     assert_eq!(counts, json!({"sse": READERS / 2 + 1, "ws": READERS / 2}));
 
@@ -259,25 +297,8 @@ async fn slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes(_: Ap
     assert_readers(others, n).await;
 
     // The stalled client reads again: a whole prefix 1..=K, then the end of the stream.
-    let (started, mut ended) = (Instant::now(), false);
-    while !ended && started.elapsed() < Duration::from_secs(60) {
-        let mut chunk = vec![0u8; 64 * 1024];
-        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => ended = true,
-            Ok(Ok(k)) => raw.extend_from_slice(&chunk[..k]),
-            Err(_) => {}
-        }
-        ended |= dechunk(&raw).1;
-    }
+    let (got, ended) = read_sse_to_end(&mut slow, raw).await;
     assert!(ended, "the dropped client's stream never ended");
-    let items = Parser::default().feed(&dechunk(&raw).0);
-    let got: Vec<u64> = items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Event(e) if e.kind != "gap" => e.id(),
-            _ => None,
-        })
-        .collect();
     let k = got.len() as u64;
     assert!(
         got == (1..=k).collect::<Vec<_>>(),
@@ -315,8 +336,7 @@ async fn slow_sse_consumer_is_dropped_others_get_everything_and_it_resumes(_: Ap
 }
 
 async fn slow_ws_non_reader_is_dropped_others_get_everything_and_it_resumes(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("slowws");
     let target = Arc::new(AtomicU64::new(0));
@@ -414,8 +434,7 @@ async fn read_to_close(ws: &mut WsClient, wait: Duration) -> (Vec<u64>, Option<(
 /// everything but never confirms is closed with 4001 once a window is unconfirmed and it has
 /// been silent for a second, and it has everything up to the close.
 async fn slow_ws_reports_keep_a_reader_others_are_dropped_at_the_window(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit)]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("wscredit");
     let (mut confirming, _) = WsClient::subscribe(&api, &c, None, Some(&admin())).await;
@@ -473,8 +492,7 @@ async fn slow_ws_reports_keep_a_reader_others_are_dropped_at_the_window(_: Api) 
 /// Regression: the SSE bridge counted a replay sent in one burst as unread backlog, so a
 /// (re)connect whose replay exceeds `SLOW_CONSUMER_BYTES` was dropped before its first event.
 async fn slow_sse_replay_larger_than_the_limit_is_delivered_not_dropped(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("slowreplay");
     for k in 1..=20 {
@@ -502,8 +520,7 @@ async fn slow_sse_replay_larger_than_the_limit_is_delivered_not_dropped(_: Api) 
 /// publishing resumed after a pause). The silence that counts starts when there is something to
 /// read. Both transports, one batch of 10 events (about 82 KB) against a 64 KiB window.
 async fn slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit)]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("quietburst");
     let wait = Duration::from_secs(30);
@@ -541,8 +558,7 @@ async fn slow_a_burst_after_a_quiet_spell_is_delivered_not_dropped(_: Api) {
 /// while a client is held reach it in order and once, after its reports. One that reports gets
 /// everything and stays.
 async fn slow_ws_replay_is_paced_by_the_window(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("pacedreplay");
     let wait = Duration::from_secs(30);
@@ -624,8 +640,7 @@ async fn slow_ws_replay_is_paced_by_the_window(_: Api) {
 /// events it has not been sent yet is told so (`gap`) when its report resumes the replay, then
 /// gets what is retained, in order.
 async fn slow_ws_held_replay_overtaken_by_retention_gets_the_gap(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "20")]).await;
+    let hub = own_hub("20").await;
     let api = Api::new(hub.base());
     let c = channel("pacedgap");
     let wait = Duration::from_secs(30);
@@ -662,58 +677,37 @@ async fn slow_ws_held_replay_overtaken_by_retention_gets_the_gap(_: Api) {
 /// An SSE replay is paced too: the object sends the bridge a quarter window at a time, and the
 /// next step only once the bridge's client has taken the last. A client that asks for
 /// `since=0` on a channel holding more than the buffers on the way absorb (about 7 MB under
-/// `wrangler dev`) and never reads is let go a second after they fill, by the object's alarm
-/// (nothing is published meanwhile): its stream ends after a prefix, and it resumes from there.
-/// A client that reads gets everything.
+/// `wrangler dev`) and never reads is let go a second after they fill, by the object's alarm:
+/// its stream ends after a prefix, and it resumes from there. Events published while it is held
+/// do not reach it out of turn. A client that reads gets everything.
 async fn slow_sse_replay_is_paced_and_a_stalled_one_ends(_: Api) {
-    let limit = LIMIT.to_string();
-    let hub = own_hub(&[("SLOW_CONSUMER_BYTES", &limit), ("RETAIN_EVENTS", "100000")]).await;
+    let hub = own_hub(RETAIN_ALL).await;
     let api = Api::new(hub.base());
     let c = channel("pacedsse");
     let stored: u64 = 2000;
     for first in (1..=stored).step_by(100) {
         publish_padded_batch(&api, &c, first..=first + 99).await;
     }
-    let host = api.base.trim_start_matches("http://");
-    let request = format!(
-        "GET /sse/{c}?since=0 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        admin()
-    );
     let started = Instant::now();
-    let (mut slow, head, mut raw) = stalled(&api, &request).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // Not reading: the object lets the bridge go once its client has stopped taking.
-    let mut let_go = None;
+    let (mut slow, raw) = stalled_sse(&api, &c).await;
+    // Not reading: the object lets the bridge go once its client has stopped taking. Live
+    // events meanwhile (the replay holds the bridge from its first step to its last) must wait
+    // for the replay, so the client never sees one before its replay reaches it.
+    let (mut let_go, mut n) = (None, stored);
     for _ in 0..240 {
         if info(&api, &c).await["subscribers"]["sse"] == 0 {
             let_go = Some(started.elapsed());
             break;
         }
+        n += 1;
+        assert_eq!(publish_padded(&api, &c, n).await, n);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let let_go = let_go.unwrap_or_else(|| {
         panic!("a client that never read a replay of {stored} events was never let go")
     });
-    let (read_from, mut ended) = (Instant::now(), false);
-    while !ended && read_from.elapsed() < Duration::from_secs(60) {
-        let mut chunk = vec![0u8; 64 * 1024];
-        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => ended = true,
-            Ok(Ok(k)) => raw.extend_from_slice(&chunk[..k]),
-            Err(_) => {}
-        }
-        ended |= dechunk(&raw).1;
-    }
+    let (got, ended) = read_sse_to_end(&mut slow, raw).await;
     assert!(ended, "the stalled replay's stream never ended");
-    let got: Vec<u64> = Parser::default()
-        .feed(&dechunk(&raw).0)
-        .iter()
-        .filter_map(|i| match i {
-            Item::Event(e) => e.id(),
-            _ => None,
-        })
-        .collect();
     let k = got.len() as u64;
     assert_eq!(
         got,
@@ -721,17 +715,20 @@ async fn slow_sse_replay_is_paced_and_a_stalled_one_ends(_: Api) {
         "the stalled client's events"
     );
     assert!(k < stored, "it was let go before the end ({k} of {stored})");
+    assert!(n > stored, "no event was published while it was held");
     eprintln!(
         "e2e: paced SSE replay: a client that never read was let go after {let_go:.1?}, \
-         having been sent 1..={k} of {stored} events of {PAD} B; hub RSS {} KiB",
+         having been sent 1..={k} of {stored} events of {PAD} B ({} published live meanwhile); \
+         hub RSS {} KiB",
+        n - stored,
         hub.rss_kib()
     );
 
     // A reader from 0 gets everything; the stalled one resumes from its last id.
     let mut reader = SseStream::subscribe(&api, &c, Some(0), Some(&admin())).await;
-    let all = event_ids(&reader.events_through(stored, WAIT).await);
+    let all = event_ids(&reader.events_through(n, WAIT).await);
     assert!(
-        all == (1..=stored).collect::<Vec<_>>(),
+        all == (1..=n).collect::<Vec<_>>(),
         "the reader got {} events ({:?}..{:?}), stream ended {}",
         all.len(),
         all.first(),
@@ -739,9 +736,9 @@ async fn slow_sse_replay_is_paced_and_a_stalled_one_ends(_: Api) {
         reader.ended()
     );
     let mut again = SseStream::subscribe(&api, &c, Some(k), Some(&admin())).await;
-    let rest = event_ids(&again.events_through(stored, WAIT).await);
+    let rest = event_ids(&again.events_through(n, WAIT).await);
     assert!(
-        rest == (k + 1..=stored).collect::<Vec<_>>(),
+        rest == (k + 1..=n).collect::<Vec<_>>(),
         "resumed from {k}: {} events",
         rest.len()
     );
