@@ -6,14 +6,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::api::{admin, channel, Api};
 use crate::harness::{Hub, HubOptions};
 use crate::idempotency::publish_keyed;
-use crate::live::info;
+use crate::live::{info, Rng};
 use crate::sse_client::SseStream;
 use crate::sse_parser::Item;
 use crate::ws_client::{ws_path, Frame, WsClient};
@@ -60,20 +60,11 @@ struct Received {
     anomalies: Vec<String>,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
-        Rng(nanos | 1)
-    }
-    fn within(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo + 1)
+impl Received {
+    /// True once it holds `target` (0: not known yet).
+    fn holds(&self, target: &AtomicU64) -> bool {
+        let t = target.load(Ordering::SeqCst);
+        t > 0 && self.ids.last().is_some_and(|&l| l >= t)
     }
 }
 
@@ -125,11 +116,7 @@ async fn follow_sse(base: Base, c: String, target: Arc<AtomicU64>) -> Received {
     let (started, tok) = (Instant::now(), admin());
     let auth = format!("Bearer {tok}");
     let mut got = Received::default();
-    let done = |got: &Received| {
-        let t = target.load(Ordering::SeqCst);
-        t > 0 && got.ids.last().is_some_and(|&l| l >= t)
-    };
-    while !done(&got) && started.elapsed() < BUDGET + CATCH_UP {
+    while !got.holds(&target) && started.elapsed() < BUDGET + CATCH_UP {
         let Some(api) = current(&base) else {
             tokio::time::sleep(PAUSE).await;
             continue;
@@ -141,7 +128,7 @@ async fn follow_sse(base: Base, c: String, target: Arc<AtomicU64>) -> Received {
             continue;
         };
         got.connections += 1;
-        while !done(&got) {
+        while !got.holds(&target) {
             match s.next_item(Duration::from_millis(500)).await {
                 Some(Item::Event(e)) if e.kind == "gap" => {
                     got.anomalies
@@ -164,11 +151,7 @@ async fn follow_sse(base: Base, c: String, target: Arc<AtomicU64>) -> Received {
 async fn follow_ws(base: Base, c: String, target: Arc<AtomicU64>) -> Received {
     let (started, tok) = (Instant::now(), admin());
     let mut got = Received::default();
-    let done = |got: &Received| {
-        let t = target.load(Ordering::SeqCst);
-        t > 0 && got.ids.last().is_some_and(|&l| l >= t)
-    };
-    while !done(&got) && started.elapsed() < BUDGET + CATCH_UP {
+    while !got.holds(&target) && started.elapsed() < BUDGET + CATCH_UP {
         let Some(api) = current(&base) else {
             tokio::time::sleep(PAUSE).await;
             continue;
@@ -180,7 +163,7 @@ async fn follow_ws(base: Base, c: String, target: Arc<AtomicU64>) -> Received {
         };
         got.connections += 1;
         let mut first = true;
-        while !done(&got) {
+        while !got.holds(&target) {
             let frame = match ws.next(Duration::from_millis(500)).await {
                 None => continue,
                 Some(Frame::Json(v)) => v,

@@ -299,6 +299,17 @@ async fn configured_small_limits_are_enforced(_shared: Api) {
     );
 }
 
+/// `method path` sent as written (no client normalises it), with a publish body and `token`.
+async fn smuggle(api: &Api, method: &str, path: &str, token: &str) -> Resp {
+    let body = br#"{"data":"smuggled"}"#.to_vec();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}",
+        body.len()
+    );
+    raw(api, &head, body).await
+}
+
 async fn encoded_channel_names_never_reach_another_channel(api: Api) {
     let target = channel("target");
     let t = admin();
@@ -336,13 +347,7 @@ async fn encoded_channel_names_never_reach_another_channel(api: Api) {
             ("GET", format!("/sse/{seg}")),
             ("GET", format!("/ws/{seg}")),
         ] {
-            let body = br#"{"data":"smuggled"}"#.to_vec();
-            let head_ = format!(
-                "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {t}\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}",
-                body.len()
-            );
-            let r = raw(&api, &head_, body).await;
+            let r = smuggle(&api, method, &path, &t).await;
             if !matches!(r.status, 400 | 404) {
                 let _ = writeln!(report, "{method} {path}: {} {}", r.status, r.text());
             }
@@ -360,13 +365,7 @@ async fn encoded_channel_names_never_reach_another_channel(api: Api) {
         ("GET", format!("/poll/x/%2e%2e/{target}?since=0")),
         ("GET", format!("/channels/x/../{target}")),
     ] {
-        let body = br#"{"data":"smuggled"}"#.to_vec();
-        let head_ = format!(
-            "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {x_only}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}",
-            body.len()
-        );
-        let r = raw(&api, &head_, body).await;
+        let r = smuggle(&api, method, &path, &x_only).await;
         assert_problem(
             &r,
             403,

@@ -40,20 +40,21 @@ pub async fn info(api: &Api, c: &str) -> Value {
 }
 
 /// A small xorshift generator: random join moments without another dependency.
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn seeded() -> Rng {
+    pub fn seeded() -> Rng {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
         Rng(nanos | 1)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number from `lo` to `hi`, both included.
+    pub fn within(&mut self, lo: u64, hi: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        self.0 % n
+        lo + self.0 % (hi - lo + 1)
     }
 }
 
@@ -67,7 +68,7 @@ async fn order_holds_for_40_subscribers_joining_during_300_publishes(api: Api) {
     let mut subscribers = Vec::new();
     for n in 0..2 * PER_TRANSPORT {
         // Each joins once the publisher has reached its random moment.
-        let moment = rng.below(EVENTS);
+        let moment = rng.within(0, EVENTS - 1);
         let (api, c, mut watch) = (api.clone(), c.clone(), watch.clone());
         subscribers.push(tokio::spawn(async move {
             // Generous: under a loaded runtime 300 publishes can take a while.
