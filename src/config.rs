@@ -3,12 +3,24 @@
 //! a typo in configuration can never take the hub down; `docs/API.md#configuration` lists them.
 
 use crate::auth::{patterns, Pattern};
+use crate::protocol::publish::PublishLimits;
+
+/// The deepest `MAX_DATA_DEPTH` may be set. An event's data sits at most three levels down in
+/// anything the hub sends (a poll page's object, its `events` array, the envelope), so data at
+/// this depth stays well within the 128 levels that serde_json, and most other readers, accept.
+pub const MAX_DATA_DEPTH_CAP: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub max_data_bytes: usize,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    /// Levels of objects and arrays allowed inside an event's `data` (at most
+    /// `MAX_DATA_DEPTH_CAP`).
+    pub max_data_depth: usize,
+    /// About the largest poll page, serialised: a page is cut before the event that would pass
+    /// it, but always holds at least one event.
+    pub max_page_bytes: usize,
     pub retain_events: u64,
     pub retain_seconds: u64,
     pub sse_max_seconds: u64,
@@ -52,6 +64,8 @@ impl Config {
             max_data_bytes: size("MAX_DATA_BYTES", 64 * 1024),
             max_batch: size("MAX_BATCH", 100).max(1),
             max_body_bytes: size("MAX_BODY_BYTES", 1024 * 1024),
+            max_data_depth: size("MAX_DATA_DEPTH", 32).min(MAX_DATA_DEPTH_CAP),
+            max_page_bytes: size("MAX_PAGE_BYTES", 1024 * 1024).max(1024),
             retain_events: num("RETAIN_EVENTS", 1000).max(1),
             retain_seconds: num("RETAIN_SECONDS", 86_400).max(1),
             sse_max_seconds: num("SSE_MAX_SECONDS", 1800).max(1),
@@ -78,6 +92,17 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What one publish (HTTP, or a WebSocket frame with `max_batch` 1) is held to.
+    pub fn publish_limits(&self) -> PublishLimits {
+        PublishLimits {
+            max_data_bytes: self.max_data_bytes,
+            max_batch: self.max_batch,
+            max_depth: self.max_data_depth,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::from_lookup(|_| None)
@@ -95,6 +120,8 @@ mod tests {
         assert_eq!(c.max_data_bytes, 65_536);
         assert_eq!(c.max_batch, 100);
         assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.max_data_depth, 32);
+        assert_eq!(c.max_page_bytes, 1_048_576);
         assert_eq!(c.retain_events, 1000);
         assert_eq!(c.retain_seconds, 86_400);
         assert_eq!(c.sse_max_seconds, 1800);
@@ -125,6 +152,7 @@ mod tests {
             "MAX_DATA_BYTES" => Some("lots".into()),
             "PUBLIC_CHANNELS" => Some("public:*, demo".into()),
             "POLL_DEFAULT_LIMIT" => Some("5000".into()),
+            "MAX_DATA_DEPTH" => Some("1000".into()),
             _ => None,
         });
         assert_eq!(c.max_batch, 7);
@@ -133,6 +161,7 @@ mod tests {
             c.poll_default_limit, 1000,
             "default limit is clamped to the max"
         );
+        assert_eq!(c.max_data_depth, MAX_DATA_DEPTH_CAP, "depth is capped");
         let public = ChannelName::parse("public:x").ok();
         assert!(public.is_some_and(|p| c.public_channels.iter().any(|pat| pat.matches(&p))));
     }

@@ -54,6 +54,8 @@ pub enum Error {
     NotFound,
     /// 405, with the methods the path does accept.
     MethodNotAllowed(&'static [&'static str]),
+    /// 400: JSON nested deeper than the configured limit; the string names the limit.
+    TooDeep(String),
     /// 413: a configured limit was passed; the string names the limit.
     TooLarge(String),
     /// 422: an `Idempotency-Key` reused with a different body.
@@ -86,7 +88,7 @@ impl Error {
 
     pub fn status(&self) -> u16 {
         match self {
-            Error::BadRequest(_) | Error::InvalidJson(_) => 400,
+            Error::BadRequest(_) | Error::InvalidJson(_) | Error::TooDeep(_) => 400,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound => 404,
@@ -111,6 +113,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::NotFound => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::TooDeep(_) => "too_deep",
             Error::TooLarge(_) => "too_large",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::IdempotencyConflict => "idempotency_conflict",
@@ -128,6 +131,7 @@ impl Error {
             Error::Forbidden(_) => "Forbidden",
             Error::NotFound => "Not found",
             Error::MethodNotAllowed(_) => "Method not allowed",
+            Error::TooDeep(_) => "Nested too deep",
             Error::TooLarge(_) => "Payload too large",
             Error::UnsupportedMediaType => "Unsupported media type",
             Error::IdempotencyConflict => "Idempotency key reused",
@@ -142,6 +146,7 @@ impl Error {
             Error::BadRequest(d)
             | Error::InvalidJson(d)
             | Error::Forbidden(d)
+            | Error::TooDeep(d)
             | Error::TooLarge(d) => d.clone(),
             Error::Unauthorized(fault) => fault.detail().to_string(),
             Error::NotFound => "no such route".to_string(),

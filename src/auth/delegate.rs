@@ -2,8 +2,9 @@
 //! channels and in time. This is how a backend hands a browser a short-lived subscribe token.
 //! See `docs/API.md#minting`.
 
-use super::{Claims, Grant, Pattern, Rights};
-use crate::error::Error;
+use super::{sign, Claims, Grant, Pattern, Rights, MAX_TOKEN_BYTES};
+use crate::error::{Error, TokenFault};
+use crate::protocol::json;
 use serde::Deserialize;
 
 /// The body of `POST /tokens`.
@@ -25,6 +26,27 @@ pub struct TokenRequest {
 /// The longest `sub` a minted token may carry.
 pub const MAX_SUB_LEN: usize = 256;
 
+/// Levels of objects and arrays a token request may hold (its pattern lists are two).
+pub const REQUEST_MAX_DEPTH: usize = 8;
+
+impl TokenRequest {
+    /// Parses a `POST /tokens` body, after checking that it is readable JSON of bounded depth.
+    pub fn parse(body: &[u8]) -> Result<TokenRequest, Error> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Error::InvalidJson("the body is not UTF-8".into()))?;
+        json::check(text, REQUEST_MAX_DEPTH).map_err(|fault| {
+            fault.into_error(|| {
+                format!("a token request nests at most {REQUEST_MAX_DEPTH} levels deep")
+            })
+        })?;
+        serde_json::from_str(text).map_err(|e| {
+            Error::bad_request(format!(
+                "a token request is {{\"publish\"?, \"subscribe\"?, \"ttl\", \"sub\"?}}: {e}"
+            ))
+        })
+    }
+}
+
 /// The claims of the token to mint, or why not: 400 for a malformed request, 403 when a
 /// requested pattern is not covered by the caller's patterns for the same action.
 pub fn delegate(
@@ -43,10 +65,21 @@ pub fn delegate(
             "ttl is a whole number of seconds from 1 to {max_ttl}"
         )));
     };
-    if req.sub.as_ref().is_some_and(|s| s.len() > MAX_SUB_LEN) {
+    // A subject ends up in logs and in other systems' records: no line breaks or other
+    // control characters that could forge entries there.
+    if req
+        .sub
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > MAX_SUB_LEN || s.chars().any(char::is_control))
+    {
         return Err(Error::bad_request(format!(
-            "sub is at most {MAX_SUB_LEN} bytes"
+            "sub is 1 to {MAX_SUB_LEN} bytes without control characters"
         )));
+    }
+    // A caller let in within the clock skew after its expiry could only mint a token that
+    // expires before it is issued.
+    if caller.exp <= now {
+        return Err(Error::Unauthorized(TokenFault::Expired));
     }
     let publish = narrower(&req.publish, &caller.publish, "publish")?;
     let subscribe = narrower(&req.subscribe, &caller.subscribe, "subscribe")?;
@@ -58,6 +91,20 @@ pub fn delegate(
         sub: req.sub.clone().or_else(|| caller.sub.clone()),
         edgehub: Rights { publish, subscribe },
     })
+}
+
+/// Signs `claims`, refusing a token longer than the hub accepts (`MAX_TOKEN_BYTES`): one that
+/// could never be used is an error now, not a 401 later.
+pub fn mint(claims: &Claims, secret: &[u8]) -> Result<String, Error> {
+    let token = sign(claims, secret);
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Error::bad_request(format!(
+            "the token would be {} bytes, over the {MAX_TOKEN_BYTES} the hub accepts: ask for \
+             fewer or shorter patterns",
+            token.len()
+        )));
+    }
+    Ok(token)
 }
 
 /// A number that is a whole `i64`, written as `5` or `5.0`.
@@ -163,6 +210,98 @@ mod tests {
         assert_eq!(
             (claims.exp, claims.sub.as_deref()),
             (Some(1010), Some("browser-7"))
+        );
+    }
+
+    #[test]
+    fn subjects_are_bounded_text() {
+        let caller = grant(&[], &["*"], 10_000);
+        for (sub, ok) in [
+            ("browser-7", true),
+            ("user@example.com", true),
+            ("名前", true),
+            ("", false),
+            ("a\r\nb", false),
+            ("tab\there", false),
+            ("nul\0", false),
+            ("c1\u{85}", false),
+        ] {
+            let mut r = req(&[], &["a"], 10);
+            r.sub = Some(sub.into());
+            assert_eq!(delegate(&caller, &r, 1000, 3600).is_ok(), ok, "{sub:?}");
+        }
+        let mut r = req(&[], &["a"], 10);
+        r.sub = Some("x".repeat(MAX_SUB_LEN + 1));
+        assert!(delegate(&caller, &r, 1000, 3600).is_err());
+    }
+
+    #[test]
+    fn a_caller_past_its_expiry_mints_nothing() {
+        // Still let in (within the clock skew), but anything it minted would expire before
+        // it was issued.
+        let caller = grant(&[], &["*"], 990);
+        let got = delegate(&caller, &req(&[], &["a"], 60), 1000, 3600);
+        assert_eq!(got.map_err(|e| e.code()).err(), Some("token_expired"));
+        let at_edge = grant(&[], &["*"], 1000);
+        assert!(delegate(&at_edge, &req(&[], &["a"], 60), 1000, 3600).is_err());
+        let claims = delegate(&grant(&[], &["*"], 1001), &req(&[], &["a"], 60), 1000, 3600);
+        let claims = claims.unwrap();
+        assert!(claims.exp.unwrap() > claims.iat.unwrap());
+    }
+
+    #[test]
+    fn minted_tokens_fit_what_the_hub_accepts() {
+        let caller = grant(&[], &["*"], 10_000);
+        let many: Vec<String> = (0..1000).map(|i| format!("channel-{i}")).collect();
+        let mut r = req(&[], &[], 60);
+        r.subscribe = many;
+        let claims = delegate(&caller, &r, 1000, 3600).unwrap();
+        let got = mint(&claims, b"k");
+        assert_eq!(got.map_err(|e| e.status()).err(), Some(400));
+        let few = delegate(&caller, &req(&[], &["a", "b"], 60), 1000, 3600).unwrap();
+        let token = mint(&few, b"k").unwrap();
+        assert!(
+            super::super::verify(&token, b"k", 1000, super::super::TokenSource::Header, 300)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn requests_are_readable_json_of_bounded_depth() {
+        let ok = TokenRequest::parse(br#"{"subscribe":["a"],"ttl":60}"#).unwrap();
+        assert_eq!(ok.subscribe, vec!["a".to_string()]);
+        let deep = format!(
+            r#"{{"subscribe":["a"],"ttl":60,"x":{}1{}}}"#,
+            "[".repeat(20),
+            "]".repeat(20)
+        );
+        assert_eq!(
+            TokenRequest::parse(deep.as_bytes())
+                .map_err(|e| e.code())
+                .err(),
+            Some("too_deep")
+        );
+        for bad in [
+            r#"{"subscribe":["a"],"ttl":60,"sub":"\ud800"}"#,
+            r#"{"subscribe":["a"],"ttl":1e999}"#,
+        ] {
+            assert_eq!(
+                TokenRequest::parse(bad.as_bytes())
+                    .map_err(|e| e.code())
+                    .err(),
+                Some("invalid_json"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            TokenRequest::parse(b"\xff").map_err(|e| e.status()).err(),
+            Some(400)
+        );
+        assert_eq!(
+            TokenRequest::parse(br#"{"ttl":60,"x":1}"#)
+                .map_err(|e| e.code())
+                .err(),
+            Some("bad_request")
         );
     }
 

@@ -204,18 +204,62 @@ fn decode(part: &str) -> Result<Vec<u8>, Error> {
         .map_err(|_| refuse(TokenFault::Malformed))
 }
 
-/// The header must name HS256 exactly. `crit` is refused: RFC 7515 §4.1.11 requires rejecting
-/// critical extensions one does not understand, and we understand none.
+/// The JOSE header members `verify` reads. Parsing refuses a member named twice: RFC 7515 §4
+/// lets a parser either refuse duplicates or read the last, and two readers that choose
+/// differently (a gateway, this hub) would then disagree on the algorithm.
+struct JoseHeader {
+    alg: Option<serde_json::Value>,
+    crit: bool,
+}
+
+impl<'de> Deserialize<'de> for JoseHeader {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JoseHeader;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JoseHeader, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut header = JoseHeader {
+                    alg: None,
+                    crit: false,
+                };
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        "alg" => header.alg = Some(map.next_value()?),
+                        "crit" => {
+                            header.crit = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    if !seen.insert(name) {
+                        return Err(serde::de::Error::custom("a header member is named twice"));
+                    }
+                }
+                Ok(header)
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+/// The header must name HS256 exactly, each member once. `crit` is refused: RFC 7515 §4.1.11
+/// requires rejecting critical extensions one does not understand, and we understand none.
 fn check_header(header_b64: &str) -> Result<(), Error> {
-    let header: serde_json::Value =
+    let header: JoseHeader =
         serde_json::from_slice(&decode(header_b64)?).map_err(|_| refuse(TokenFault::Malformed))?;
-    let header = header
-        .as_object()
-        .ok_or_else(|| refuse(TokenFault::Malformed))?;
-    if header.contains_key("crit") {
+    if header.crit {
         return Err(refuse(TokenFault::Malformed));
     }
-    match header.get("alg").and_then(|alg| alg.as_str()) {
+    match header.alg.as_ref().and_then(|alg| alg.as_str()) {
         Some(ALGORITHM) => Ok(()),
         _ => Err(refuse(TokenFault::Algorithm)),
     }

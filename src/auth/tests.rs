@@ -146,6 +146,28 @@ fn verify_outcomes_table() {
             Err(Malformed),
         ),
         (
+            "alg named twice",
+            forge(r#"{"alg":"none","alg":"HS256"}"#, payload, SECRET),
+            Header,
+            Err(Malformed),
+        ),
+        (
+            "another member named twice",
+            forge(r#"{"alg":"HS256","typ":"JWT","typ":"x"}"#, payload, SECRET),
+            Header,
+            Err(Malformed),
+        ),
+        (
+            "exp named twice in the payload",
+            forge(
+                r#"{"alg":"HS256"}"#,
+                &format!(r#"{{"exp":{},"exp":{}}}"#, NOW - 600, NOW + 60),
+                SECRET,
+            ),
+            Header,
+            Err(Malformed),
+        ),
+        (
             "bad signature",
             sign(&claims(Some(NOW + 60), None, None), b"another-secret"),
             Header,

@@ -4,6 +4,7 @@
 
 pub mod cors;
 pub mod envelope;
+pub mod json;
 pub mod names;
 pub mod publish;
 pub mod query;

@@ -1,6 +1,9 @@
 //! Publish bodies: one event `{"type"?, "data"}` or a JSON array of them. Parsed and checked
-//! whole before anything is stored, so a batch with one bad item is refused entirely.
+//! whole before anything is stored, so a batch with one bad item is refused entirely. What is
+//! stored must be readable by every common JSON reader (`json`): bounded depth, Unicode strings,
+//! finite numbers.
 
+use super::json;
 use super::names::EventType;
 use crate::error::Error;
 use serde::Deserialize;
@@ -19,6 +22,37 @@ pub struct NewEvent {
 pub struct PublishLimits {
     pub max_data_bytes: usize,
     pub max_batch: usize,
+    /// Levels of objects and arrays allowed inside `data`.
+    pub max_depth: usize,
+}
+
+impl PublishLimits {
+    /// Refuses `data` (compact JSON text) over the size or depth limits.
+    pub fn check_data(&self, data: &str) -> Result<(), Error> {
+        if data.len() > self.max_data_bytes {
+            return Err(Error::TooLarge(format!(
+                "an event's data may be at most {} bytes serialised (got {})",
+                self.max_data_bytes,
+                data.len()
+            )));
+        }
+        json::check(data, self.max_depth).map_err(|fault| fault.into_error(|| self.too_deep()))
+    }
+
+    /// Checks a whole body or frame before it is parsed: `wrapping` levels of it hold the
+    /// data (an event object, a batch array), so nothing deeper than the data's limit plus
+    /// those is ever parsed, and no string or number in it is unreadable.
+    pub fn check_text(&self, text: &str, wrapping: usize) -> Result<(), Error> {
+        json::check(text, self.max_depth.saturating_add(wrapping))
+            .map_err(|fault| fault.into_error(|| self.too_deep()))
+    }
+
+    fn too_deep(&self) -> String {
+        format!(
+            "data may nest objects and arrays at most {} levels deep (MAX_DATA_DEPTH)",
+            self.max_depth
+        )
+    }
 }
 
 /// Unknown fields are refused: a typo such as `"date"` must not silently publish `data: null`.
@@ -41,6 +75,8 @@ pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
 pub fn parse_publish(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>, Error> {
     let text =
         std::str::from_utf8(body).map_err(|_| Error::InvalidJson("body is not UTF-8".into()))?;
+    // An array of event objects holds the data two levels down.
+    limits.check_text(text, 2)?;
     let raw: &RawValue = serde_json::from_str(text)?;
     let items: Vec<&RawValue> = match raw.get().as_bytes().first() {
         Some(b'[') => serde_json::from_str(raw.get())?,
@@ -76,6 +112,8 @@ pub fn parse_publish(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>
             parse_item(item, limits).map_err(|e| match e {
                 Error::BadRequest(m) => Error::BadRequest(at(m)),
                 Error::TooLarge(m) => Error::TooLarge(at(m)),
+                Error::TooDeep(m) => Error::TooDeep(at(m)),
+                Error::InvalidJson(m) => Error::InvalidJson(at(m)),
                 other => other,
             })
         })
@@ -93,13 +131,7 @@ fn parse_item(item: &RawValue, limits: PublishLimits) -> Result<NewEvent, Error>
         None => EventType::default(),
     };
     let data = compact(parsed.data.get());
-    if data.len() > limits.max_data_bytes {
-        return Err(Error::TooLarge(format!(
-            "an event's data may be at most {} bytes serialised (got {})",
-            limits.max_data_bytes,
-            data.len()
-        )));
-    }
+    limits.check_data(&data)?;
     Ok(NewEvent { event_type, data })
 }
 
@@ -170,6 +202,7 @@ mod tests {
     const LIMITS: PublishLimits = PublishLimits {
         max_data_bytes: 64,
         max_batch: 3,
+        max_depth: 4,
     };
 
     fn parse(s: &str) -> Result<Vec<NewEvent>, Error> {
@@ -214,6 +247,37 @@ mod tests {
         assert_eq!(parse(&big).map_err(|e| e.status()).err(), Some(413));
         let fits = format!(r#"{{"data":"{}"}}"#, "x".repeat(62));
         assert!(parse(&fits).is_ok());
+    }
+
+    #[test]
+    fn unreadable_data_is_refused_whole_batches_too() {
+        let at_limit = r#"{"data":[[{"a":[1]}]]}"#;
+        assert!(parse(at_limit).is_ok(), "4 levels inside data");
+        for (body, code) in [
+            (r#"{"data":[[{"a":[[1]]}]]}"#, "too_deep"),
+            (r#"[{"data":1},{"data":[[[[[1]]]]]}]"#, "too_deep"),
+            (r#"[{"data":[[[[[[[[[[1]]]]]]]]]]}]"#, "too_deep"),
+            (r#"{"data":"\ud800"}"#, "invalid_json"),
+            (r#"[{"data":1},{"data":{"k":"\udfff"}}]"#, "invalid_json"),
+            (r#"{"data":1e400}"#, "invalid_json"),
+            (r#"[{"data":[1,-2e308]}]"#, "invalid_json"),
+            (r#"{"type":"\ud800","data":1}"#, "invalid_json"),
+        ] {
+            let err = parse(body).err();
+            assert_eq!(
+                err.as_ref().map(|e| (e.status(), e.code())),
+                Some((400, code)),
+                "{body}"
+            );
+        }
+        let deep = parse(r#"{"data":[[[[[1]]]]]}"#).err();
+        assert!(
+            matches!(&deep, Some(Error::TooDeep(m)) if m.contains(" 4 levels")),
+            "{deep:?}"
+        );
+        // Depth in a string is text, and a surrogate pair is one character.
+        assert!(parse(r#"{"data":"[[[[[[[[[[ \ud83d\ude00"}"#).is_ok());
+        assert!(parse(r#"{"data":1e308}"#).is_ok());
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub const OP_ERROR: &str = "error";
 pub const OP_PUBLISH: &str = "publish";
 pub const OP_CURSOR: &str = "cursor";
 
+/// What a client text frame may hold beyond its data: `op`, `type`, `ref`, `idempotency_key`
+/// and whitespace. A larger frame is refused before it is parsed.
+pub const FRAME_MARGIN_BYTES: usize = 4096;
+/// The longest `ref`, as compact JSON: it is echoed in the answer, so it must stay small.
+pub const REF_MAX_BYTES: usize = 128;
+
 /// Close codes. 1000 and 4000-4099 mean "reconnect (with your cursor)"; 4100 and above mean
 /// "do not reconnect as you are": fix the request or get a fresh token first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,11 +158,25 @@ struct AnyFrame<'a> {
 }
 
 /// Parses a client text frame. On failure, also returns the frame's `ref` when one could be
-/// read, so the error can name the request it answers.
+/// read, so the error can name the request it answers. A frame over the data limit plus
+/// `FRAME_MARGIN_BYTES` is refused unread; one whose data could not be read back (too deep,
+/// not Unicode, a number out of range) before it is parsed; a `ref` over `REF_MAX_BYTES` is
+/// refused and not echoed.
 pub fn parse_client(
     text: &str,
     limits: PublishLimits,
 ) -> Result<ClientFrame, (Error, Option<String>)> {
+    let max_frame = limits.max_data_bytes.saturating_add(FRAME_MARGIN_BYTES);
+    if text.len() > max_frame {
+        let err = Error::TooLarge(format!(
+            "a text frame may be at most {max_frame} bytes (the data limit plus \
+             {FRAME_MARGIN_BYTES}); got {}",
+            text.len()
+        ));
+        return Err((err, None));
+    }
+    // The frame object holds the data one level down.
+    limits.check_text(text, 1).map_err(|e| (e, None))?;
     let head: AnyFrame<'_> = serde_json::from_str(text).map_err(|e| {
         (
             Error::InvalidJson(format!("a frame is one JSON object: {e}")),
@@ -164,6 +184,12 @@ pub fn parse_client(
         )
     })?;
     let reference = head.reference.map(|r| compact(r.get()));
+    if reference.as_ref().is_some_and(|r| r.len() > REF_MAX_BYTES) {
+        let err = Error::bad_request(format!(
+            "ref may be at most {REF_MAX_BYTES} bytes of JSON; it is echoed in the answer"
+        ));
+        return Err((err, None));
+    }
     match head.op.as_deref() {
         Some(OP_PUBLISH) => parse_publish(text, limits, reference).map(ClientFrame::Publish),
         Some(OP_CURSOR) => {
@@ -200,11 +226,7 @@ fn parse_publish(
         None => EventType::default(),
     };
     let data = compact(frame.data.get());
-    if data.len() > limits.max_data_bytes {
-        let err = Error::TooLarge(format!(
-            "an event's data may be at most {} bytes serialised",
-            limits.max_data_bytes
-        ));
+    if let Err(err) = limits.check_data(&data) {
         return Err((err, reference));
     }
     let idempotency_key = frame
@@ -226,6 +248,7 @@ mod tests {
     const LIMITS: PublishLimits = PublishLimits {
         max_data_bytes: 16,
         max_batch: 1,
+        max_depth: 3,
     };
 
     #[test]
@@ -294,6 +317,35 @@ mod tests {
         for (text, status, reference) in cases {
             let (err, r) = parse_client(text, LIMITS).unwrap_err();
             assert_eq!((err.status(), r.as_deref()), (status, reference), "{text}");
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_refused_before_they_are_parsed_or_echoed() {
+        let refused = |text: &str| parse_client(text, LIMITS).unwrap_err();
+        // Over the data limit plus the margin: refused unread, so its ref is not echoed.
+        let big = format!(
+            r#"{{"op":"publish","data":1,"ref":"{}"}}"#,
+            "r".repeat(FRAME_MARGIN_BYTES)
+        );
+        let (err, r) = refused(&big);
+        assert_eq!((err.status(), r), (413, None));
+        // A long ref: refused and not echoed.
+        let long_ref = format!(r#"{{"op":"nope","ref":"{}"}}"#, "r".repeat(REF_MAX_BYTES));
+        let (err, r) = refused(&long_ref);
+        assert_eq!((err.status(), err.code(), r), (400, "bad_request", None));
+        let fits = format!(r#"{{"op":"publish","data":1,"ref":"{}"}}"#, "r".repeat(126));
+        assert!(parse_client(&fits, LIMITS).is_ok());
+        // Depth: data at the limit is taken, one level more is refused before parsing.
+        assert!(parse_client(r#"{"op":"publish","data":[[[1]]]}"#, LIMITS).is_ok());
+        let (err, r) = refused(r#"{"op":"publish","data":[[[[1]]]],"ref":9}"#);
+        assert_eq!((err.code(), r), ("too_deep", None));
+        for text in [
+            r#"{"op":"publish","data":"\ud800"}"#,
+            r#"{"op":"publish","data":1e999}"#,
+            r#"{"op":"publish","data":1,"ref":"\udc00"}"#,
+        ] {
+            assert_eq!(refused(text).0.code(), "invalid_json", "{text}");
         }
     }
 

@@ -1,7 +1,11 @@
 //! Response helpers and body reading: the one place an `Error` becomes a problem response, and
-//! the size checks made before a body is parsed.
+//! the size checks made while a body is read.
 
 use crate::error::{Error, PROBLEM_CONTENT_TYPE};
+use worker::js_sys::{Reflect, Uint8Array};
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::web_sys::ReadableStreamDefaultReader;
 use worker::{console_error, Headers, Request, Response};
 
 pub const JSON: &str = "application/json";
@@ -41,8 +45,9 @@ pub fn internal(context: &str) -> impl Fn(worker::Error) -> Error + '_ {
     move |e| Error::Internal(format!("{context}: {e}"))
 }
 
-/// The body as bytes, refused with 413 before it is read when `Content-Length` says it is too
-/// big, and after reading when a chunked body turns out too big.
+/// The body as bytes, read as a stream and refused with 413 at the first chunk that takes it
+/// over `max` (or before reading, when `Content-Length` already says so): a hostile body never
+/// costs more than `max` plus one chunk of memory.
 pub async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Error> {
     let too_large = || Error::TooLarge(format!("the request body may be at most {max} bytes"));
     let declared = req.headers().get("content-length").ok().flatten();
@@ -51,15 +56,28 @@ pub async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Error> 
             return Err(too_large());
         }
     }
+    let Some(stream) = req.inner().body() else {
+        return Ok(Vec::new());
+    };
     // A body that cannot be read (cut off, a broken chunk) is the client's fault.
-    let body = req
-        .bytes()
-        .await
-        .map_err(|_| Error::bad_request("the request body could not be read to its end"))?;
-    if body.len() > max {
-        return Err(too_large());
+    let unreadable = |_| Error::bad_request("the request body could not be read to its end");
+    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    let mut body = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(unreadable)?;
+        let done = Reflect::get(&chunk, &JsValue::from_str("done")).map_err(unreadable)?;
+        if done.as_bool().unwrap_or(true) {
+            return Ok(body);
+        }
+        let value = Reflect::get(&chunk, &JsValue::from_str("value")).map_err(unreadable)?;
+        let bytes = Uint8Array::new(&value);
+        if body.len().saturating_add(bytes.length() as usize) > max {
+            // Stop the upload: the rest is never read.
+            let _ = reader.cancel();
+            return Err(too_large());
+        }
+        body.extend_from_slice(&bytes.to_vec());
     }
-    Ok(body)
 }
 
 /// True for `application/json`, with or without parameters such as `charset`.

@@ -150,8 +150,8 @@ impl DurableObject for ChannelHub {
             return Ok(());
         }
         let limits = PublishLimits {
-            max_data_bytes: self.config.max_data_bytes,
             max_batch: 1,
+            ..self.config.publish_limits()
         };
         let done = match parse_client(&text, limits) {
             Ok(ClientFrame::Publish(publish)) => self.socket_publish(&ws, publish),

@@ -15,14 +15,14 @@ mod mirror;
 mod sse;
 mod subscribers;
 
-use crate::auth::delegate::{delegate, TokenRequest};
-use crate::auth::{self, Action};
+use crate::auth::delegate::{delegate, mint, TokenRequest};
+use crate::auth::Action;
 use crate::channel::fanout::Transport;
 use crate::channel::poll::{cut_page, PollRequest, WindowCache};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
-use crate::protocol::publish::{parse_idempotency_key, parse_publish, PublishLimits};
+use crate::protocol::publish::{parse_idempotency_key, parse_publish};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
 use crate::protocol::{route, ChannelName, Route};
 use access::Credentials;
@@ -95,11 +95,7 @@ async fn handle(
                 return Err(Error::UnsupportedMediaType);
             }
             let body = read_body(&mut req, config.max_body_bytes).await?;
-            let limits = PublishLimits {
-                max_data_bytes: config.max_data_bytes,
-                max_batch: config.max_batch,
-            };
-            let events = parse_publish(&body, limits)?;
+            let events = parse_publish(&body, config.publish_limits())?;
             let key = match req.headers().get("idempotency-key").ok().flatten() {
                 Some(k) => Some(parse_idempotency_key(k.trim())?),
                 None => None,
@@ -157,18 +153,14 @@ async fn handle(
                 return Err(Error::UnsupportedMediaType);
             }
             let body = read_body(&mut req, MINT_BODY_BYTES).await?;
-            let request: TokenRequest = serde_json::from_slice(&body).map_err(|e| {
-                Error::bad_request(format!(
-                    "a token request is {{\"publish\"?, \"subscribe\"?, \"ttl\", \"sub\"?}}: {e}"
-                ))
-            })?;
+            let request = TokenRequest::parse(&body)?;
             let claims = delegate(
                 &caller,
                 &request,
                 access::now_s(),
                 config.token_max_ttl_seconds,
             )?;
-            let token = auth::sign(&claims, access::secret(env)?.as_bytes());
+            let token = mint(&claims, access::secret(env)?.as_bytes())?;
             let expires_at = format_time(claims.exp.unwrap_or_default() * 1000).unwrap_or_default();
             let body = serde_json::json!({"token": token, "expires_at": expires_at});
             json(201, body.to_string()).map_err(internal("answering"))
