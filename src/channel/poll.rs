@@ -1,5 +1,7 @@
 //! Cutting a poll page from the D1 mirror: which rows to ask for, and the answer's `events`,
-//! `next`, `more` and gap fields, plus its `ETag`. See `docs/API.md#polling`.
+//! `next`, `more` and gap fields, plus its `ETag`. A page is cut at `limit` events and at about
+//! `max_bytes` serialised, whichever comes first, but always holds at least one event, so no
+//! answer grows with what a client asks for. See `docs/API.md#polling`.
 
 use super::{plan_replay, Replay, Window};
 use crate::protocol::envelope::encode_envelope;
@@ -19,6 +21,9 @@ pub struct StoredEvent {
 pub struct PollRequest {
     pub cursor: Option<u64>,
     pub limit: u32,
+    /// The page's budget in serialised envelopes (`MAX_PAGE_BYTES`, a setting: not part of
+    /// the `ETag`, since it only changes with a deployment).
+    pub max_bytes: usize,
 }
 
 impl PollRequest {
@@ -36,19 +41,29 @@ impl PollRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollPage {
-    pub events: Vec<StoredEvent>,
+    /// The ids of the page's events, and their envelopes (JSON text), in id order.
+    pub ids: Vec<u64>,
+    pub envelopes: Vec<String>,
     pub next: u64,
     pub more: bool,
     pub gap: Option<u64>,
     pub head: u64,
 }
 
-/// Builds the page from `rows` (ids after the cursor, ascending, at most `limit + 1`).
-pub fn cut_page(req: &PollRequest, window: Window, mut rows: Vec<StoredEvent>) -> PollPage {
+/// Builds the page from `rows` (ids after the cursor, ascending: at least what fits in `limit`
+/// events and `max_bytes`, which the mirror query bounds by data size). `more` is true while
+/// the page stops below the mirror's head: ids are contiguous up to it.
+pub fn cut_page(
+    req: &PollRequest,
+    window: Window,
+    rows: Vec<StoredEvent>,
+    channel: &ChannelName,
+) -> PollPage {
     let (after, gap) = match plan_replay(req.cursor, window, true) {
         Replay::Live => {
             return PollPage {
-                events: Vec::new(),
+                ids: Vec::new(),
+                envelopes: Vec::new(),
                 next: window.head,
                 more: false,
                 gap: None,
@@ -59,16 +74,27 @@ pub fn cut_page(req: &PollRequest, window: Window, mut rows: Vec<StoredEvent>) -
         Replay::Gap { earliest, .. } => (earliest.saturating_sub(1), Some(earliest)),
     };
     let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-    let more = rows.len() > limit;
-    rows.truncate(limit);
-    let next = rows
+    let (mut ids, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+    for e in rows.into_iter().take(limit) {
+        let envelope = encode_envelope(e.id, channel, &e.event_type, &e.data, e.time_ms);
+        // One more event and its comma; the first always goes in.
+        bytes = bytes.saturating_add(envelope.len() + 1);
+        if bytes > req.max_bytes && !ids.is_empty() {
+            break;
+        }
+        ids.push(e.id);
+        envelopes.push(envelope);
+    }
+    let next = ids
         .last()
-        .map_or(after, |e| e.id)
+        .copied()
+        .unwrap_or(after)
         .max(req.cursor.unwrap_or(0));
     PollPage {
-        events: rows,
+        more: next < window.head && !ids.is_empty(),
+        ids,
+        envelopes,
         next,
-        more,
         gap,
         head: window.head,
     }
@@ -77,18 +103,13 @@ pub fn cut_page(req: &PollRequest, window: Window, mut rows: Vec<StoredEvent>) -
 impl PollPage {
     /// `{"channel","events":[envelopes],"next","more","head","gap"?,"earliest"?}`.
     pub fn encode(&self, channel: &ChannelName) -> String {
-        let events: Vec<String> = self
-            .events
-            .iter()
-            .map(|e| encode_envelope(e.id, channel, &e.event_type, &e.data, e.time_ms))
-            .collect();
         let gap = self.gap.map_or_else(String::new, |earliest| {
             format!(",\"gap\":true,\"earliest\":{earliest}")
         });
         let name = serde_json::to_string(channel.as_str()).unwrap_or_default();
         format!(
             "{{\"channel\":{name},\"events\":[{}],\"next\":{},\"more\":{},\"head\":{}{gap}}}",
-            events.join(","),
+            self.envelopes.join(","),
             self.next,
             self.more,
             self.head
@@ -140,7 +161,15 @@ mod tests {
     }
 
     fn req(cursor: Option<u64>, limit: u32) -> PollRequest {
-        PollRequest { cursor, limit }
+        PollRequest {
+            cursor,
+            limit,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn channel() -> ChannelName {
+        ChannelName::parse("c").unwrap()
     }
 
     const W10: Window = Window {
@@ -220,10 +249,9 @@ mod tests {
             ),
         ];
         for (r, w, got_rows, next, more, gap, ids) in cases {
-            let page = cut_page(&r, w, got_rows);
-            let got_ids: Vec<u64> = page.events.iter().map(|e| e.id).collect();
+            let page = cut_page(&r, w, got_rows, &channel());
             assert_eq!(
-                (page.next, page.more, page.gap, got_ids),
+                (page.next, page.more, page.gap, page.ids),
                 (next, more, gap, ids),
                 "{r:?} {w:?}"
             );
@@ -232,8 +260,8 @@ mod tests {
 
     #[test]
     fn encoded_page() {
-        let c = ChannelName::parse("c").unwrap();
-        let page = cut_page(&req(Some(0), 1), W10, rows(1..=2));
+        let c = channel();
+        let page = cut_page(&req(Some(0), 1), W10, rows(1..=2), &c);
         let v: serde_json::Value = serde_json::from_str(&page.encode(&c)).unwrap();
         assert_eq!(v["next"], 1);
         assert_eq!(v["more"], true);
@@ -247,12 +275,60 @@ mod tests {
                 earliest: 9,
             },
             rows(9..=10),
+            &c,
         );
         let v: serde_json::Value = serde_json::from_str(&gap.encode(&c)).unwrap();
         assert_eq!(
             (v["gap"].clone(), v["earliest"].clone()),
             (true.into(), 9.into())
         );
+    }
+
+    fn sized(id: u64, bytes: usize) -> StoredEvent {
+        StoredEvent {
+            data: format!("\"{}\"", "x".repeat(bytes)),
+            ..ev(id)
+        }
+    }
+
+    #[test]
+    fn pages_are_cut_by_bytes_and_hold_at_least_one_event() {
+        let c = channel();
+        let one = encode_envelope(1, &c, "message", &sized(1, 1000).data, 0).len() + 1;
+        let budget = |n: usize| PollRequest {
+            cursor: Some(0),
+            limit: 100,
+            max_bytes: n,
+        };
+        let ten: Vec<StoredEvent> = (1..=10).map(|id| sized(id, 1000)).collect();
+        // Room for exactly three.
+        let page = cut_page(&budget(3 * one), W10, ten.clone(), &c);
+        assert_eq!(
+            (page.ids.clone(), page.next, page.more),
+            (vec![1, 2, 3], 3, true)
+        );
+        assert!(page.encode(&c).len() <= 3 * one + 100);
+        // One byte short of three: two.
+        let page = cut_page(&budget(3 * one - 1), W10, ten.clone(), &c);
+        assert_eq!(page.ids, vec![1, 2]);
+        // Smaller than one event: that one event anyway, and the cursor moves.
+        let page = cut_page(&budget(10), W10, ten.clone(), &c);
+        assert_eq!((page.ids, page.next, page.more), (vec![1], 1, true));
+        // Everything fits: the last page.
+        let page = cut_page(&budget(1 << 20), W10, ten, &c);
+        assert_eq!((page.ids.len(), page.next, page.more), (10, 10, false));
+    }
+
+    #[test]
+    fn data_at_the_deepest_allowed_level_reads_back_with_serde_json_defaults() {
+        let cap = crate::config::MAX_DATA_DEPTH_CAP;
+        let data = format!("{}1{}", "[".repeat(cap), "]".repeat(cap));
+        let c = channel();
+        let mut e = ev(1);
+        e.data = data;
+        let body = cut_page(&req(Some(0), 10), W10, vec![e], &c).encode(&c);
+        let page: Result<serde_json::Value, _> = serde_json::from_str(&body);
+        assert!(page.is_ok(), "{:?}", page.err());
     }
 
     #[test]

@@ -15,9 +15,11 @@ pub const BINDING: &str = "DB";
 
 /// Rows go to D1 as one JSON parameter expanded by `json_each`: two statements per write
 /// whatever the batch size, under D1's 100-parameter limit.
-const INSERT_EVENTS: &str = "INSERT OR IGNORE INTO events (channel, seq, type, data, time_ms) \
+const INSERT_EVENTS: &str = "INSERT OR IGNORE INTO events \
+       (channel, seq, type, data, time_ms, size) \
      SELECT ?1, json_extract(value, '$.id'), json_extract(value, '$.type'), \
-            json_extract(value, '$.data'), json_extract(value, '$.time') \
+            json_extract(value, '$.data'), json_extract(value, '$.time'), \
+            length(CAST(json_extract(value, '$.data') AS BLOB)) \
      FROM json_each(?2)";
 
 /// `head` only moves forward, so a retried older batch can never move it back.
@@ -27,12 +29,23 @@ const UPSERT_CHANNEL: &str = "INSERT INTO channels (channel, head, earliest, upd
        earliest = max(earliest, excluded.earliest), updated_ms = excluded.updated_ms";
 
 /// One query for a whole poll: the channel's mirrored window and the page's rows, read in one
-/// statement so they agree. Rows are bounded by the head read with them.
-const SELECT_PAGE: &str = "SELECT c.head AS head, c.earliest AS earliest, e.seq AS seq, \
-       e.type AS type, e.data AS data, e.time_ms AS time_ms \
-     FROM channels c LEFT JOIN events e \
-       ON e.channel = c.channel AND e.seq > ?2 AND e.seq >= c.earliest AND e.seq <= c.head \
-     WHERE c.channel = ?1 ORDER BY e.seq LIMIT ?3";
+/// statement so they agree. Rows are bounded by the head read with them, by `?3` (the limit
+/// plus one) and by size: `page` finds, from the `events_size` index alone, the rows that start
+/// before `?4` bytes of data, so the data of rows past the cut is never read. Data is smaller
+/// than its envelope, so this is every row the page can hold, plus at most one.
+const SELECT_PAGE: &str = "WITH page AS ( \
+       SELECT seq, sum(size) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING \
+                                   AND 1 PRECEDING) AS before \
+       FROM (SELECT e.seq AS seq, e.size AS size FROM events e, channels h \
+             WHERE h.channel = ?1 AND e.channel = ?1 AND e.seq > ?2 \
+               AND e.seq >= h.earliest AND e.seq <= h.head \
+             ORDER BY e.seq LIMIT ?3)) \
+     SELECT c.head AS head, c.earliest AS earliest, e.seq AS seq, e.type AS type, \
+       e.data AS data, e.time_ms AS time_ms \
+     FROM channels c \
+       LEFT JOIN page p ON coalesce(p.before, 0) < ?4 \
+       LEFT JOIN events e ON e.channel = c.channel AND e.seq = p.seq \
+     WHERE c.channel = ?1 ORDER BY p.seq";
 
 #[derive(Serialize)]
 struct MirrorRow<'a> {
@@ -162,6 +175,7 @@ pub async fn read_page(
         JsValue::from_str(channel.as_str()),
         JsValue::from_f64(after as f64),
         JsValue::from_f64(f64::from(req.limit) + 1.0),
+        JsValue::from_f64(req.max_bytes as f64),
     ])?;
     let rows: Vec<PageRow> = statement.all().await?.results()?;
     let Some(first) = rows.first() else {

@@ -190,7 +190,11 @@ async fn poll(
         Some(s) => parse_limit(&s, config.poll_max_limit)?,
         None => config.poll_default_limit,
     };
-    let request = PollRequest { cursor, limit };
+    let request = PollRequest {
+        cursor,
+        limit,
+        max_bytes: config.max_page_bytes,
+    };
     let if_none_match = req.headers().get("if-none-match").ok().flatten();
     let now = Date::now().as_millis() as i64;
     let cached = WINDOWS.with(|w| {
@@ -216,8 +220,11 @@ async fn poll(
             let response = if unchanged(&etag) {
                 Response::builder().with_status(304).empty()
             } else {
-                json(200, cut_page(&request, window, rows).encode(channel))
-                    .map_err(internal("answering"))?
+                json(
+                    200,
+                    cut_page(&request, window, rows, channel).encode(channel),
+                )
+                .map_err(internal("answering"))?
             };
             (etag, response)
         }
