@@ -173,6 +173,45 @@ impl Grant {
     }
 }
 
+/// Who is publishing, as far as idempotency keys go: a digest of the token's `sub`, or of the
+/// token itself when it has none. Keys are scoped to it, so one publisher can neither squat
+/// another's keys nor learn whether a key was used. Hex on the wire between the Worker and the
+/// channel's object; the digest keeps subjects out of storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publisher([u8; 16]);
+
+impl Publisher {
+    pub fn of(sub: Option<&str>, token: &str) -> Publisher {
+        use sha2::Digest;
+        let mut hash = Sha256::new();
+        match sub {
+            Some(sub) => hash.update([b"sub\0".as_slice(), sub.as_bytes()].concat()),
+            None => hash.update([b"token\0".as_slice(), token.as_bytes()].concat()),
+        }
+        let mut id = [0u8; 16];
+        for (to, from) in id.iter_mut().zip(hash.finalize()) {
+            *to = from;
+        }
+        Publisher(id)
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Reads `hex` back; `None` unless it is exactly what `hex` writes.
+    pub fn parse(hex: &str) -> Option<Publisher> {
+        if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, to) in id.iter_mut().enumerate() {
+            *to = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Publisher(id))
+    }
+}
+
 /// The keyed MAC over a token's signing input. HMAC takes keys of any length, so this is `None`
 /// only in theory.
 fn mac(secret: &[u8], signing_input: &str) -> Option<HmacSha256> {

@@ -571,3 +571,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn publishers_are_the_subject_or_else_the_token() {
+    let a = Publisher::of(Some("backend"), "t1");
+    assert_eq!(
+        a,
+        Publisher::of(Some("backend"), "t2"),
+        "same sub, any token"
+    );
+    assert_ne!(a, Publisher::of(Some("other"), "t1"));
+    assert_ne!(Publisher::of(None, "t1"), Publisher::of(None, "t2"));
+    assert_ne!(
+        Publisher::of(None, "backend"),
+        Publisher::of(Some("backend"), "x")
+    );
+    assert_eq!(Publisher::parse(&a.hex()), Some(a));
+    for bad in ["", "00", &"g".repeat(32), &"A".repeat(32), &"0".repeat(33)] {
+        assert_eq!(Publisher::parse(bad), None, "{bad}");
+    }
+}

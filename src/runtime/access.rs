@@ -2,7 +2,7 @@
 //! header cannot be set), verifies it with `AUTH_SECRET`, and checks the right for one channel.
 //! Anonymous subscribers are let in on `PUBLIC_CHANNELS` only. Nothing here logs a token.
 
-use crate::auth::{self, Action, Grant, TokenSource};
+use crate::auth::{self, Action, Grant, Publisher, TokenSource};
 use crate::config::Config;
 use crate::error::{Error, TokenFault};
 use crate::protocol::query::query_param;
@@ -19,6 +19,8 @@ pub struct Access {
     /// When the token stops being accepted (unix seconds: `exp` plus the clock skew); `None` for
     /// anonymous access to a public channel.
     pub expires: Option<i64>,
+    /// Whose idempotency keys a publish uses (`None` for anonymous access).
+    pub publisher: Option<Publisher>,
 }
 
 /// Where the request's token is, if it has one.
@@ -42,6 +44,13 @@ impl Credentials {
             _ => None,
         };
         Credentials { token }
+    }
+
+    fn token_text(&self) -> Option<&str> {
+        match &self.token {
+            Some(Ok((token, _))) => Some(token),
+            _ => None,
+        }
     }
 
     /// The verified grant; 401 without a token or with a bad one.
@@ -76,6 +85,7 @@ impl Credentials {
             return Ok(Access {
                 publish: false,
                 expires: None,
+                publisher: None,
             });
         }
         let grant = self.grant(env, config)?;
@@ -93,6 +103,9 @@ impl Credentials {
             // The same leeway as verification: a stream must not end while a reconnect with
             // the same token would still be let in, or the client would loop until it is not.
             expires: Some(grant.exp.saturating_add(auth::CLOCK_SKEW_SECONDS)),
+            publisher: self
+                .token_text()
+                .map(|t| Publisher::of(grant.sub.as_deref(), t)),
         })
     }
 }

@@ -5,8 +5,9 @@ use super::access::Access;
 use super::http::internal;
 use super::hub::{
     BatchItem, CHANNEL_HEADER, EXPIRES_HEADER, KEY_HEADER, PATH_INFO, PATH_PUBLISH, PATH_PURGE,
-    PATH_SUBSCRIBE, PUBLISH_HEADER,
+    PATH_SUBSCRIBE, PUBLISHER_HEADER, PUBLISH_HEADER,
 };
+use crate::auth::Publisher;
 use crate::channel::fanout::Transport;
 use crate::error::Error;
 use crate::protocol::publish::NewEvent;
@@ -32,8 +33,14 @@ impl Hub {
         })
     }
 
-    /// Stores a validated batch; the answer is the object's 201 (or its problem).
-    pub async fn publish(&self, events: &[NewEvent], key: Option<&str>) -> Result<Response, Error> {
+    /// Stores a validated batch; the answer is the object's 201 (or its problem). An
+    /// idempotency key is `publisher`'s own.
+    pub async fn publish(
+        &self,
+        events: &[NewEvent],
+        key: Option<&str>,
+        publisher: Option<Publisher>,
+    ) -> Result<Response, Error> {
         let items: Vec<BatchItem> = events
             .iter()
             .map(|e| BatchItem {
@@ -47,6 +54,11 @@ impl Hub {
         if let Some(key) = key {
             headers
                 .set(KEY_HEADER, key)
+                .map_err(internal("building a publish"))?;
+        }
+        if let Some(publisher) = publisher {
+            headers
+                .set(PUBLISHER_HEADER, &publisher.hex())
                 .map_err(internal("building a publish"))?;
         }
         self.call(Method::Post, PATH_PUBLISH, headers, Some(body))
@@ -79,6 +91,9 @@ impl Hub {
         };
         set("upgrade", "websocket")?;
         set(PUBLISH_HEADER, if access.publish { "1" } else { "0" })?;
+        if let (true, Some(publisher)) = (access.publish, access.publisher) {
+            set(PUBLISHER_HEADER, &publisher.hex())?;
+        }
         if let Some(exp) = access.expires {
             set(EXPIRES_HEADER, &exp.to_string())?;
         }

@@ -45,6 +45,10 @@ pub fn internal(context: &str) -> impl Fn(worker::Error) -> Error + '_ {
     move |e| Error::Internal(format!("{context}: {e}"))
 }
 
+/// How much of a refused body is read and dropped before the answer, so that an HTTP/1.1
+/// connection (and a proxy in front, such as `wrangler dev`'s) sees the request end normally.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+
 /// The body as bytes, read as a stream and refused with 413 at the first chunk that takes it
 /// over `max` (or before reading, when `Content-Length` already says so): a hostile body never
 /// costs more than `max` plus one chunk of memory.
@@ -63,18 +67,24 @@ pub async fn read_body(req: &mut Request, max: usize) -> Result<Vec<u8>, Error> 
     let unreadable = |_| Error::bad_request("the request body could not be read to its end");
     let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
     let mut body = Vec::new();
+    let mut refused = false;
+    let mut read = 0usize;
     loop {
         let chunk = JsFuture::from(reader.read()).await.map_err(unreadable)?;
         let done = Reflect::get(&chunk, &JsValue::from_str("done")).map_err(unreadable)?;
         if done.as_bool().unwrap_or(true) {
-            return Ok(body);
+            return if refused { Err(too_large()) } else { Ok(body) };
         }
         let value = Reflect::get(&chunk, &JsValue::from_str("value")).map_err(unreadable)?;
         let bytes = Uint8Array::new(&value);
-        if body.len().saturating_add(bytes.length() as usize) > max {
-            // Stop the upload: the rest is never read.
-            let _ = reader.cancel();
-            return Err(too_large());
+        read = read.saturating_add(bytes.length() as usize);
+        if read > max {
+            refused = true;
+            body = Vec::new();
+            if read > DRAIN_BYTES {
+                return Err(too_large());
+            }
+            continue;
         }
         body.extend_from_slice(&bytes.to_vec());
     }

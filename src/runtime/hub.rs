@@ -5,9 +5,10 @@
 
 use super::alarm::{self, Alarm};
 use super::http::{internal, json, problem};
-use super::log::{Batch, ChannelLog, Key, NewRow, Published, Recalled, KEY_TTL_MS};
+use super::log::{Batch, ChannelLog, Key, LogState, NewRow, Published, Recalled, KEY_TTL_MS};
 use super::mirror;
 use super::subscribers::{self, Attachment, FlowCheck, Join};
+use crate::auth::Publisher;
 use crate::channel::fanout::{Frames, Transport};
 use crate::channel::flow::{self, Credit, Floor, Report};
 use crate::channel::poll::StoredEvent;
@@ -38,6 +39,8 @@ pub const PUBLISH_HEADER: &str = "x-edgehub-publish";
 pub const EXPIRES_HEADER: &str = "x-edgehub-expires";
 /// The publish's validated `Idempotency-Key`, when it has one.
 pub const KEY_HEADER: &str = "x-edgehub-idempotency-key";
+/// Whose idempotency keys a publish (or a socket's publishes) uses: `Publisher::hex`.
+pub const PUBLISHER_HEADER: &str = "x-edgehub-publisher";
 pub const PATH_PUBLISH: &str = "/publish";
 pub const PATH_PURGE: &str = "/purge";
 pub const PATH_INFO: &str = "/info";
@@ -49,6 +52,21 @@ pub struct BatchItem {
     #[serde(rename = "type")]
     pub event_type: String,
     pub data: String,
+}
+
+/// An idempotency key and whose it is.
+#[derive(Clone, Copy)]
+struct Scoped<'a> {
+    key: &'a str,
+    publisher: Option<Publisher>,
+}
+
+impl Scoped<'_> {
+    /// The key as stored: the same key from another publisher is another key.
+    fn stored(&self) -> String {
+        let publisher = self.publisher.map_or_else(String::new, |p| p.hex());
+        format!("{publisher}/{}", self.key)
+    }
 }
 
 /// What a commit gave: the ids and time, and whether it was a replay of an earlier publish.
@@ -205,9 +223,11 @@ impl ChannelHub {
         match (req.method(), req.path().as_str()) {
             (Method::Post, PATH_PUBLISH) => {
                 let key = header(&req, KEY_HEADER);
+                let publisher = header(&req, PUBLISHER_HEADER).and_then(|h| Publisher::parse(&h));
                 let items: Vec<BatchItem> =
                     req.json().await.map_err(internal("reading a batch"))?;
-                let done = self.commit(&channel, items, key.as_deref())?;
+                let key = key.as_deref().map(|key| Scoped { key, publisher });
+                let done = self.commit(&channel, items, key)?;
                 let p = done.published;
                 let time =
                     serde_json::to_string(&format_time(p.time_ms as i64).unwrap_or_default())?;
@@ -238,9 +258,10 @@ impl ChannelHub {
         &self,
         channel: &ChannelName,
         items: Vec<BatchItem>,
-        key: Option<&str>,
+        key: Option<Scoped<'_>>,
     ) -> std::result::Result<Committed, Error> {
         let log = self.log()?;
+        let stored_key = key.map(|k| k.stored());
         let print = key.map(|_| {
             fingerprint(
                 items
@@ -248,7 +269,8 @@ impl ChannelHub {
                     .map(|i| (i.event_type.as_str(), i.data.as_str())),
             )
         });
-        let key = key
+        let key = stored_key
+            .as_deref()
             .zip(print.as_deref())
             .map(|(key, fingerprint)| Key { key, fingerprint });
         if let Some(key) = &key {
@@ -265,6 +287,7 @@ impl ChannelHub {
         }
         let now = Date::now().as_millis() as i64;
         let count = items.len() as u64;
+        let first_write = !log.born();
         let (head, before) = log
             .state()
             .map_err(internal("reading the state"))?
@@ -306,6 +329,16 @@ impl ChannelHub {
             self.policy(),
         )
         .map_err(internal("storing events"))?;
+        if first_write {
+            // Subscribers of a channel without storage got no expiry alarm (it would have
+            // stored one): close the expired now, before they are sent anything, and set it.
+            if let Some(exp) = subscribers::close_expired(&self.state, now / 1000) {
+                let (alarm, storage) = (self.alarm.clone(), self.state.storage());
+                alarm::in_background(&self.state, async move {
+                    alarm.at_most(&storage, exp as f64 * 1000.0).await
+                });
+            }
+        }
         let check = FlowCheck {
             window: self.flow_window(),
             end,
@@ -371,9 +404,7 @@ impl ChannelHub {
         };
         attachment.credit = Some(moved);
         if let Some(sent) = attachment.sent {
-            let channel = state
-                .and_then(|s| ChannelName::parse(&s.channel).ok())
-                .ok_or_else(|| Error::Internal("socket on a channel without a name".into()))?;
+            let channel = self.socket_channel(ws, state)?;
             let window = self.flow_window();
             subscribers::resume_replay(ws, log, &channel, sent, &mut attachment, window)?;
             if attachment.sent.is_some() {
@@ -407,18 +438,17 @@ impl ChannelHub {
             .log()
             .and_then(|log| log.state().map_err(internal("reading the state")))
             .map_err(with_ref)?;
-        let channel = state
-            .and_then(|s| ChannelName::parse(&s.channel).ok())
-            .ok_or_else(|| {
-                with_ref(Error::Internal("socket on a channel without a name".into()))
-            })?;
+        let channel = self.socket_channel(ws, state).map_err(with_ref)?;
         let item = BatchItem {
             event_type: publish.event.event_type.as_str().to_string(),
             data: publish.event.data,
         };
-        let done = self
-            .commit(&channel, vec![item], publish.idempotency_key.as_deref())
-            .map_err(with_ref)?;
+        let publisher = subscribers::tagged(&self.state, ws).publisher;
+        let key = publish
+            .idempotency_key
+            .as_deref()
+            .map(|key| Scoped { key, publisher });
+        let done = self.commit(&channel, vec![item], key).map_err(with_ref)?;
         let _ = ws.send_with_str(ack_frame(
             reference.as_deref(),
             done.published.first_id as u64,
@@ -426,15 +456,27 @@ impl ChannelHub {
         Ok(())
     }
 
+    /// The channel a socket was accepted for: its tag, or else (a socket accepted before
+    /// tags) the name the log stored.
+    fn socket_channel(
+        &self,
+        ws: &WebSocket,
+        state: Option<LogState>,
+    ) -> std::result::Result<ChannelName, Error> {
+        subscribers::tagged(&self.state, ws)
+            .channel
+            .or_else(|| state.and_then(|s| ChannelName::parse(&s.channel).ok()))
+            .ok_or_else(|| Error::Internal("socket on a channel without a name".into()))
+    }
+
+    /// Accepts a subscriber socket. Nothing is stored for it: a channel that never had an
+    /// event stays without storage, and its expiry alarm waits for the first publish.
     async fn subscribe(
         &self,
         req: &Request,
         channel: &ChannelName,
     ) -> std::result::Result<Response, Error> {
         let log = self.log()?;
-        // Remember the name now, so a socket's publish on a fresh channel knows it.
-        log.name(channel.as_str())
-            .map_err(internal("naming the channel"))?;
         let url = req.url().map_err(internal("reading the URL"))?;
         let query = url.query().unwrap_or("");
         let transport = query_param(query, "transport")
@@ -449,6 +491,7 @@ impl ChannelHub {
         let exp = header(req, EXPIRES_HEADER).and_then(|v| v.parse::<i64>().ok());
         let join = Join {
             channel,
+            publisher: header(req, PUBLISHER_HEADER).and_then(|h| Publisher::parse(&h)),
             attachment: Attachment::new(transport, publish, exp),
             cursor,
             window: log.window().map_err(internal("reading the window"))?,
@@ -458,7 +501,7 @@ impl ChannelHub {
         let accepted = subscribers::accept(&self.state, log, join, &self.floor)?;
         self.check_stall_at(accepted.stalls_at).await;
         let client = accepted.client;
-        if let Some(exp) = exp {
+        if let (Some(exp), true) = (exp, log.born()) {
             self.alarm
                 .at_most(&self.state.storage(), exp as f64 * 1000.0)
                 .await;

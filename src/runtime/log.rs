@@ -3,12 +3,14 @@
 //! (`mirrored`, and the `earliest` it last wrote) and the stream position after the head's event
 //! frame (`bytes`, see `channel::flow`). Idempotency keys live beside the events.
 //! Appends run in one `transactionSync`, so a batch, its key and its pruning commit together.
+//! A log is created by its first write (`append`): until then reads find it empty and nothing
+//! is stored, so a reader or subscriber of a channel that never had an event leaves no storage.
 
 use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::channel::Window;
 use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use worker::js_sys::{Function, Reflect};
 use worker::wasm_bindgen::closure::Closure;
@@ -127,27 +129,67 @@ struct Fingerprinted {
 #[derive(Clone)]
 pub struct ChannelLog {
     sql: SqlStorage,
+    /// True once the tables exist (this object has stored something).
+    born: Rc<Cell<bool>>,
 }
+
+/// Keys whose events are all gone (pruned or purged) answer nothing any more: a retry would
+/// get ids that no longer exist. Run after every deletion of events, so keys never outnumber
+/// the retained events.
+const DROP_ANSWERED_KEYS: &str = "DELETE FROM idempotency WHERE first_id + count <= \
+     coalesce((SELECT min(seq) FROM events), (SELECT head + 1 FROM state WHERE id = 1), 0)";
 
 fn int(n: u64) -> SqlStorageValue {
     SqlStorageValue::Integer(n as i64)
 }
 
 impl ChannelLog {
+    /// Opens the log without writing: an object that has never stored anything stays without
+    /// storage. A log made by an earlier version gets its missing tables and columns now.
     pub fn open(storage: &Storage) -> worker::Result<Self> {
         let sql = storage.sql();
-        for statement in SCHEMA {
-            sql.exec(statement, None)?;
-        }
-        for (probe, upgrade) in UPGRADES {
-            if sql.exec(probe, None).is_err() {
-                sql.exec(upgrade, None)?;
+        let tables: Vec<Single> = sql
+            .exec(
+                "SELECT count(*) AS value FROM sqlite_master WHERE type = 'table' \
+                 AND name = 'state'",
+                None,
+            )?
+            .to_array()?;
+        let log = ChannelLog {
+            sql,
+            born: Rc::new(Cell::new(false)),
+        };
+        if tables.first().and_then(|t| t.value).unwrap_or(0.0) > 0.0 {
+            log.create()?;
+            for (probe, upgrade) in UPGRADES {
+                if log.sql.exec(probe, None).is_err() {
+                    log.sql.exec(upgrade, None)?;
+                }
             }
         }
-        Ok(ChannelLog { sql })
+        Ok(log)
+    }
+
+    /// True once this object has stored something.
+    pub fn born(&self) -> bool {
+        self.born.get()
+    }
+
+    /// Creates the tables (the first write of this object's storage).
+    fn create(&self) -> worker::Result<()> {
+        if !self.born.get() {
+            for statement in SCHEMA {
+                self.sql.exec(statement, None)?;
+            }
+            self.born.set(true);
+        }
+        Ok(())
     }
 
     pub fn state(&self) -> worker::Result<Option<LogState>> {
+        if !self.born.get() {
+            return Ok(None);
+        }
         let rows: Vec<LogState> = self
             .sql
             .exec(
@@ -164,6 +206,9 @@ impl ChannelLog {
         query: &str,
         bindings: impl Into<Option<Vec<SqlStorageValue>>>,
     ) -> worker::Result<Option<f64>> {
+        if !self.born.get() {
+            return Ok(None);
+        }
         let rows: Vec<Single> = self.sql.exec(query, bindings)?.to_array()?;
         Ok(rows.into_iter().next().and_then(|r| r.value))
     }
@@ -200,6 +245,7 @@ impl ChannelLog {
         key: Option<Key<'_>>,
         policy: Policy,
     ) -> worker::Result<()> {
+        self.create()?;
         let sql = self.sql.clone();
         let channel = channel.to_string();
         let key = key.map(|k| (k.key.to_string(), k.fingerprint.to_string()));
@@ -234,6 +280,7 @@ impl ChannelLog {
                 "DELETE FROM events WHERE seq <= ?1",
                 vec![int(prune.through_id)],
             )?;
+            sql.exec(DROP_ANSWERED_KEYS, None)?;
             Ok(())
         })
     }
@@ -259,6 +306,9 @@ impl ChannelLog {
     }
 
     fn key(&self, key: &str) -> worker::Result<Option<Fingerprinted>> {
+        if !self.born.get() {
+            return Ok(None);
+        }
         let rows: Vec<Fingerprinted> = self
             .sql
             .exec(
@@ -271,6 +321,9 @@ impl ChannelLog {
 
     /// Age pruning, run by the alarm: events past `policy`'s age and keys past `KEY_TTL_MS`.
     pub fn prune_by_age(&self, policy: Policy, now_ms: i64) -> worker::Result<()> {
+        if !self.born.get() {
+            return Ok(());
+        }
         let prune = policy.prune(0, now_ms);
         self.sql.exec(
             // `<=`: the alarm fires at exactly oldest + max age, and must then delete it.
@@ -281,6 +334,7 @@ impl ChannelLog {
             "DELETE FROM idempotency WHERE time_ms <= ?1",
             vec![SqlStorageValue::Integer(now_ms.saturating_sub(KEY_TTL_MS))],
         )?;
+        self.sql.exec(DROP_ANSWERED_KEYS, None)?;
         Ok(())
     }
 
@@ -296,9 +350,13 @@ impl ChannelLog {
         Ok((event.map(|t| t as i64), key.map(|t| t as i64)))
     }
 
-    /// Drops every retained event; ids are not reused (`head` stays).
+    /// Drops every retained event, and the idempotency keys that answered them; ids are not
+    /// reused (`head` stays). A log never written stays unwritten.
     pub fn purge(&self) -> worker::Result<()> {
-        self.sql.exec("DELETE FROM events", None)?;
+        if self.born.get() {
+            self.sql.exec("DELETE FROM events", None)?;
+            self.sql.exec(DROP_ANSWERED_KEYS, None)?;
+        }
         Ok(())
     }
 
@@ -310,6 +368,9 @@ impl ChannelLog {
         limit: u64,
         below: Option<u64>,
     ) -> worker::Result<Vec<StoredEvent>> {
+        if !self.born.get() {
+            return Ok(Vec::new());
+        }
         let below = below.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let rows: Vec<Row> = self
             .sql
@@ -328,16 +389,6 @@ impl ChannelLog {
                 time_ms: r.time_ms as i64,
             })
             .collect())
-    }
-
-    /// Records the channel's name before its first event (a subscriber can come first).
-    pub fn name(&self, channel: &str) -> worker::Result<()> {
-        self.sql.exec(
-            "INSERT INTO state (id, channel, head, mirrored) VALUES (1, ?1, 0, 0) \
-             ON CONFLICT (id) DO NOTHING",
-            vec![channel.into()],
-        )?;
-        Ok(())
     }
 
     /// Notes what D1 now holds: every id through `mirrored`, and `earliest` as its window start.

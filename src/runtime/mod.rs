@@ -90,7 +90,7 @@ async fn handle(
         Route::Health => json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering")),
         Route::Demo => demo::page(env, config),
         Route::Publish(channel) => {
-            credentials.check(env, config, Action::Publish, &channel)?;
+            let access = credentials.check(env, config, Action::Publish, &channel)?;
             if !is_json(&req) {
                 return Err(Error::UnsupportedMediaType);
             }
@@ -101,7 +101,7 @@ async fn handle(
                 None => None,
             };
             Hub::get(env, &channel)?
-                .publish(&events, key.as_deref())
+                .publish(&events, key.as_deref(), access.publisher)
                 .await
         }
         Route::Purge(channel) => {

@@ -7,6 +7,7 @@
 //! (`resume_replay`), and until they have caught up they get no live events.
 
 use super::log::ChannelLog;
+use crate::auth::Publisher;
 use crate::channel::fanout::{deliver, Frames, Sink, Transport};
 use crate::channel::flow::{Credit, Floor};
 use crate::channel::{plan_replay, Replay, Window};
@@ -157,9 +158,38 @@ fn open<E>(list: Result<Vec<worker::web_sys::WebSocket>, E>) -> Vec<WebSocket> {
     .unwrap_or_default()
 }
 
+/// Tag prefixes for what a socket was accepted for that its attachment has no room for: the
+/// channel's name (a socket's publish may be the first write of its object, which then knows
+/// no name) and the publisher its idempotency keys belong to. Tags survive hibernation too.
+const CHANNEL_TAG: &str = "channel:";
+const PUBLISHER_TAG: &str = "publisher:";
+
+/// What a socket's tags say about it.
+#[derive(Default)]
+pub struct Tagged {
+    pub channel: Option<ChannelName>,
+    pub publisher: Option<Publisher>,
+}
+
+/// Reads a socket's tags (a socket accepted before tags were used has none).
+pub fn tagged(state: &State, ws: &WebSocket) -> Tagged {
+    let mut found = Tagged::default();
+    let raw: &worker::web_sys::WebSocket = ws.as_ref();
+    for tag in state.as_raw().get_tags(raw).unwrap_or_default() {
+        if let Some(name) = tag.strip_prefix(CHANNEL_TAG) {
+            found.channel = ChannelName::parse(name).ok();
+        } else if let Some(hex) = tag.strip_prefix(PUBLISHER_TAG) {
+            found.publisher = Publisher::parse(hex);
+        }
+    }
+    found
+}
+
 /// A subscriber about to be accepted.
 pub struct Join<'a> {
     pub channel: &'a ChannelName,
+    /// Whose idempotency keys its publishes use (a socket that may publish).
+    pub publisher: Option<Publisher>,
     pub attachment: Attachment,
     pub cursor: Option<u64>,
     pub window: Window,
@@ -211,9 +241,15 @@ pub fn accept(
     }
     let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
     let server = pair.server;
-    let tags = vec![worker::wasm_bindgen::JsValue::from_str(
-        attachment.transport.tag(),
-    )];
+    let tags = [attachment.transport.tag().to_string()]
+        .into_iter()
+        .chain([format!("{CHANNEL_TAG}{channel}")])
+        .chain(
+            join.publisher
+                .map(|p| format!("{PUBLISHER_TAG}{}", p.hex())),
+        )
+        .map(|tag| JsValue::from_str(&tag))
+        .collect();
     state
         .as_raw()
         .accept_websocket_with_tags(server.as_ref(), tags)

@@ -95,6 +95,44 @@ impl Hub {
         self.runtime.d1(sql).await
     }
 
+    /// What the hub's Durable Objects have stored: how many objects hold a table of their own,
+    /// and how many alarms are set. (`wrangler dev` writes each object's name into a file of
+    /// its own the first time the object runs, `__miniflare_do_name`; that is the local
+    /// runtime's, not the hub's, and not counted.) Read with Python's sqlite3, read-only.
+    pub fn stored_objects_and_alarms(&self) -> (usize, usize) {
+        const PROBE: &str = r#"
+import glob, os, sqlite3, sys
+objects = alarms = 0
+for path in glob.glob(os.path.join(sys.argv[1], "*.sqlite")):
+    db = sqlite3.connect("file:" + path + "?mode=ro", uri=True)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if os.path.basename(path) == "metadata.sqlite":
+        alarms += db.execute("SELECT count(*) FROM _cf_ALARM").fetchone()[0] if "_cf_ALARM" in tables else 0
+    elif tables - {"__miniflare_do_name"}:
+        objects += 1
+print(objects, alarms)
+"#;
+        let dir = self.runtime.dir().join("v3/do/edgehub-ChannelHub");
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(PROBE)
+            .arg(&dir)
+            .output()
+            .expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut numbers = text
+            .split_whitespace()
+            .map(|n| n.parse().unwrap_or(usize::MAX));
+        match (numbers.next(), numbers.next()) {
+            (Some(objects), Some(alarms)) => (objects, alarms),
+            _ => panic!(
+                "reading {}: {text} {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
     /// Resident memory of every live process of the hub's group (workerd included), in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.runtime.rss_kib()

@@ -39,6 +39,7 @@ mod ws_client;
 mod cors;
 mod docs_examples;
 mod hostile;
+mod hostile_input;
 mod limits;
 mod schemathesis;
 mod security;
@@ -147,6 +148,7 @@ fn main() {
         cors::cases(),
         limits::cases(),
         hostile::cases(),
+        hostile_input::cases(),
         schemathesis::cases(),
         docs_examples::cases(),
     ]

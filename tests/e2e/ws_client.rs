@@ -141,6 +141,15 @@ impl WsClient {
         self.send_text(&value.to_string()).await;
     }
 
+    /// Sends `bytes` as one text frame as they are, valid UTF-8 or not.
+    pub async fn send_raw_text(&mut self, bytes: &[u8]) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
+        let frame = RawFrame::message(bytes.to_vec(), OpCode::Data(Data::Text), true);
+        let sent = self.socket.send(Message::Frame(frame)).await;
+        assert!(sent.is_ok(), "sending a raw text frame: {sent:?}");
+    }
+
     pub async fn send_binary(&mut self, bytes: &[u8]) {
         let sent = self.socket.send(Message::binary(bytes.to_vec())).await;
         assert!(sent.is_ok(), "sending binary: {sent:?}");

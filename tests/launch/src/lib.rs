@@ -140,6 +140,11 @@ impl Runtime {
         &self.base
     }
 
+    /// The persist directory (D1 and Durable Object storage live under its `v3/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The port clients connect to: wrangler dev's proxy.
     pub fn port(&self) -> u16 {
         self.port
