@@ -1,6 +1,7 @@
 // The no-op Worker: answers every request with "ok", the ceiling for the runtime's own path.
 // `/do/{name}` goes through a Durable Object that also only answers "ok": the ceiling for any
-// request that must reach a channel's object (a publish, a subscribe).
+// request that must reach a channel's object (a publish, a subscribe). `/big?bytes=N` answers a
+// fresh JSON body of about N bytes: what the runtime itself spends on serving large answers.
 export class NoopObject {
   fetch() {
     return new Response("ok");
@@ -13,6 +14,11 @@ export default {
     if (path.startsWith("/do/")) {
       const ns = env.NOOP_OBJECT;
       return ns.get(ns.idFromName(path.slice(4))).fetch(request);
+    }
+    if (path === "/big") {
+      const bytes = Number(new URL(request.url).searchParams.get("bytes")) || 0;
+      const body = JSON.stringify({ data: "x".repeat(Math.max(0, bytes - 12)) });
+      return new Response(body, { headers: { "content-type": "application/json" } });
     }
     return new Response("ok");
   },

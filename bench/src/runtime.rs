@@ -11,10 +11,15 @@ use edgehub_launch::{Options, Worker, HUB, NOOP};
 pub const SECRET: &[u8] = b"edgehub-bench-secret-not-for-production";
 
 /// The release hub (`build/worker/shim.mjs`, made by `make build`) with its production
-/// `[vars]` and the bench's `AUTH_SECRET`. `keep` keeps the dir of a runtime that fails to start.
+/// `[vars]`, the bench's `AUTH_SECRET` and `public:*` channels. `keep` keeps the dir of a runtime that fails to start.
 pub async fn start_hub(keep: bool) -> Result<Runtime, String> {
     let secret = String::from_utf8_lossy(SECRET).into_owned();
-    start(HUB, "hub", vec![("AUTH_SECRET".into(), secret)], keep).await
+    let vars = vec![
+        ("AUTH_SECRET".into(), secret),
+        // Anonymous pollers of the largest page (scenario 4).
+        ("PUBLIC_CHANNELS".into(), "public:*".into()),
+    ];
+    start(HUB, "hub", vars, keep).await
 }
 
 /// The no-op Worker of `bench/noop/`.

@@ -23,7 +23,7 @@ pub struct TokenRequest {
     pub sub: Option<String>,
 }
 
-/// The longest `sub` a minted token may carry.
+/// The longest `sub` a minted token may carry, in characters.
 pub const MAX_SUB_LEN: usize = 256;
 
 /// Levels of objects and arrays a token request may hold (its pattern lists are two).
@@ -67,13 +67,11 @@ pub fn delegate(
     };
     // A subject ends up in logs and in other systems' records: no line breaks or other
     // control characters that could forge entries there.
-    if req
-        .sub
-        .as_ref()
-        .is_some_and(|s| s.is_empty() || s.len() > MAX_SUB_LEN || s.chars().any(char::is_control))
-    {
+    if req.sub.as_ref().is_some_and(|s| {
+        s.is_empty() || s.chars().count() > MAX_SUB_LEN || s.chars().any(char::is_control)
+    }) {
         return Err(Error::bad_request(format!(
-            "sub is 1 to {MAX_SUB_LEN} bytes without control characters"
+            "sub is 1 to {MAX_SUB_LEN} characters, without control characters"
         )));
     }
     // A caller let in within the clock skew after its expiry could only mint a token that

@@ -137,6 +137,8 @@ pub struct Setup {
     pub hub_port: u16,
     pub hub_pgid: u32,
     pub noop: String,
+    pub noop_port: u16,
+    pub noop_pgid: u32,
     /// Keep the persist dirs of runtimes started by a scenario.
     pub keep: bool,
 }
@@ -148,6 +150,8 @@ impl Setup {
             hub_port: hub.port(),
             hub_pgid: hub.pgid().unwrap_or(0),
             noop: noop.base().to_string(),
+            noop_port: noop.port(),
+            noop_pgid: noop.pgid().unwrap_or(0),
             keep,
         }
     }

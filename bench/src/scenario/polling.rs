@@ -2,11 +2,15 @@
 //! other on a kept-alive connection, for `poll_seconds` per path: the no-op Worker (`GET /`,
 //! the runtime's own ceiling), a poll answered 200 (a page of 10 small events, read from D1),
 //! and the same poll with its `If-None-Match` answered 304. Each path gets a short warm-up.
+//! Then the largest page the limits allow: 5 anonymous pollers of a public channel asking for
+//! `limit=1000` of 60 KB events, with the worker workerd's memory sampled while they poll; and,
+//! as the runtime's own floor, 5 pollers of a no-op Worker path that answers a body as large.
 
 use std::time::{Duration, Instant};
 
 use super::{Plan, Setup};
 use crate::client;
+use crate::procfs;
 use crate::stats::{percentile_ms, Figures, Target, Unit};
 
 const SCENARIO: &str = "polling";
@@ -47,6 +51,8 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let noop = load(n, &noop_url, None, 200, seconds).await;
     let full = load(n, &url, None, 200, seconds).await;
     let not_modified = load(n, &url, Some(&etag), 304, seconds).await;
+
+    let big = big_pages(plan, setup).await?;
 
     let mut f = Figures::default();
     let mut add = |path: &str, label: &str, l: &Load| {
@@ -101,7 +107,49 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         Some(Target::AtLeast(50.0)),
         ratio(&not_modified),
     );
-    let errors = noop.errors + full.errors + not_modified.errors;
+    f.add(
+        SCENARIO,
+        "polling.big.page_kib",
+        "largest page: bytes of one answer",
+        Unit::Kib,
+        Some(Target::AtMost(1025.0)),
+        big.hub.page_bytes as f64 / 1024.0,
+    );
+    for (who, label, load) in [
+        ("hub", "poll", &big.hub),
+        ("noop", "no-op Worker", &big.noop),
+    ] {
+        f.add(
+            SCENARIO,
+            &format!("polling.big.{who}.per_s"),
+            &format!("largest page, {BIG_POLLERS} pollers, {label}: answers per second"),
+            Unit::PerSec,
+            None,
+            load.per_s,
+        );
+        f.add(
+            SCENARIO,
+            &format!("polling.big.{who}.growth_kib"),
+            &format!("largest page, {BIG_POLLERS} pollers, {label}: worker memory growth"),
+            Unit::Kib,
+            None,
+            load.peak_kib.saturating_sub(load.before_kib) as f64,
+        );
+    }
+    f.note(format!(
+        "polling: the largest page is {BIG_EVENTS} events of {BIG_DATA} bytes on a public \
+         channel ({} KiB answered), polled with `?since=0&limit=1000` by {BIG_POLLERS} anonymous \
+         pollers for {} s: the worker workerd's PSS went from {} KiB to a peak of {} KiB; the \
+         no-op Worker answering bodies as large (`/big`) went from {} KiB to {} KiB. Growth is \
+         the peak over the run (the runtime's heap grows until it collects)",
+        big.hub.page_bytes / 1024,
+        plan.poll_seconds,
+        big.hub.before_kib,
+        big.hub.peak_kib,
+        big.noop.before_kib,
+        big.noop.peak_kib
+    ));
+    let errors = noop.errors + full.errors + not_modified.errors + big.hub.errors + big.noop.errors;
     f.note(format!(
         "polling: {} pollers, {} s per path after {WARM_UP:?} of warm-up, with the bench's bearer \
          token (the no-op Worker gets the same header); a poll returns a page of {PAGE} events \
@@ -114,6 +162,108 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         }
     ));
     Ok(f)
+}
+
+const BIG_EVENTS: usize = 24;
+const BIG_DATA: usize = 60_000;
+const BIG_POLLERS: usize = 5;
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// What one largest-page load gave.
+struct BigLoad {
+    page_bytes: usize,
+    per_s: f64,
+    errors: u64,
+    before_kib: u64,
+    peak_kib: u64,
+}
+
+/// The hub's largest page, and the no-op Worker's body of the same size.
+struct BigPages {
+    hub: BigLoad,
+    noop: BigLoad,
+}
+
+/// `BIG_EVENTS` events of `BIG_DATA` bytes (more than a page holds), then `BIG_POLLERS`
+/// anonymous pollers asking for all of them at once while the worker's memory is sampled; then
+/// the same against the no-op Worker's `/big`, answering as many bytes.
+async fn big_pages(plan: &Plan, setup: &Setup) -> Result<BigPages, String> {
+    let c = format!("public:{}", client::channel("bigpage"));
+    let event = format!(r#"{{"data":"{}"}}"#, "x".repeat(BIG_DATA - 2));
+    for _ in 0..2 {
+        let batch = vec![event.as_str(); BIG_EVENTS / 2].join(",");
+        client::publish(&setup.hub, &c, format!("[{batch}]").into_bytes()).await?;
+    }
+    if !client::await_mirrored(&setup.hub, &c, MIRROR_WAIT).await {
+        return Err(format!(
+            "the mirror did not catch up within {MIRROR_WAIT:?}"
+        ));
+    }
+    let seconds = Duration::from_secs_f64(plan.poll_seconds);
+    let url = format!("{}/poll/{c}?since=0&limit=1000", setup.hub);
+    let hub = big_load(&url, (setup.hub_pgid, setup.hub_port), seconds).await?;
+    let url = format!("{}/big?bytes={}", setup.noop, hub.page_bytes);
+    let noop = big_load(&url, (setup.noop_pgid, setup.noop_port), seconds).await?;
+    Ok(BigPages { hub, noop })
+}
+
+/// `BIG_POLLERS` anonymous loops of GETs to `url` for `seconds`, while the worker workerd of
+/// the runtime `(pgid, port)` is sampled.
+async fn big_load(url: &str, runtime: (u32, u16), seconds: Duration) -> Result<BigLoad, String> {
+    let first = client::http()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if first.status().as_u16() != 200 {
+        return Err(format!("anonymous GET {url}: {}", first.status()));
+    }
+    let page_bytes = first.bytes().await.map_err(|e| e.to_string())?.len();
+    let worker = move || procfs::memory(runtime.0, runtime.1).role("workerd (worker)");
+    let before_kib = worker();
+    let stop = Instant::now() + seconds;
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while Instant::now() < stop {
+            peak = peak.max(worker());
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+        peak
+    });
+    let pollers: Vec<_> = (0..BIG_POLLERS)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let (mut ok, mut errors) = (0u64, 0u64);
+                while Instant::now() < stop {
+                    let answered = match client::http().get(&url).send().await {
+                        Ok(r) => r.status().as_u16() == 200 && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    match answered {
+                        true => ok += 1,
+                        false => errors += 1,
+                    }
+                }
+                (ok, errors)
+            })
+        })
+        .collect();
+    let (mut ok, mut errors) = (0, 0);
+    for p in pollers {
+        if let Ok((o, e)) = p.await {
+            ok += o;
+            errors += e;
+        }
+    }
+    let peak_kib = sampler.await.unwrap_or(0).max(before_kib);
+    Ok(BigLoad {
+        page_bytes,
+        per_s: ok as f64 / seconds.as_secs_f64().max(1e-3),
+        errors,
+        before_kib,
+        peak_kib,
+    })
 }
 
 async fn etag(url: &str) -> Result<String, String> {
