@@ -191,7 +191,7 @@ async fn big_pages(plan: &Plan, setup: &Setup) -> Result<BigPages, String> {
     let c = format!("public:{}", client::channel("bigpage"));
     let event = format!(r#"{{"data":"{}"}}"#, "x".repeat(BIG_DATA - 2));
     for _ in 0..2 {
-        let batch = vec![event.as_str(); BIG_EVENTS / 2].join(",");
+        let batch = [event.as_str(); BIG_EVENTS / 2].join(",");
         client::publish(&setup.hub, &c, format!("[{batch}]").into_bytes()).await?;
     }
     if !client::await_mirrored(&setup.hub, &c, MIRROR_WAIT).await {
