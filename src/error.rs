@@ -3,6 +3,7 @@
 //! failures carry their detail for the log only; clients see a generic message.
 
 use serde::Serialize;
+use std::fmt;
 
 /// Media type of every error body.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
@@ -81,64 +82,65 @@ pub struct Problem {
     pub code: &'static str,
 }
 
+/// One row of the table of client-visible failures: what `Error::kind` returns.
+struct Kind {
+    status: u16,
+    code: &'static str,
+    title: &'static str,
+}
+
+const fn kind(status: u16, code: &'static str, title: &'static str) -> Kind {
+    Kind {
+        status,
+        code,
+        title,
+    }
+}
+
 impl Error {
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Error::BadRequest(detail.into())
     }
 
-    pub fn status(&self) -> u16 {
+    /// The table: each failure's HTTP status, stable code (also the last part of the problem
+    /// `type`, listed in `docs/API.md#problems`) and title, in one place.
+    fn kind(&self) -> Kind {
         match self {
-            Error::BadRequest(_) | Error::InvalidJson(_) | Error::TooDeep(_) => 400,
-            Error::Unauthorized(_) => 401,
-            Error::Forbidden(_) => 403,
-            Error::NotFound => 404,
-            Error::MethodNotAllowed(_) => 405,
-            Error::TooLarge(_) => 413,
-            Error::UnsupportedMediaType => 415,
-            Error::IdempotencyConflict => 422,
-            Error::UpgradeRequired => 426,
-            Error::Internal(_) => 500,
-            Error::Unavailable(_) => 503,
+            Error::BadRequest(_) => kind(400, "bad_request", "Bad request"),
+            Error::InvalidJson(_) => kind(400, "invalid_json", "Body is not valid JSON"),
+            Error::TooDeep(_) => kind(400, "too_deep", "Nested too deep"),
+            Error::Unauthorized(TokenFault::QueryLifetime) => {
+                kind(401, "query_token_too_long_lived", "Unauthorized")
+            }
+            Error::Unauthorized(TokenFault::Expired) => kind(401, "token_expired", "Unauthorized"),
+            Error::Unauthorized(_) => kind(401, "unauthorized", "Unauthorized"),
+            Error::Forbidden(_) => kind(403, "forbidden", "Forbidden"),
+            Error::NotFound => kind(404, "not_found", "Not found"),
+            Error::MethodNotAllowed(_) => kind(405, "method_not_allowed", "Method not allowed"),
+            Error::TooLarge(_) => kind(413, "too_large", "Payload too large"),
+            Error::UnsupportedMediaType => {
+                kind(415, "unsupported_media_type", "Unsupported media type")
+            }
+            Error::IdempotencyConflict => {
+                kind(422, "idempotency_conflict", "Idempotency key reused")
+            }
+            Error::UpgradeRequired => kind(426, "upgrade_required", "Upgrade required"),
+            Error::Internal(_) => kind(500, "internal", "Internal error"),
+            Error::Unavailable(_) => kind(503, "unavailable", "Service unavailable"),
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind().status
     }
 
     /// Stable code, also the last part of the problem `type`.
     pub fn code(&self) -> &'static str {
-        match self {
-            Error::BadRequest(_) => "bad_request",
-            Error::InvalidJson(_) => "invalid_json",
-            Error::Unauthorized(TokenFault::QueryLifetime) => "query_token_too_long_lived",
-            Error::Unauthorized(TokenFault::Expired) => "token_expired",
-            Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden(_) => "forbidden",
-            Error::NotFound => "not_found",
-            Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::TooDeep(_) => "too_deep",
-            Error::TooLarge(_) => "too_large",
-            Error::UnsupportedMediaType => "unsupported_media_type",
-            Error::IdempotencyConflict => "idempotency_conflict",
-            Error::UpgradeRequired => "upgrade_required",
-            Error::Internal(_) => "internal",
-            Error::Unavailable(_) => "unavailable",
-        }
+        self.kind().code
     }
 
     fn title(&self) -> &'static str {
-        match self {
-            Error::BadRequest(_) => "Bad request",
-            Error::InvalidJson(_) => "Body is not valid JSON",
-            Error::Unauthorized(_) => "Unauthorized",
-            Error::Forbidden(_) => "Forbidden",
-            Error::NotFound => "Not found",
-            Error::MethodNotAllowed(_) => "Method not allowed",
-            Error::TooDeep(_) => "Nested too deep",
-            Error::TooLarge(_) => "Payload too large",
-            Error::UnsupportedMediaType => "Unsupported media type",
-            Error::IdempotencyConflict => "Idempotency key reused",
-            Error::UpgradeRequired => "Upgrade required",
-            Error::Internal(_) => "Internal error",
-            Error::Unavailable(_) => "Service unavailable",
-        }
+        self.kind().title
     }
 
     fn detail(&self) -> String {
@@ -200,6 +202,16 @@ impl Error {
     }
 }
 
+/// `code: detail`, as a client would see it; internal details are not shown here either (see
+/// `log_detail`).
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.detail())
+    }
+}
+
+impl std::error::Error for Error {}
+
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::InvalidJson(format!("invalid JSON: {e}"))
@@ -223,6 +235,38 @@ mod tests {
         assert_eq!(p.kind, "urn:edgehub:problem:too_large");
         assert_eq!(p.status, 413);
         assert_eq!(p.detail, "data over 65536 bytes");
+    }
+
+    #[test]
+    fn every_status_is_a_client_or_server_error_and_codes_are_unique() {
+        let all = [
+            Error::BadRequest(String::new()),
+            Error::InvalidJson(String::new()),
+            Error::TooDeep(String::new()),
+            Error::Unauthorized(TokenFault::Missing),
+            Error::Unauthorized(TokenFault::Expired),
+            Error::Unauthorized(TokenFault::QueryLifetime),
+            Error::Forbidden(String::new()),
+            Error::NotFound,
+            Error::MethodNotAllowed(&["GET"]),
+            Error::TooLarge(String::new()),
+            Error::UnsupportedMediaType,
+            Error::IdempotencyConflict,
+            Error::UpgradeRequired,
+            Error::Internal(String::new()),
+            Error::Unavailable(String::new()),
+        ];
+        let codes: std::collections::HashSet<&str> = all.iter().map(Error::code).collect();
+        assert_eq!(codes.len(), all.len());
+        assert!(all.iter().all(|e| (400..600).contains(&e.status())));
+        assert_eq!(
+            Error::TooDeep("at most 3".into()).to_string(),
+            "too_deep: at most 3"
+        );
+        assert_eq!(
+            Error::Internal("secret".into()).to_string(),
+            "internal: the hub failed to handle this request"
+        );
     }
 
     #[test]

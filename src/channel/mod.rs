@@ -1,7 +1,9 @@
 //! One channel's rules, free of Durable Objects and D1: the log window (head and earliest
 //! retained id), where a reader starts (`plan_replay`), how a poll page is cut (`poll`), and how
-//! far a WebSocket subscriber may fall behind (`flow`).
+//! far a WebSocket subscriber may fall behind (`flow`), and what waits for an SSE client in
+//! the Worker's bridge (`backlog`); both use one stall rule.
 
+pub mod backlog;
 pub mod fanout;
 pub mod flow;
 pub mod poll;

@@ -2,6 +2,8 @@
 //! cursors and request-line helpers, SSE framing and WebSocket messages. Nothing here touches the
 //! runtime; see `docs/API.md`.
 
+pub mod bridge;
+pub mod call;
 pub mod cors;
 pub mod envelope;
 pub mod json;

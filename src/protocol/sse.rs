@@ -34,24 +34,6 @@ pub fn gap(requested: u64, earliest: u64) -> String {
     encode(None, GAP_EVENT, false, &data)
 }
 
-/// Between the channel's object and the Worker's SSE bridge only: a paced replay stopped after
-/// id `sent` and waits for the bridge to report that its client has taken everything before
-/// this. A comment, so a bridge that does not know it passes it on harmlessly.
-pub fn held(sent: u64) -> String {
-    format!("{HELD_PREFIX}{sent}\n\n")
-}
-
-const HELD_PREFIX: &str = ": held ";
-
-/// The id in a `held` message, if `text` is one.
-pub fn parse_held(text: &str) -> Option<u64> {
-    let digits = text.strip_prefix(HELD_PREFIX)?.strip_suffix("\n\n")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 fn encode(id: Option<u64>, event_type: &str, default_type: bool, data: &str) -> String {
     let mut out = String::with_capacity(data.len() + event_type.len() + 32);
     if let Some(id) = id {
@@ -99,24 +81,6 @@ mod tests {
         );
         assert_eq!(preamble(), "retry: 2000\n: edgehub stream open\n\n");
         assert_eq!(heartbeat(), ": heartbeat\n\n");
-    }
-
-    #[test]
-    fn held_round_trips_and_nothing_else_parses_as_held() {
-        assert_eq!(held(42), ": held 42\n\n");
-        assert_eq!(parse_held(&held(42)), Some(42));
-        assert_eq!(parse_held(&held(0)), Some(0));
-        for other in [
-            heartbeat().to_string(),
-            preamble(),
-            gap(1, 5),
-            event(7, &EventType::default(), "{}"),
-            ": held \n\n".to_string(),
-            ": held +3\n\n".to_string(),
-            ": held 3\n".to_string(),
-        ] {
-            assert_eq!(parse_held(&other), None, "{other:?}");
-        }
     }
 
     #[test]

@@ -107,6 +107,32 @@ pub fn error_frame(err: &Error, reference: Option<&str>) -> String {
     )
 }
 
+/// A client frame refused: the error its `error` frame carries, and the frame's `ref` when one
+/// could be read and is small enough to echo, so the client can tell which request it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: Error,
+    pub reference: Option<String>,
+}
+
+impl Refusal {
+    pub fn answering(error: Error, reference: Option<String>) -> Refusal {
+        Refusal { error, reference }
+    }
+
+    /// The `{"op":"error",…}` frame for it.
+    pub fn frame(&self) -> String {
+        error_frame(&self.error, self.reference.as_deref())
+    }
+}
+
+/// A refusal that names no request.
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Refusal {
+        Refusal::answering(error, None)
+    }
+}
+
 /// A client's publish, validated like an HTTP publish of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientPublish {
@@ -162,10 +188,7 @@ struct AnyFrame<'a> {
 /// `FRAME_MARGIN_BYTES` is refused unread; one whose data could not be read back (too deep,
 /// not Unicode, a number out of range) before it is parsed; a `ref` over `REF_MAX_BYTES` is
 /// refused and not echoed.
-pub fn parse_client(
-    text: &str,
-    limits: PublishLimits,
-) -> Result<ClientFrame, (Error, Option<String>)> {
+pub fn parse_client(text: &str, limits: PublishLimits) -> Result<ClientFrame, Refusal> {
     let max_frame = limits.max_data_bytes.saturating_add(FRAME_MARGIN_BYTES);
     if text.len() > max_frame {
         let err = Error::TooLarge(format!(
@@ -173,22 +196,18 @@ pub fn parse_client(
              {FRAME_MARGIN_BYTES}); got {}",
             text.len()
         ));
-        return Err((err, None));
+        return Err(err.into());
     }
     // The frame object holds the data one level down.
-    limits.check_text(text, 1).map_err(|e| (e, None))?;
-    let head: AnyFrame<'_> = serde_json::from_str(text).map_err(|e| {
-        (
-            Error::InvalidJson(format!("a frame is one JSON object: {e}")),
-            None,
-        )
-    })?;
+    limits.check_text(text, 1)?;
+    let head: AnyFrame<'_> = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidJson(format!("a frame is one JSON object: {e}")))?;
     let reference = head.reference.map(|r| compact(r.get()));
     if reference.as_ref().is_some_and(|r| r.len() > REF_MAX_BYTES) {
         let err = Error::bad_request(format!(
             "ref may be at most {REF_MAX_BYTES} bytes of JSON; it is echoed in the answer"
         ));
-        return Err((err, None));
+        return Err(err.into());
     }
     match head.op.as_deref() {
         Some(OP_PUBLISH) => parse_publish(text, limits, reference).map(ClientFrame::Publish),
@@ -197,11 +216,11 @@ pub fn parse_client(
                 let err = Error::bad_request(format!(
                     "cursor is {{\"op\":\"cursor\",\"id\":N}} with N a whole number: {e}"
                 ));
-                (err, reference.clone())
+                Refusal::answering(err, reference.clone())
             })?;
             Ok(ClientFrame::Cursor(frame.id))
         }
-        _ => Err((
+        _ => Err(Refusal::answering(
             Error::bad_request(
                 "unknown op: client ops are \"publish\" and \"cursor\" (and the text ping)",
             ),
@@ -214,26 +233,24 @@ fn parse_publish(
     text: &str,
     limits: PublishLimits,
     reference: Option<String>,
-) -> Result<ClientPublish, (Error, Option<String>)> {
+) -> Result<ClientPublish, Refusal> {
+    let refused = |err: Error| Refusal::answering(err, reference.clone());
     let frame: PublishFrame<'_> = serde_json::from_str(text).map_err(|e| {
-        let err = Error::bad_request(format!(
+        refused(Error::bad_request(format!(
             "publish is {{\"op\",\"type\"?,\"data\",\"ref\"?}}: {e}"
-        ));
-        (err, reference.clone())
+        )))
     })?;
     let event_type = match frame.event_type {
-        Some(t) => EventType::parse(&t).map_err(|e| (e, reference.clone()))?,
+        Some(t) => EventType::parse(&t).map_err(refused)?,
         None => EventType::default(),
     };
     let data = compact(frame.data.get());
-    if let Err(err) = limits.check_data(&data) {
-        return Err((err, reference));
-    }
+    limits.check_data(&data).map_err(refused)?;
     let idempotency_key = frame
         .idempotency_key
         .map(|k| parse_idempotency_key(&k))
         .transpose()
-        .map_err(|e| (e, reference.clone()))?;
+        .map_err(refused)?;
     Ok(ClientPublish {
         event: NewEvent { event_type, data },
         reference,
@@ -315,14 +332,21 @@ mod tests {
             ),
         ];
         for (text, status, reference) in cases {
-            let (err, r) = parse_client(text, LIMITS).unwrap_err();
-            assert_eq!((err.status(), r.as_deref()), (status, reference), "{text}");
+            let refused = parse_client(text, LIMITS).unwrap_err();
+            assert_eq!(
+                (refused.error.status(), refused.reference.as_deref()),
+                (status, reference),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn hostile_frames_are_refused_before_they_are_parsed_or_echoed() {
-        let refused = |text: &str| parse_client(text, LIMITS).unwrap_err();
+        let refused = |text: &str| {
+            let r = parse_client(text, LIMITS).unwrap_err();
+            (r.error, r.reference)
+        };
         // Over the data limit plus the margin: refused unread, so its ref is not echoed.
         let big = format!(
             r#"{{"op":"publish","data":1,"ref":"{}"}}"#,

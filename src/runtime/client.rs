@@ -1,15 +1,13 @@
-//! The Worker's handle on one channel's object (`Hub`): every call is an internal HTTP request
-//! carrying the channel name and input the Worker has already validated and authorised.
+//! The Worker's handle on one channel's object (`Hub`): every call is a `protocol::call::Call`,
+//! encoded there and sent as an internal HTTP request carrying the channel name and input the
+//! Worker has already validated and authorised.
 
 use super::access::Access;
 use super::http::internal;
-use super::hub::{
-    BatchItem, CHANNEL_HEADER, EXPIRES_HEADER, KEY_HEADER, PATH_INFO, PATH_PUBLISH, PATH_PURGE,
-    PATH_SUBSCRIBE, PUBLISHER_HEADER, PUBLISH_HEADER,
-};
 use crate::auth::Publisher;
 use crate::channel::fanout::Transport;
 use crate::error::Error;
+use crate::protocol::call::{BatchItem, Call};
 use crate::protocol::publish::NewEvent;
 use crate::protocol::ChannelName;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
@@ -41,39 +39,28 @@ impl Hub {
         key: Option<&str>,
         publisher: Option<Publisher>,
     ) -> Result<Response, Error> {
-        let items: Vec<BatchItem> = events
+        let items = events
             .iter()
             .map(|e| BatchItem {
                 event_type: e.event_type.as_str().to_string(),
                 data: e.data.clone(),
             })
             .collect();
-        let body = serde_json::to_string(&items)
-            .map_err(|e| Error::Internal(format!("encoding a batch: {e}")))?;
-        let headers = Headers::new();
-        if let Some(key) = key {
-            headers
-                .set(KEY_HEADER, key)
-                .map_err(internal("building a publish"))?;
-        }
-        if let Some(publisher) = publisher {
-            headers
-                .set(PUBLISHER_HEADER, &publisher.hex())
-                .map_err(internal("building a publish"))?;
-        }
-        self.call(Method::Post, PATH_PUBLISH, headers, Some(body))
-            .await
+        self.call(Call::Publish {
+            items,
+            key: key.map(str::to_string),
+            publisher,
+        })
+        .await
     }
 
     /// Drops the retained history; ids are not reused.
     pub async fn purge(&self) -> Result<Response, Error> {
-        self.call(Method::Post, PATH_PURGE, Headers::new(), None)
-            .await
+        self.call(Call::Purge).await
     }
 
     pub async fn info(&self) -> Result<Response, Error> {
-        self.call(Method::Get, PATH_INFO, Headers::new(), None)
-            .await
+        self.call(Call::Info).await
     }
 
     /// Opens a subscriber socket on the object: the answer is a 101 carrying the client end.
@@ -83,42 +70,38 @@ impl Hub {
         cursor: Option<u64>,
         access: Access,
     ) -> Result<Response, Error> {
-        let headers = Headers::new();
-        let set = |name: &str, value: &str| {
-            headers
-                .set(name, value)
-                .map_err(internal("building a subscribe"))
-        };
-        set("upgrade", "websocket")?;
-        set(PUBLISH_HEADER, if access.publish { "1" } else { "0" })?;
-        if let (true, Some(publisher)) = (access.publish, access.publisher) {
-            set(PUBLISHER_HEADER, &publisher.hex())?;
-        }
-        if let Some(exp) = access.expires {
-            set(EXPIRES_HEADER, &exp.to_string())?;
-        }
-        let since = cursor.map_or_else(String::new, |c| format!("&since={c}"));
-        let path = format!("{PATH_SUBSCRIBE}?transport={}{since}", transport.tag());
-        self.call(Method::Get, &path, headers, None).await
+        self.call(Call::Subscribe {
+            transport,
+            cursor,
+            publish: access.publish,
+            expires: access.expires,
+            publisher: access.publisher,
+        })
+        .await
     }
 
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        headers: Headers,
-        body: Option<String>,
-    ) -> Result<Response, Error> {
-        headers
-            .set(CHANNEL_HEADER, self.channel.as_str())
-            .map_err(internal("building a hub request"))?;
+    async fn call(&self, call: Call) -> Result<Response, Error> {
+        let encoded = call.encode(&self.channel)?;
+        let failed = internal("building a hub request");
+        let headers = Headers::new();
+        for (name, value) in &encoded.headers {
+            headers.set(name, value).map_err(&failed)?;
+        }
+        if matches!(call, Call::Subscribe { .. }) {
+            headers.set("upgrade", "websocket").map_err(&failed)?;
+        }
         let mut init = RequestInit::new();
+        let method = if encoded.post {
+            Method::Post
+        } else {
+            Method::Get
+        };
         init.with_method(method).with_headers(headers);
-        if let Some(body) = body {
+        if let Some(body) = encoded.body {
             init.with_body(Some(body.into()));
         }
-        let req = Request::new_with_init(&format!("https://hub{path}"), &init)
-            .map_err(internal("building a hub request"))?;
+        let req = Request::new_with_init(&format!("https://hub{}", encoded.path), &init)
+            .map_err(failed)?;
         self.stub
             .fetch_with_request(req)
             .await

@@ -24,12 +24,9 @@ pub fn json(status: u16, body: String) -> worker::Result<Response> {
     respond(status, JSON, body)
 }
 
-/// The single conversion of an `Error` into an RFC 9457 response. Internal details are logged
-/// here and never sent.
+/// The single conversion of an `Error` into an RFC 9457 response; internal details are never
+/// sent (the edge logs them first: `log_failure`).
 pub fn problem(err: &Error) -> Response {
-    if let Some(detail) = err.log_detail() {
-        console_error!("edgehub {}: {}", err.code(), detail);
-    }
     let body = serde_json::to_string(&err.problem()).unwrap_or_default();
     let built = respond(err.status(), PROBLEM_CONTENT_TYPE, body).and_then(|r| {
         for (name, value) in err.headers() {
@@ -38,6 +35,15 @@ pub fn problem(err: &Error) -> Response {
         Ok(r)
     });
     built.unwrap_or_else(|_| Response::builder().with_status(500).empty())
+}
+
+/// Logs a failure that is ours, not the client's (internal errors, dependencies that did not
+/// answer), with its internal detail; called at the edges, where a failure leaves the hub as an
+/// answer or an error frame. Nothing about tokens is ever in an `Error`.
+pub fn log_failure(err: &Error) {
+    if let Some(detail) = err.log_detail() {
+        console_error!("edgehub {}: {}", err.code(), detail);
+    }
 }
 
 /// A worker-level failure (a JS exception from a binding) as our internal error.

@@ -4,7 +4,7 @@
 //! `protocol`. The Worker reaches it through `Hub` (`client.rs`) with input already validated.
 
 use super::alarm::{self, Alarm};
-use super::http::{internal, json, problem};
+use super::http::{internal, json, log_failure, problem};
 use super::log::{Batch, ChannelLog, Key, LogState, NewRow, Published, Recalled, KEY_TTL_MS};
 use super::mirror;
 use super::subscribers::{self, Attachment, FlowCheck, Join};
@@ -15,14 +15,13 @@ use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::config::Config;
 use crate::error::Error;
+use crate::protocol::call::{BatchItem, Call};
 use crate::protocol::envelope::format_time;
 use crate::protocol::publish::{fingerprint, PublishLimits};
-use crate::protocol::query::{parse_cursor, query_param};
 use crate::protocol::ws::{
-    ack_frame, error_frame, parse_client, ClientFrame, ClientPublish, CloseCode, PING, PONG,
+    ack_frame, parse_client, ClientFrame, ClientPublish, CloseCode, Refusal, PING, PONG,
 };
 use crate::protocol::ChannelName;
-use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::rc::Rc;
 use worker::wasm_bindgen;
@@ -30,29 +29,6 @@ use worker::{
     console_error, durable_object, Date, DurableObject, Env, Method, Request, Response, Result,
     State, WebSocket, WebSocketIncomingMessage,
 };
-
-/// The channel's name travels with every internal request: the object learns it on first use.
-pub const CHANNEL_HEADER: &str = "x-edgehub-channel";
-/// Set by the Worker on a subscribe when the token also allows publishing.
-pub const PUBLISH_HEADER: &str = "x-edgehub-publish";
-/// Set by the Worker on a subscribe: the token's expiry, unix seconds.
-pub const EXPIRES_HEADER: &str = "x-edgehub-expires";
-/// The publish's validated `Idempotency-Key`, when it has one.
-pub const KEY_HEADER: &str = "x-edgehub-idempotency-key";
-/// Whose idempotency keys a publish (or a socket's publishes) uses: `Publisher::hex`.
-pub const PUBLISHER_HEADER: &str = "x-edgehub-publisher";
-pub const PATH_PUBLISH: &str = "/publish";
-pub const PATH_PURGE: &str = "/purge";
-pub const PATH_INFO: &str = "/info";
-pub const PATH_SUBSCRIBE: &str = "/subscribe";
-
-/// One event of a batch as the Worker sends it: `data` is a string of compact JSON.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct BatchItem {
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub data: String,
-}
 
 /// An idempotency key and whose it is.
 #[derive(Clone, Copy)]
@@ -124,7 +100,10 @@ impl DurableObject for ChannelHub {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         self.requests.set(self.requests.get() + 1);
-        Ok(self.dispatch(req).await.unwrap_or_else(|e| problem(&e)))
+        Ok(self.dispatch(req).await.unwrap_or_else(|e| {
+            log_failure(&e);
+            problem(&e)
+        }))
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -159,7 +138,7 @@ impl DurableObject for ChannelHub {
             WebSocketIncomingMessage::String(text) => text,
             WebSocketIncomingMessage::Binary(_) => {
                 let err = Error::bad_request("binary frames are not accepted; send JSON text");
-                let _ = ws.send_with_str(error_frame(&err, None));
+                let _ = ws.send_with_str(Refusal::from(err).frame());
                 return Ok(());
             }
         };
@@ -178,12 +157,13 @@ impl DurableObject for ChannelHub {
                     self.check_stall_at(stalls_at).await;
                     Ok(())
                 }
-                Err(e) => Err((e, None)),
+                Err(e) => Err(e.into()),
             },
             Err(refused) => Err(refused),
         };
-        if let Err((err, reference)) = done {
-            let _ = ws.send_with_str(error_frame(&err, reference.as_deref()));
+        if let Err(refused) = done {
+            log_failure(&refused.error);
+            let _ = ws.send_with_str(refused.frame());
         }
         Ok(())
     }
@@ -216,37 +196,49 @@ impl ChannelHub {
         Policy::new(self.config.retain_events, self.config.retain_seconds)
     }
 
+    /// Decodes the Worker's call (`protocol::call`) and carries it out.
     async fn dispatch(&self, mut req: Request) -> std::result::Result<Response, Error> {
-        let channel = header(&req, CHANNEL_HEADER)
-            .ok_or_else(|| Error::bad_request("internal request without a channel"))?;
-        let channel = ChannelName::parse(&channel)?;
-        match (req.method(), req.path().as_str()) {
-            (Method::Post, PATH_PUBLISH) => {
-                let key = header(&req, KEY_HEADER);
-                let publisher = header(&req, PUBLISHER_HEADER).and_then(|h| Publisher::parse(&h));
-                let items: Vec<BatchItem> =
-                    req.json().await.map_err(internal("reading a batch"))?;
+        let post = req.method() == Method::Post;
+        let url = req.url().map_err(internal("reading the URL"))?;
+        let body = match post {
+            true => Some(req.text().await.map_err(internal("reading a call"))?),
+            false => None,
+        };
+        let header = |name: &str| header(&req, name);
+        let (channel, call) = Call::decode(
+            post,
+            url.path(),
+            url.query().unwrap_or(""),
+            header,
+            body.as_deref(),
+        )?;
+        match call {
+            Call::Publish {
+                items,
+                key,
+                publisher,
+            } => {
                 let key = key.as_deref().map(|key| Scoped { key, publisher });
                 let done = self.commit(&channel, items, key)?;
-                let p = done.published;
-                let time =
-                    serde_json::to_string(&format_time(p.time_ms as i64).unwrap_or_default())?;
-                let first = p.first_id as u64;
-                let ids: Vec<String> = (first..first + p.count as u64)
-                    .map(|id| format!("{{\"id\":{id},\"time\":{time}}}"))
-                    .collect();
-                let status = if done.replayed { 200 } else { 201 };
-                json(status, format!("{{\"events\":[{}]}}", ids.join(",")))
-                    .map_err(internal("answering"))
+                published(done)
             }
-            (Method::Post, PATH_PURGE) => {
+            Call::Purge => {
                 self.log()?.purge().map_err(internal("purging"))?;
                 self.start_mirror();
                 Ok(Response::builder().with_status(204).empty())
             }
-            (Method::Get, PATH_INFO) => self.info(&channel),
-            (Method::Get, PATH_SUBSCRIBE) => self.subscribe(&req, &channel).await,
-            _ => Err(Error::NotFound),
+            Call::Info => self.info(&channel),
+            Call::Subscribe {
+                transport,
+                cursor,
+                publish,
+                expires,
+                publisher,
+            } => {
+                let attachment = Attachment::new(transport, publish, expires);
+                self.subscribe(&channel, attachment, cursor, publisher)
+                    .await
+            }
         }
     }
 
@@ -291,7 +283,7 @@ impl ChannelHub {
         let (head, before) = log
             .state()
             .map_err(internal("reading the state"))?
-            .map_or((0, 0), |s| (s.head as u64, s.bytes as u64));
+            .map_or((0, 0), |s| (s.head, s.bytes));
         let stored: Vec<StoredEvent> = items
             .into_iter()
             .zip(head + 1..)
@@ -350,9 +342,9 @@ impl ChannelHub {
         self.start_mirror();
         self.schedule_upkeep();
         let published = Published {
-            first_id: (head + 1) as f64,
-            count: count as f64,
-            time_ms: now as f64,
+            first_id: head + 1,
+            count,
+            time_ms: now,
         };
         Ok(Committed {
             published,
@@ -378,7 +370,7 @@ impl ChannelHub {
         }
         let log = self.log()?;
         let state = log.state().map_err(internal("reading the state"))?;
-        let head = state.as_ref().map_or(0, |s| s.head as u64);
+        let head = state.as_ref().map_or(0, |s| s.head);
         let now = Date::now().as_millis() as i64;
         let credit = attachment.credit;
         let sent = attachment.sent.unwrap_or(head);
@@ -421,9 +413,9 @@ impl ChannelHub {
         &self,
         ws: &WebSocket,
         publish: ClientPublish,
-    ) -> std::result::Result<(), (Error, Option<String>)> {
+    ) -> std::result::Result<(), Refusal> {
         let reference = publish.reference.clone();
-        let with_ref = |e: Error| (e, reference.clone());
+        let with_ref = |e: Error| Refusal::answering(e, reference.clone());
         let attachment = Attachment::read(ws);
         if attachment.is_some_and(|a| a.expired(Date::now().as_millis() as i64 / 1000)) {
             subscribers::close(ws, CloseCode::TokenExpired);
@@ -449,10 +441,7 @@ impl ChannelHub {
             .as_deref()
             .map(|key| Scoped { key, publisher });
         let done = self.commit(&channel, vec![item], key).map_err(with_ref)?;
-        let _ = ws.send_with_str(ack_frame(
-            reference.as_deref(),
-            done.published.first_id as u64,
-        ));
+        let _ = ws.send_with_str(ack_frame(reference.as_deref(), done.published.first_id));
         Ok(())
     }
 
@@ -473,26 +462,17 @@ impl ChannelHub {
     /// event stays without storage, and its expiry alarm waits for the first publish.
     async fn subscribe(
         &self,
-        req: &Request,
         channel: &ChannelName,
+        attachment: Attachment,
+        cursor: Option<u64>,
+        publisher: Option<Publisher>,
     ) -> std::result::Result<Response, Error> {
         let log = self.log()?;
-        let url = req.url().map_err(internal("reading the URL"))?;
-        let query = url.query().unwrap_or("");
-        let transport = query_param(query, "transport")
-            .and_then(std::result::Result::ok)
-            .and_then(|t| Transport::parse(&t))
-            .ok_or_else(|| Error::bad_request("internal subscribe without a transport"))?;
-        let cursor = query_param(query, "since")
-            .transpose()?
-            .map(|s| parse_cursor(&s))
-            .transpose()?;
-        let publish = header(req, PUBLISH_HEADER).is_some_and(|v| v == "1");
-        let exp = header(req, EXPIRES_HEADER).and_then(|v| v.parse::<i64>().ok());
+        let exp = attachment.exp;
         let join = Join {
             channel,
-            publisher: header(req, PUBLISHER_HEADER).and_then(|h| Publisher::parse(&h)),
-            attachment: Attachment::new(transport, publish, exp),
+            publisher,
+            attachment,
             cursor,
             window: log.window().map_err(internal("reading the window"))?,
             flow_window: self.flow_window(),
@@ -515,7 +495,7 @@ impl ChannelHub {
         let mirrored = log
             .state()
             .map_err(internal("reading the state"))?
-            .map_or(0, |s| s.mirrored as u64);
+            .map_or(0, |s| s.mirrored);
         let body = serde_json::json!({
             "channel": channel.as_str(),
             "head": window.head,
@@ -592,6 +572,18 @@ impl ChannelHub {
             mirroring.set(false);
         });
     }
+}
+
+/// The answer to a publish: each event's id and time (200 for a retry answered by its key).
+fn published(done: Committed) -> std::result::Result<Response, Error> {
+    let p = done.published;
+    let time = serde_json::to_string(&format_time(p.time_ms).unwrap_or_default())?;
+    let first = p.first_id;
+    let ids: Vec<String> = (first..first + p.count)
+        .map(|id| format!("{{\"id\":{id},\"time\":{time}}}"))
+        .collect();
+    let status = if done.replayed { 200 } else { 201 };
+    json(status, format!("{{\"events\":[{}]}}", ids.join(","))).map_err(internal("answering"))
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {

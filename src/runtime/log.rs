@@ -54,19 +54,19 @@ const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms, start)
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogState {
     pub channel: String,
-    pub head: f64,
-    pub mirrored: f64,
-    pub mirrored_earliest: f64,
+    pub head: u64,
+    pub mirrored: u64,
+    pub mirrored_earliest: u64,
     /// The stream position after the head's event frame (`channel::flow`).
-    pub bytes: f64,
+    pub bytes: u64,
 }
 
 /// A stored publish, as an idempotency key remembers it.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Published {
-    pub first_id: f64,
-    pub count: f64,
-    pub time_ms: f64,
+    pub first_id: u64,
+    pub count: u64,
+    pub time_ms: i64,
 }
 
 /// What an idempotency key says about a publish.
@@ -106,24 +106,24 @@ pub struct Key<'a> {
 
 #[derive(Deserialize)]
 struct Row {
-    seq: f64,
+    seq: u64,
     #[serde(rename = "type")]
     event_type: String,
     data: String,
-    time_ms: f64,
+    time_ms: i64,
 }
 
 #[derive(Deserialize)]
 struct Single {
-    value: Option<f64>,
+    value: Option<i64>,
 }
 
 #[derive(Deserialize)]
 struct Fingerprinted {
     fingerprint: String,
-    first_id: f64,
-    count: f64,
-    time_ms: f64,
+    first_id: u64,
+    count: u64,
+    time_ms: i64,
 }
 
 #[derive(Clone)]
@@ -139,8 +139,12 @@ pub struct ChannelLog {
 const DROP_ANSWERED_KEYS: &str = "DELETE FROM idempotency WHERE first_id + count <= \
      coalesce((SELECT min(seq) FROM events), (SELECT head + 1 FROM state WHERE id = 1), 0)";
 
+/// The largest integer a JavaScript number holds exactly (2^53 - 1): every id, position and
+/// time the log stores is below it, and nothing larger is ever handed to the runtime.
+const MAX_SAFE: u64 = (1 << 53) - 1;
+
 fn int(n: u64) -> SqlStorageValue {
-    SqlStorageValue::Integer(n as i64)
+    SqlStorageValue::Integer(n.min(MAX_SAFE) as i64)
 }
 
 impl ChannelLog {
@@ -159,7 +163,7 @@ impl ChannelLog {
             sql,
             born: Rc::new(Cell::new(false)),
         };
-        if tables.first().and_then(|t| t.value).unwrap_or(0.0) > 0.0 {
+        if tables.first().and_then(|t| t.value).unwrap_or(0) > 0 {
             log.create()?;
             for (probe, upgrade) in UPGRADES {
                 if log.sql.exec(probe, None).is_err() {
@@ -205,7 +209,7 @@ impl ChannelLog {
         &self,
         query: &str,
         bindings: impl Into<Option<Vec<SqlStorageValue>>>,
-    ) -> worker::Result<Option<f64>> {
+    ) -> worker::Result<Option<i64>> {
         if !self.born.get() {
             return Ok(None);
         }
@@ -214,11 +218,11 @@ impl ChannelLog {
     }
 
     pub fn window(&self) -> worker::Result<Window> {
-        let head = self.state()?.map_or(0, |s| s.head as u64);
+        let head = self.state()?.map_or(0, |s| s.head);
         let earliest = self.single("SELECT min(seq) AS value FROM events", None)?;
         Ok(Window {
             head,
-            earliest: earliest.map_or(head + 1, |e| e as u64),
+            earliest: earliest.map_or(head + 1, |e| e.max(0) as u64),
         })
     }
 
@@ -251,7 +255,7 @@ impl ChannelLog {
         let key = key.map(|k| (k.key.to_string(), k.fingerprint.to_string()));
         let log = self.clone();
         transaction(storage, move || {
-            let head = log.state()?.map_or(0, |s| s.head as u64);
+            let head = log.state()?.map_or(0, |s| s.head);
             if head != batch.head {
                 return Err(worker::Error::RustError(format!(
                     "the head moved from {} to {head} while a batch was prepared",
@@ -293,7 +297,7 @@ impl ChannelLog {
              (SELECT bytes FROM state WHERE id = 1), 0) AS value",
             vec![int(after)],
         )?;
-        Ok(at.unwrap_or(0.0) as u64)
+        Ok(at.unwrap_or(0).max(0) as u64)
     }
 
     /// When the first event after id `after` was stored (unix milliseconds), if one is held.
@@ -302,7 +306,7 @@ impl ChannelLog {
             "SELECT time_ms AS value FROM events WHERE seq > ?1 ORDER BY seq LIMIT 1",
             vec![int(after)],
         )?;
-        Ok(at.map(|ms| ms as i64))
+        Ok(at)
     }
 
     fn key(&self, key: &str) -> worker::Result<Option<Fingerprinted>> {
@@ -347,7 +351,7 @@ impl ChannelLog {
             None,
         )?;
         let key = self.single("SELECT min(time_ms) AS value FROM idempotency", None)?;
-        Ok((event.map(|t| t as i64), key.map(|t| t as i64)))
+        Ok((event, key))
     }
 
     /// Drops every retained event, and the idempotency keys that answered them; ids are not
@@ -371,22 +375,22 @@ impl ChannelLog {
         if !self.born.get() {
             return Ok(Vec::new());
         }
-        let below = below.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let below = below.unwrap_or(MAX_SAFE);
         let rows: Vec<Row> = self
             .sql
             .exec(
                 "SELECT seq, type, data, time_ms FROM events WHERE seq > ?1 AND start < ?3 \
                  ORDER BY seq LIMIT ?2",
-                vec![int(after), int(limit), SqlStorageValue::Integer(below)],
+                vec![int(after), int(limit), int(below)],
             )?
             .to_array()?;
         Ok(rows
             .into_iter()
             .map(|r| StoredEvent {
-                id: r.seq as u64,
+                id: r.seq,
                 event_type: r.event_type,
                 data: r.data,
-                time_ms: r.time_ms as i64,
+                time_ms: r.time_ms,
             })
             .collect())
     }

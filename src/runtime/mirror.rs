@@ -117,10 +117,10 @@ pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker:
         let Some(state) = log.state()? else {
             return Ok(());
         };
-        let mirrored = state.mirrored as u64;
+        let mirrored = state.mirrored;
         let events = log.after(mirrored, CATCH_UP_BATCH, None)?;
         let window = log.window()?;
-        if events.is_empty() && state.mirrored_earliest as u64 == window.earliest {
+        if events.is_empty() && state.mirrored_earliest == window.earliest {
             return Ok(());
         }
         if fault {
@@ -153,13 +153,13 @@ pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker:
 
 #[derive(Deserialize)]
 struct PageRow {
-    head: f64,
-    earliest: f64,
-    seq: Option<f64>,
+    head: u64,
+    earliest: u64,
+    seq: Option<u64>,
     #[serde(rename = "type")]
     event_type: Option<String>,
     data: Option<String>,
-    time_ms: Option<f64>,
+    time_ms: Option<i64>,
 }
 
 /// The mirror's window for `channel` and the rows a poll needs (at most `limit + 1`).
@@ -182,17 +182,17 @@ pub async fn read_page(
         return Ok((Window::EMPTY, Vec::new()));
     };
     let window = Window {
-        head: first.head as u64,
-        earliest: first.earliest as u64,
+        head: first.head,
+        earliest: first.earliest,
     };
     let events = rows
         .into_iter()
         .filter_map(|r| {
             Some(StoredEvent {
-                id: r.seq? as u64,
+                id: r.seq?,
                 event_type: r.event_type?,
                 data: r.data?,
-                time_ms: r.time_ms? as i64,
+                time_ms: r.time_ms?,
             })
         })
         .collect();

@@ -10,9 +10,11 @@
 //! everything before it the bridge reports the cursor, which brings the next step.
 
 use super::http::internal;
+use crate::channel::backlog::Backlog;
 use crate::error::Error;
+use crate::protocol::bridge::{Downstream, Upstream};
 use crate::protocol::sse;
-use crate::protocol::ws::{self, CloseCode};
+use crate::protocol::ws::CloseCode;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{stream, StreamExt};
 use std::cell::Cell;
@@ -43,48 +45,38 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// How long a client with a full backlog may take nothing before it is dropped as too slow.
-const STALL_MS: f64 = 1000.0;
-
-/// Bytes forwarded from the object but not yet taken by the client's stream.
-#[derive(Clone, Default)]
-struct Backlog {
-    bytes: Rc<Cell<usize>>,
+/// The client's backlog (`channel::backlog`), shared by the tasks that feed the stream, and
+/// whether it overflowed (the stream then ends).
+#[derive(Clone)]
+struct Shared {
+    backlog: Rc<Cell<Backlog>>,
     overflowed: Rc<Cell<bool>>,
-    /// When the client's stream last took something, or when something came for it while
-    /// nothing was waiting (unix milliseconds): a client idle because there was nothing to read
-    /// is not counted as stalled for that time.
-    taken_at: Rc<Cell<f64>>,
-    /// When the client was last sent anything, a frame or a heartbeat (unix milliseconds).
-    sent_at: Rc<Cell<f64>>,
 }
 
-impl Backlog {
-    fn took(&self, n: usize) {
-        let now = Date::now().as_millis() as f64;
-        self.bytes.set(self.bytes.get().saturating_sub(n));
-        self.taken_at.set(now);
-        self.sent_at.set(now);
-    }
-
-    /// `n` more bytes wait for the client; the clock starts if nothing waited before.
-    fn queued(&self, n: usize) {
-        let before = self.bytes.get();
-        if before == 0 {
-            self.taken_at.set(Date::now().as_millis() as f64);
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            backlog: Rc::new(Cell::new(Backlog::opened(now_ms()))),
+            overflowed: Rc::new(Cell::new(false)),
         }
-        self.bytes.set(before.saturating_add(n));
     }
 
-    /// Full, and the client has stopped taking: a stall, not a big replay or a burst being read.
-    fn stalled(&self, max: usize) -> bool {
-        self.bytes.get() > max && Date::now().as_millis() as f64 - self.taken_at.get() > STALL_MS
+    /// Applies `change` to the backlog at the current time.
+    fn update<T>(&self, change: impl FnOnce(&mut Backlog, i64) -> T) -> T {
+        let mut backlog = self.backlog.get();
+        let out = change(&mut backlog, now_ms());
+        self.backlog.set(backlog);
+        out
     }
+}
+
+fn now_ms() -> i64 {
+    Date::now().as_millis() as i64
 }
 
 struct Bridge {
     items: UnboundedReceiver<Item>,
-    backlog: Backlog,
+    shared: Shared,
     socket: CloseOnDrop,
 }
 
@@ -113,26 +105,26 @@ pub fn bridge(
         .accept()
         .map_err(internal("accepting the hub socket"))?;
     let (tx, rx) = unbounded();
-    let backlog = Backlog::default();
-    backlog.took(0);
+    let shared = Shared::new();
     let forwarding = forward(
         socket.clone(),
         tx.clone(),
-        backlog.clone(),
+        shared.clone(),
         limits.max_backlog,
     );
     worker::wasm_bindgen_futures::spawn_local(forwarding);
 
-    let mut deadline_ms = Date::now().as_millis() as f64 + limits.lifetime_s as f64 * 1000.0;
+    let lifetime_ms = i64::try_from(limits.lifetime_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut deadline_ms = now_ms().saturating_add(lifetime_ms);
     if let Some(exp) = token_exp {
-        deadline_ms = deadline_ms.min(exp as f64 * 1000.0);
+        deadline_ms = deadline_ms.min(exp.saturating_mul(1000));
     }
-    let period =
-        Duration::from_millis(limits.heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT);
-    worker::wasm_bindgen_futures::spawn_local(pace(tx, backlog.clone(), period, deadline_ms));
+    let period_ms =
+        i64::try_from(limits.heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT).unwrap_or(1);
+    worker::wasm_bindgen_futures::spawn_local(pace(tx, shared.clone(), period_ms, deadline_ms));
     let bridge = Bridge {
         items: rx,
-        backlog,
+        shared,
         socket: CloseOnDrop(socket),
     };
     let preamble =
@@ -150,47 +142,49 @@ pub fn bridge(
 
 async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
     loop {
-        if bridge.backlog.overflowed.get() {
+        if bridge.shared.overflowed.get() {
             return None;
         }
         match bridge.items.next().await? {
             Item::Frame(text) => {
-                bridge.backlog.took(text.len());
+                bridge.shared.update(|b, now| b.took(text.len(), now));
                 return Some((Ok(text.into_bytes()), bridge));
             }
             Item::Heartbeat => return Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
             Item::Held(sent) => {
                 // The client has taken all the replay sent so far: ask for the next step. A
                 // failed send shows as the socket's close, which ends the stream.
-                let _ = bridge.socket.0.send_with_str(ws::cursor_frame(sent));
+                let _ = bridge
+                    .socket
+                    .0
+                    .send_with_str(Upstream::Cursor(sent).encode());
             }
             Item::End => return None,
         }
     }
 }
 
-/// Sends a heartbeat whenever the client has been sent nothing for `period`, and the end at
-/// `deadline_ms`; stops when the stream is gone.
-async fn pace(tx: UnboundedSender<Item>, backlog: Backlog, period: Duration, deadline_ms: f64) {
-    let period_ms = period.as_millis() as f64;
+/// Sends a heartbeat whenever the client has been sent nothing for `period_ms`, and the end
+/// at `deadline_ms`; stops when the stream is gone.
+async fn pace(tx: UnboundedSender<Item>, shared: Shared, period_ms: i64, deadline_ms: i64) {
     loop {
-        let now = Date::now().as_millis() as f64;
-        let left_ms = deadline_ms - now;
-        if left_ms <= 0.0 {
+        let left_ms = deadline_ms.saturating_sub(now_ms());
+        if left_ms <= 0 {
             let _ = tx.unbounded_send(Item::End);
             return;
         }
-        let quiet_ms = now - backlog.sent_at.get();
-        let wait_ms = if quiet_ms >= period_ms {
-            if tx.unbounded_send(Item::Heartbeat).is_err() {
-                return;
+        let due = shared.update(|b, now| b.heartbeat_in(period_ms, now));
+        let wait_ms = match due {
+            Some(wait) => wait,
+            None => {
+                if tx.unbounded_send(Item::Heartbeat).is_err() {
+                    return;
+                }
+                shared.update(|b, now| b.heartbeat(now));
+                period_ms
             }
-            backlog.sent_at.set(now);
-            period_ms
-        } else {
-            period_ms - quiet_ms
         };
-        Delay::from(Duration::from_millis(wait_ms.min(left_ms).max(1.0) as u64)).await;
+        Delay::from(Duration::from_millis(wait_ms.min(left_ms).max(1) as u64)).await;
         if tx.is_closed() {
             return;
         }
@@ -200,14 +194,9 @@ async fn pace(tx: UnboundedSender<Item>, backlog: Backlog, period: Duration, dea
 /// Moves the object's text frames into the stream until either side closes, or until the
 /// client has left more than `max_backlog` bytes unread and stalled: then the object's socket
 /// is closed as too slow and the stream ends.
-async fn forward(
-    socket: WebSocket,
-    tx: UnboundedSender<Item>,
-    backlog: Backlog,
-    max_backlog: usize,
-) {
+async fn forward(socket: WebSocket, tx: UnboundedSender<Item>, shared: Shared, max_backlog: usize) {
     if let Ok(events) = socket.events() {
-        forward_events(&socket, events, &tx, &backlog, max_backlog).await;
+        forward_events(&socket, events, &tx, &shared, max_backlog).await;
     }
     let _ = tx.unbounded_send(Item::End);
 }
@@ -216,7 +205,7 @@ async fn forward_events(
     socket: &WebSocket,
     mut events: worker::EventStream<'_>,
     tx: &UnboundedSender<Item>,
-    backlog: &Backlog,
+    shared: &Shared,
     max_backlog: usize,
 ) {
     while let Some(event) = events.next().await {
@@ -225,15 +214,18 @@ async fn forward_events(
             Ok(WebsocketEvent::Close(_)) | Err(_) => break,
         };
         let Some(text) = text else { continue };
-        if let Some(sent) = sse::parse_held(&text) {
+        if let Downstream::Held(sent) = Downstream::decode(&text) {
             if tx.unbounded_send(Item::Held(sent)).is_err() {
                 break;
             }
             continue;
         }
-        backlog.queued(text.len());
-        if backlog.stalled(max_backlog) {
-            backlog.overflowed.set(true);
+        let stalled = shared.update(|b, now| {
+            b.queued(text.len(), now);
+            b.stalled(max_backlog, now)
+        });
+        if stalled {
+            shared.overflowed.set(true);
             let code = CloseCode::TooSlow;
             let _ = socket.close(Some(code.code()), Some(code.reason()));
             break;

@@ -12,7 +12,7 @@ use crate::channel::fanout::{deliver, Frames, Sink, Transport};
 use crate::channel::flow::{Credit, Floor};
 use crate::channel::{plan_replay, Replay, Window};
 use crate::error::Error;
-use crate::protocol::sse;
+use crate::protocol::bridge::Downstream;
 use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
@@ -305,7 +305,10 @@ fn paced_replay(
     let limit = attachment.credit.map(|c| c.replay_limit(step));
     let sent = replay(sink, log, channel, transport, plan, head, limit)?;
     if let (Some(sent), Transport::Sse) = (sent, transport) {
-        deliver(std::slice::from_ref(sink), &[sse::held(sent)]);
+        deliver(
+            std::slice::from_ref(sink),
+            &[Downstream::Held(sent).encode()],
+        );
     }
     Ok(sent)
 }

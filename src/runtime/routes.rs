@@ -1,0 +1,201 @@
+//! One function per route of the Worker: each checks who may call it and what it was sent, then
+//! answers. The route table is `protocol::route`; `mod.rs` dispatches to these.
+
+use super::access::{self, Credentials};
+use super::client::Hub;
+use super::http::{internal, is_json, json, read_body};
+use super::{mirror, sse};
+use crate::auth::delegate::{delegate, mint, TokenRequest};
+use crate::auth::Action;
+use crate::channel::fanout::Transport;
+use crate::channel::poll::{cut_page, PollRequest, WindowCache};
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::envelope::format_time;
+use crate::protocol::publish::{parse_idempotency_key, parse_publish};
+use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
+use crate::protocol::ChannelName;
+use std::cell::RefCell;
+use worker::{Date, Env, Request, Response};
+
+/// The largest `POST /tokens` body.
+const MINT_BODY_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Mirror windows this isolate read recently, for 304s without D1 (`POLL_CACHE_MS`).
+    static WINDOWS: RefCell<WindowCache> = RefCell::new(WindowCache::default());
+}
+
+/// A routed request: the request itself, its query string, its credentials (not yet checked),
+/// and the Worker's environment and settings.
+pub struct Incoming<'a> {
+    pub req: Request,
+    pub env: &'a Env,
+    pub config: &'a Config,
+    pub query: String,
+    pub credentials: Credentials,
+}
+
+type Answer = Result<Response, Error>;
+
+pub fn health() -> Answer {
+    json(200, "{\"status\":\"ok\"}".into()).map_err(internal("answering"))
+}
+
+/// `POST /channels/{c}/events`.
+pub async fn publish(at: &mut Incoming<'_>, channel: &ChannelName) -> Answer {
+    let access = at
+        .credentials
+        .check(at.env, at.config, Action::Publish, channel)?;
+    if !is_json(&at.req) {
+        return Err(Error::UnsupportedMediaType);
+    }
+    let body = read_body(&mut at.req, at.config.max_body_bytes).await?;
+    let events = parse_publish(&body, at.config.publish_limits())?;
+    let key = match at.req.headers().get("idempotency-key").ok().flatten() {
+        Some(k) => Some(parse_idempotency_key(k.trim())?),
+        None => None,
+    };
+    Hub::get(at.env, channel)?
+        .publish(&events, key.as_deref(), access.publisher)
+        .await
+}
+
+/// `DELETE /channels/{c}/events`.
+pub async fn purge(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    at.credentials
+        .check(at.env, at.config, Action::Publish, channel)?;
+    Hub::get(at.env, channel)?.purge().await
+}
+
+/// `GET /channels/{c}`.
+pub async fn info(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    at.credentials
+        .check(at.env, at.config, Action::Subscribe, channel)?;
+    Hub::get(at.env, channel)?.info().await
+}
+
+/// `GET /ws/{c}`: the channel's object accepts the socket; the Worker only checks the door.
+pub async fn ws(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    let upgrade = at.req.headers().get("upgrade").ok().flatten();
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return Err(Error::UpgradeRequired);
+    }
+    let access = at
+        .credentials
+        .check(at.env, at.config, Action::Subscribe, channel)?;
+    let cursor = since(&at.query)?;
+    Hub::get(at.env, channel)?
+        .subscribe(Transport::Ws, cursor, access)
+        .await
+}
+
+/// `GET /sse/{c}`: the Worker bridges the object's socket into an event stream.
+pub async fn sse(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    let access = at
+        .credentials
+        .check(at.env, at.config, Action::Subscribe, channel)?;
+    // EventSource resumes with Last-Event-ID; it wins over the URL's original `since`.
+    let cursor = match at.req.headers().get("last-event-id").ok().flatten() {
+        Some(id) if !id.trim().is_empty() => Some(parse_cursor(id.trim())?),
+        _ => since(&at.query)?,
+    };
+    let upstream = Hub::get(at.env, channel)?
+        .subscribe(Transport::Sse, cursor, access)
+        .await?;
+    if upstream.status_code() != 101 {
+        return Ok(upstream);
+    }
+    let limits = sse::BridgeLimits {
+        heartbeat_s: at.config.heartbeat_seconds,
+        lifetime_s: at.config.sse_max_seconds,
+        max_backlog: at.config.slow_consumer_bytes,
+    };
+    sse::bridge(upstream, limits, access.expires)
+}
+
+/// `POST /tokens`: a token no wider than the caller's own.
+pub async fn mint_token(at: &mut Incoming<'_>) -> Answer {
+    let caller = at.credentials.grant(at.env, at.config)?;
+    if !is_json(&at.req) {
+        return Err(Error::UnsupportedMediaType);
+    }
+    let body = read_body(&mut at.req, MINT_BODY_BYTES).await?;
+    let request = TokenRequest::parse(&body)?;
+    let claims = delegate(
+        &caller,
+        &request,
+        access::now_s(),
+        at.config.token_max_ttl_seconds,
+    )?;
+    let token = mint(&claims, access::secret(at.env)?.as_bytes())?;
+    let expires_at = format_time(claims.exp.unwrap_or_default() * 1000).unwrap_or_default();
+    let body = serde_json::json!({"token": token, "expires_at": expires_at});
+    json(201, body.to_string()).map_err(internal("answering"))
+}
+
+fn since(query: &str) -> Result<Option<u64>, Error> {
+    query_param(query, "since")
+        .transpose()?
+        .map(|s| parse_cursor(&s))
+        .transpose()
+}
+
+/// `GET /poll/{c}`, from the D1 mirror alone: the channel's object is never woken by a poll. A
+/// conditional poll that matches the window this isolate read less than `POLL_CACHE_MS` ago is
+/// a 304 without D1; any other answer comes from D1 (and refreshes that window).
+pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    at.credentials
+        .check(at.env, at.config, Action::Subscribe, channel)?;
+    let config = at.config;
+    let limit = match query_param(&at.query, "limit").transpose()? {
+        Some(s) => parse_limit(&s, config.poll_max_limit)?,
+        None => config.poll_default_limit,
+    };
+    let request = PollRequest {
+        cursor: since(&at.query)?,
+        limit,
+        max_bytes: config.max_page_bytes,
+    };
+    let if_none_match = at.req.headers().get("if-none-match").ok().flatten();
+    let now = Date::now().as_millis() as i64;
+    let cached = WINDOWS.with(|w| {
+        w.borrow()
+            .fresh(channel.as_str(), now, config.poll_cache_ms)
+    });
+    let unchanged = |etag: &str| {
+        if_none_match
+            .as_deref()
+            .is_some_and(|v| etag_matches(v, etag))
+    };
+    let (etag, response) = match cached.map(|w| request.etag(w)) {
+        Some(etag) if unchanged(&etag) => (etag, Response::builder().with_status(304).empty()),
+        _ => {
+            let db = at
+                .env
+                .d1(mirror::BINDING)
+                .map_err(internal("the D1 binding"))?;
+            let (window, rows) = mirror::read_page(&db, channel, &request)
+                .await
+                .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+            WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
+            let etag = request.etag(window);
+            let response = if unchanged(&etag) {
+                Response::builder().with_status(304).empty()
+            } else {
+                json(
+                    200,
+                    cut_page(&request, window, rows, channel).encode(channel),
+                )
+                .map_err(internal("answering"))?
+            };
+            (etag, response)
+        }
+    };
+    let headers = response.headers();
+    headers.set("etag", &etag).map_err(internal("answering"))?;
+    headers
+        .set("cache-control", "no-cache")
+        .map_err(internal("answering"))?;
+    Ok(response)
+}
