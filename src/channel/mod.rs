@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod flow;
 pub mod poll;
 pub mod retention;
+pub mod subscriber;
 
 /// What a channel holds: ids `earliest..=head` are retained. `head` is the last id ever given
 /// (0 before the first publish); `earliest` is `head + 1` when nothing is retained.

@@ -9,13 +9,13 @@
 use super::log::ChannelLog;
 use crate::auth::Publisher;
 use crate::channel::fanout::{deliver, Frames, Sink, Transport};
-use crate::channel::flow::{Credit, Floor};
+use crate::channel::flow::Floor;
+use crate::channel::subscriber::{held_at, Attachment, FloorScan, Verdict, ATTACHMENT_VERSION};
 use crate::channel::{plan_replay, Replay, Window};
 use crate::error::Error;
 use crate::protocol::bridge::Downstream;
 use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
-use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use worker::js_sys::{Function, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
@@ -23,61 +23,12 @@ use worker::{State, WebSocket, WebSocketPair};
 
 /// Events read from the log per step of a replay.
 const REPLAY_PAGE: u64 = 500;
-/// Version of `Attachment`; a socket whose attachment has another version is treated as
-/// anonymous and read-only until it reconnects.
-const ATTACHMENT_VERSION: u8 = 1;
-
-/// What a socket may do, kept across hibernation. Small: the runtime caps attachments at 2 KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub v: u8,
-    pub transport: Transport,
-    pub publish: bool,
-    /// Token expiry, unix seconds.
-    pub exp: Option<i64>,
-    /// How far a WebSocket client has confirmed (none for SSE bridges, which guard their own
-    /// clients). Added after version 1 was out, so it may be missing.
-    #[serde(default)]
-    pub credit: Option<Credit>,
-    /// While a paced replay holds a WebSocket client at its window: the last id it was sent.
-    /// Such a socket gets no live events; its reports resume the replay until it reaches the
-    /// head, and then it is live (`None`).
-    #[serde(default)]
-    pub sent: Option<u64>,
-}
-
-impl Attachment {
-    pub fn new(transport: Transport, publish: bool, exp: Option<i64>) -> Self {
-        Attachment {
-            v: ATTACHMENT_VERSION,
-            transport,
-            publish,
-            exp,
-            credit: None,
-            sent: None,
-        }
-    }
-
-    pub fn read(ws: &WebSocket) -> Option<Attachment> {
-        ws.deserialize_attachment::<Attachment>()
-            .ok()
-            .flatten()
-            .filter(|a| a.v == ATTACHMENT_VERSION)
-    }
-
-    /// Records where a paced replay left the socket: held after `sent`, or live. A live SSE
-    /// bridge keeps no credit: its reports only matter while it is held (it guards its own
-    /// client), and a stale credit would hold the floor down.
-    pub fn settle(&mut self, sent: Option<u64>) {
-        self.sent = sent;
-        if sent.is_none() && self.transport == Transport::Sse {
-            self.credit = None;
-        }
-    }
-
-    pub fn expired(&self, now_s: i64) -> bool {
-        self.exp.is_some_and(|exp| now_s >= exp)
-    }
+/// A socket's attachment (`channel::subscriber`), if it has one of this version.
+pub fn attachment(ws: &WebSocket) -> Option<Attachment> {
+    ws.deserialize_attachment::<Attachment>()
+        .ok()
+        .flatten()
+        .filter(|a| a.v == ATTACHMENT_VERSION)
 }
 
 /// A subscriber's socket in the `Sink` role.
@@ -227,33 +178,22 @@ pub fn accept(
         ..
     } = join;
     let plan = plan_replay(cursor, window, false);
-    let after = match plan {
-        Replay::Live => window.head,
-        Replay::After(n) => n,
-        Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
-    };
-    if plan != Replay::Live || attachment.transport == Transport::Ws {
+    let (after, credited) = attachment.start(plan, window);
+    if credited {
         let bytes = log
             .bytes_at(after)
             .map_err(internal("reading a position"))?;
-        attachment.credit = Some(Credit::new(after, bytes, join.now_ms));
-        floor.set(floor.get().joined(bytes));
+        floor.set(attachment.credited(after, bytes, join.now_ms, floor.get()));
     }
     let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
     let server = pair.server;
-    let tags = [attachment.transport.tag().to_string()]
-        .into_iter()
-        .chain([format!("{CHANNEL_TAG}{channel}")])
-        .chain(
-            join.publisher
-                .map(|p| format!("{PUBLISHER_TAG}{}", p.hex())),
-        )
-        .map(|tag| JsValue::from_str(&tag))
-        .collect();
-    state
-        .as_raw()
-        .accept_websocket_with_tags(server.as_ref(), tags)
-        .map_err(|e| Error::Unavailable(format!("accepting a socket: {e:?}")))?;
+    hibernate(
+        state,
+        &server,
+        attachment.transport,
+        channel,
+        join.publisher,
+    )?;
     let sink = SocketSink(server.clone());
     if attachment.transport == Transport::Ws {
         deliver(
@@ -277,11 +217,31 @@ pub fn accept(
     server
         .serialize_attachment(attachment)
         .map_err(internal("attaching rights"))?;
-    let held = attachment.sent.and(attachment.credit);
     Ok(Accepted {
         client: pair.client,
-        stalls_at: held.map(|c| c.stalls_at()),
+        stalls_at: attachment.stall(join.now_ms).and_then(Result::ok),
     })
+}
+
+/// Hands the socket to the runtime as hibernatable, tagged with its transport, its channel and
+/// its publisher.
+fn hibernate(
+    state: &State,
+    server: &WebSocket,
+    transport: Transport,
+    channel: &ChannelName,
+    publisher: Option<Publisher>,
+) -> Result<(), Error> {
+    let tags = [transport.tag().to_string()]
+        .into_iter()
+        .chain([format!("{CHANNEL_TAG}{channel}")])
+        .chain(publisher.map(|p| format!("{PUBLISHER_TAG}{}", p.hex())))
+        .map(|tag| JsValue::from_str(&tag))
+        .collect();
+    state
+        .as_raw()
+        .accept_websocket_with_tags(server.as_ref(), tags)
+        .map_err(|e| Error::Unavailable(format!("accepting a socket: {e:?}")))
 }
 
 /// Sends a subscriber the next step of its replay (`replay`), paced by its credit if it has
@@ -297,14 +257,9 @@ fn paced_replay(
     head: u64,
     flow_window: u64,
 ) -> Result<Option<u64>, Error> {
-    let transport = attachment.transport;
-    let step = match transport {
-        Transport::Ws => flow_window,
-        Transport::Sse => flow_window / 4,
-    };
-    let limit = attachment.credit.map(|c| c.replay_limit(step));
-    let sent = replay(sink, log, channel, transport, plan, head, limit)?;
-    if let (Some(sent), Transport::Sse) = (sent, transport) {
+    let limit = attachment.step_limit(flow_window);
+    let sent = replay(sink, log, channel, attachment.transport, plan, head, limit)?;
+    if let Some(sent) = attachment.notice_after_step(sent) {
         deliver(
             std::slice::from_ref(sink),
             &[Downstream::Held(sent).encode()],
@@ -347,7 +302,7 @@ fn replay(
             break;
         }
     }
-    Ok((after < head).then_some(after))
+    Ok(held_at(after, head))
 }
 
 /// A subscriber held by a paced replay reported its cursor (`attachment.credit` is updated):
@@ -386,19 +341,10 @@ pub fn resume_replay(
 pub fn close_stalled(state: &State, now_ms: i64) -> Option<i64> {
     let mut next: Option<i64> = None;
     for ws in all_sockets(state) {
-        let Some(Attachment {
-            sent: Some(_),
-            credit: Some(credit),
-            ..
-        }) = Attachment::read(&ws)
-        else {
-            continue;
-        };
-        if credit.stalled(now_ms) {
-            close(&ws, CloseCode::TooSlow);
-        } else {
-            let at = credit.stalls_at();
-            next = Some(next.map_or(at, |n| n.min(at)));
+        match attachment(&ws).and_then(|a| a.stall(now_ms)) {
+            Some(Err(())) => close(&ws, CloseCode::TooSlow),
+            Some(Ok(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+            None => {}
         }
     }
     next
@@ -424,28 +370,28 @@ pub struct FlowCheck<'a> {
 /// order. The floor says when one may be held, and the attachments are read then.
 pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
     let check = flow.floor.get().must_check(flow.end, flow.window);
-    let (mut lowest, mut held) = (flow.end, false);
+    let mut scan = FloorScan::new(flow.end);
     for transport in [Transport::Ws, Transport::Sse] {
         let mut sockets = any_sockets(state, transport);
         if check {
             sockets.retain(|ws| {
-                let Some(attachment) = Attachment::read(ws) else {
+                let Some(attachment) = attachment(ws) else {
                     return true;
                 };
-                let Some(credit) = attachment.credit else {
-                    return true;
-                };
-                // SSE bridges guard their own clients; only their replays are paced here.
-                let ws_client = transport == Transport::Ws;
-                if ws_client && credit.too_slow(flow.end, flow.window, flow.now_ms, flow.sent_after)
-                {
-                    close(ws, CloseCode::TooSlow);
-                    return false;
+                match attachment.verdict(flow.end, flow.window, flow.now_ms, flow.sent_after) {
+                    Verdict::TooSlow => {
+                        close(ws, CloseCode::TooSlow);
+                        false
+                    }
+                    Verdict::Skip => {
+                        scan.kept(&attachment);
+                        false
+                    }
+                    Verdict::Deliver => {
+                        scan.kept(&attachment);
+                        true
+                    }
                 }
-                lowest = lowest.min(credit.bytes);
-                // Held by a paced replay: the replay brings it these events later, in order.
-                held |= attachment.sent.is_some();
-                attachment.sent.is_none()
             });
         }
         for failed in deliver_js(&sockets, frames.for_transport(transport)) {
@@ -455,7 +401,7 @@ pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
         }
     }
     if check {
-        flow.floor.set(Floor::seen(lowest, held));
+        flow.floor.set(scan.floor());
     }
 }
 
@@ -468,7 +414,7 @@ pub fn close(ws: &WebSocket, code: CloseCode) {
 pub fn close_expired(state: &State, now_s: i64) -> Option<i64> {
     let mut next: Option<i64> = None;
     for ws in all_sockets(state) {
-        let Some(attachment) = Attachment::read(&ws) else {
+        let Some(attachment) = attachment(&ws) else {
             continue;
         };
         match attachment.exp {
