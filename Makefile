@@ -48,6 +48,7 @@ dev: build
 test: setup-test bundle
 	cargo test --lib --bins
 	cargo test --test e2e
+	cargo build -q -p edgehub-launch --bin edgehub-launch
 	node --test tests/browser/
 
 # Proves the deploy bundle without an account: what `wrangler deploy` would upload, checked for

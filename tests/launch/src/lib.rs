@@ -27,7 +27,10 @@ const FATAL_LOG_LINES: &[&str] = &[
     "The Workers runtime failed to start",
     "Custom build failed",
     "Command failed with exit code",
+    "Address already in use",
 ];
+/// How long a restart on the same port waits for the port to be free again.
+const PORT_FREE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the command in the background and holds it on `read` from our stdin pipe: when the
 /// caller's process dies, the pipe closes, and the watchdog takes the whole process group down
@@ -166,6 +169,26 @@ impl Runtime {
         Ok(self.base.clone())
     }
 
+    /// Starts a stopped runtime again on the same port and persist dir (once the port is free),
+    /// so that a page left open on its origin can reconnect by itself.
+    pub async fn start_again(&mut self) -> Result<String, String> {
+        if self.running.is_some() {
+            return Ok(self.base.clone());
+        }
+        let port = self.port;
+        let deadline = Instant::now() + PORT_FREE_TIMEOUT;
+        while TcpListener::bind(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "port {port} still taken after {PORT_FREE_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.launch_on(Some(port)).await?;
+        Ok(self.base.clone())
+    }
+
     /// SIGTERM to the whole process group, then SIGKILL to what is left after a grace period.
     pub async fn stop(&mut self) {
         let Some(mut run) = self.running.take() else {
@@ -270,11 +293,18 @@ impl Runtime {
     }
 
     async fn launch(&mut self) -> Result<(), String> {
+        self.launch_on(None).await
+    }
+
+    /// Starts `wrangler dev` on `port`, or on a free one.
+    async fn launch_on(&mut self, port: Option<u16>) -> Result<(), String> {
         // One start at a time per process: wrangler's start-up is heavy, and several at once
         // only make each slower.
         static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _one_at_a_time = STARTING.lock().await;
-        let (port, inspector) = free_ports()?;
+        let (free, inspector) = free_ports()?;
+        let port = port.unwrap_or(free);
+        let inspector = if inspector == port { free } else { inspector };
         let log = self.log();
         let log_from = fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
         let exit_file = self.dir.join("wrangler.exit");
