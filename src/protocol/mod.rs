@@ -12,6 +12,7 @@ pub mod publish;
 pub mod query;
 pub mod route;
 pub mod sse;
+pub mod stream;
 pub mod ws;
 
 pub use names::{ChannelName, EventType};
