@@ -63,28 +63,6 @@ pub fn check(text: &str, max_depth: usize) -> Result<(), Unreadable> {
     Ok(())
 }
 
-/// The deepest nesting of objects and arrays in `text` (strings do not count).
-pub fn depth(text: &str) -> usize {
-    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
-    let bytes = text.as_bytes();
-    while let Some(&b) = bytes.get(i) {
-        i = match b {
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-                i + 1
-            }
-            b']' | b'}' => {
-                depth = depth.saturating_sub(1);
-                i + 1
-            }
-            b'"' => skip_string(bytes, i + 1),
-            _ => i + 1,
-        };
-    }
-    deepest
-}
-
 /// The index after the string whose body starts at `i`, checking its `\u` escapes.
 fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Unreadable> {
     while let Some(&b) = bytes.get(i) {
@@ -96,18 +74,6 @@ fn string_end(bytes: &[u8], mut i: usize) -> Result<usize, Unreadable> {
         }
     }
     Ok(i)
-}
-
-/// The index after a string without checking it (for `depth`).
-fn skip_string(bytes: &[u8], mut i: usize) -> usize {
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'"' => return i + 1,
-            b'\\' => i += 2,
-            _ => i += 1,
-        }
-    }
-    i
 }
 
 /// `\uXXXX` at `i`: a high surrogate must be followed at once by a `\u` low surrogate, and a low
@@ -155,6 +121,40 @@ fn number_end(text: &str, i: usize) -> Result<usize, Unreadable> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The deepest nesting of objects and arrays in `text` (strings do not count).
+    fn depth(text: &str) -> usize {
+        let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+        let bytes = text.as_bytes();
+        while let Some(&b) = bytes.get(i) {
+            i = match b {
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                    i + 1
+                }
+                b']' | b'}' => {
+                    depth = depth.saturating_sub(1);
+                    i + 1
+                }
+                b'"' => skip_string(bytes, i + 1),
+                _ => i + 1,
+            };
+        }
+        deepest
+    }
+
+    /// The index after a string without checking it (for `depth`).
+    fn skip_string(bytes: &[u8], mut i: usize) -> usize {
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'"' => return i + 1,
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+        i
+    }
 
     fn nested(levels: usize, open: &str, close: &str) -> String {
         format!("{}1{}", open.repeat(levels), close.repeat(levels))
