@@ -106,8 +106,8 @@ impl Attachment {
         self.credit.map(|c| c.replay_limit(step))
     }
 
-    /// Whether a replay step that sent everything through `last` must be followed by a `held`
-    /// notice: an SSE bridge that is still short of the head.
+    /// The id a replay step's `held` notice names, given where the step left the socket
+    /// (`held_at`): only an SSE bridge still short of the head gets one.
     pub fn notice_after_step(&self, held_at: Option<u64>) -> Option<u64> {
         held_at.filter(|_| self.transport == Transport::Sse)
     }

@@ -27,7 +27,8 @@ pub struct PublishLimits {
 }
 
 impl PublishLimits {
-    /// Refuses `data` (compact JSON text) over the size or depth limits.
+    /// Refuses `data` (compact JSON text) over the size limit. Its depth, strings and numbers
+    /// were checked with the body or frame around it (`check_text`).
     pub fn check_data(&self, data: &str) -> Result<(), Error> {
         if data.len() > self.max_data_bytes {
             return Err(Error::TooLarge(format!(
@@ -36,12 +37,13 @@ impl PublishLimits {
                 data.len()
             )));
         }
-        json::check(data, self.max_depth).map_err(|fault| fault.into_error(|| self.too_deep()))
+        Ok(())
     }
 
-    /// Checks a whole body or frame before it is parsed: `wrapping` levels of it hold the
-    /// data (an event object, a batch array), so nothing deeper than the data's limit plus
-    /// those is ever parsed, and no string or number in it is unreadable.
+    /// Checks a whole body or frame before it is parsed, in one pass: `wrapping` levels of it
+    /// hold the data (an event object: 1; a batch array and its objects: 2), so data deeper
+    /// than its limit is refused here, nothing deeper is ever parsed, and no string or number
+    /// in it is unreadable.
     pub fn check_text(&self, text: &str, wrapping: usize) -> Result<(), Error> {
         json::check(text, self.max_depth.saturating_add(wrapping))
             .map_err(|fault| fault.into_error(|| self.too_deep()))
@@ -75,8 +77,13 @@ pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
 pub fn parse_publish(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>, Error> {
     let text =
         std::str::from_utf8(body).map_err(|_| Error::InvalidJson("body is not UTF-8".into()))?;
-    // An array of event objects holds the data two levels down.
-    limits.check_text(text, 2)?;
+    // One event object holds its data one level down; a batch array two.
+    let wrapping = if text.trim_start().starts_with('[') {
+        2
+    } else {
+        1
+    };
+    limits.check_text(text, wrapping)?;
     let raw: &RawValue = serde_json::from_str(text)?;
     let items: Vec<&RawValue> = match raw.get().as_bytes().first() {
         Some(b'[') => serde_json::from_str(raw.get())?,
