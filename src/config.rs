@@ -4,11 +4,16 @@
 
 use crate::auth::{patterns, Pattern};
 use crate::protocol::publish::PublishLimits;
+use crate::protocol::stream::DEFAULT_MAX_STREAM_CHANNELS;
 
 /// The deepest `MAX_DATA_DEPTH` may be set. An event's data sits at most three levels down in
 /// anything the hub sends (a poll page's object, its `events` array, the envelope), so data at
 /// this depth stays well within the 128 levels that serde_json, and most other readers, accept.
 pub const MAX_DATA_DEPTH_CAP: usize = 100;
+
+/// The most `MAX_STREAM_CHANNELS` may be set: a stream cursor names every channel of its stream,
+/// and it must fit in a `Last-Event-ID` header (1,000 names of 128 bytes are about 130 KB).
+pub const MAX_STREAM_CHANNELS_CAP: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +39,8 @@ pub struct Config {
     /// How long a Worker isolate may answer a conditional poll from the mirror window it read
     /// last, without D1 (0: always ask D1).
     pub poll_cache_ms: i64,
+    /// The most channels one stream (`/sse`, `/ws`, `/poll` with `?channel=`) may carry.
+    pub max_stream_channels: usize,
     pub public_channels: Vec<Pattern>,
     pub cors_origins: Vec<String>,
     /// True only under the local development config (`.dev.vars`).
@@ -78,6 +85,8 @@ impl Config {
             poll_default_limit,
             poll_max_limit,
             poll_cache_ms: i64::try_from(num("POLL_CACHE_MS", 250)).unwrap_or(250),
+            max_stream_channels: size("MAX_STREAM_CHANNELS", DEFAULT_MAX_STREAM_CHANNELS as u64)
+                .clamp(1, MAX_STREAM_CHANNELS_CAP),
             public_channels: patterns(&var("PUBLIC_CHANNELS").unwrap_or_default()),
             cors_origins: var("CORS_ORIGINS")
                 .unwrap_or_default()

@@ -7,6 +7,7 @@ pub mod backlog;
 pub mod fanout;
 pub mod flow;
 pub mod poll;
+pub mod poll_many;
 pub mod retention;
 pub mod subscriber;
 

@@ -16,6 +16,11 @@ pub enum Route {
     Poll(ChannelName),
     Sse(ChannelName),
     Ws(ChannelName),
+    /// `/poll`, `/sse` and `/ws` without a channel in the path: many channels on one stream,
+    /// named in the query (`protocol::stream`).
+    PollMany,
+    SseMany,
+    WsMany,
     MintToken,
 }
 
@@ -32,7 +37,15 @@ impl Route {
     /// Where a token may come from the query string: only where a client cannot set a header
     /// (`EventSource`, browser WebSockets) and on polls, which may be plain links.
     pub fn takes_query_token(&self) -> bool {
-        matches!(self, Route::Poll(_) | Route::Sse(_) | Route::Ws(_))
+        matches!(
+            self,
+            Route::Poll(_)
+                | Route::Sse(_)
+                | Route::Ws(_)
+                | Route::PollMany
+                | Route::SseMany
+                | Route::WsMany
+        )
     }
 }
 
@@ -56,6 +69,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("HEAD", "/poll/{channel}"),
     ("GET", "/sse/{channel}"),
     ("GET", "/ws/{channel}"),
+    ("GET", "/poll"),
+    ("HEAD", "/poll"),
+    ("GET", "/sse"),
+    ("GET", "/ws"),
     ("POST", "/tokens"),
 ];
 
@@ -77,6 +94,9 @@ pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], 
         ["poll", c] => (GET, Route::Poll(channel(c)?)),
         ["sse", c] => (GET_ONLY, Route::Sse(channel(c)?)),
         ["ws", c] => (GET_ONLY, Route::Ws(channel(c)?)),
+        ["poll"] => (GET, Route::PollMany),
+        ["sse"] => (GET_ONLY, Route::SseMany),
+        ["ws"] => (GET_ONLY, Route::WsMany),
         _ => return Err(Error::NotFound),
     })
 }
@@ -124,6 +144,10 @@ mod tests {
         assert_eq!(route("GET", "/sse/x"), Ok(Route::Sse(ch("x"))));
         assert_eq!(route("GET", "/ws/x"), Ok(Route::Ws(ch("x"))));
         assert_eq!(route("POST", "/tokens"), Ok(Route::MintToken));
+        assert_eq!(route("GET", "/poll"), Ok(Route::PollMany));
+        assert_eq!(route("GET", "/sse"), Ok(Route::SseMany));
+        assert_eq!(route("GET", "/ws"), Ok(Route::WsMany));
+        assert!(route("GET", "/sse").unwrap().takes_query_token());
         assert_eq!(
             route("DELETE", "/channels/c/events"),
             Ok(Route::Purge(ch("c")))
@@ -150,6 +174,9 @@ mod tests {
             "/poll/{channel}",
             "/sse/{channel}",
             "/ws/{channel}",
+            "/poll",
+            "/sse",
+            "/ws",
         ] {
             for method in ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"] {
                 let ok = route(method, &template.replace("{channel}", "c")).is_ok();

@@ -78,6 +78,35 @@ impl Credentials {
         action: Action,
         channel: &ChannelName,
     ) -> Result<Access, Error> {
+        let mut grant = None;
+        self.check_with(&mut grant, env, config, action, channel)
+    }
+
+    /// `check` for every channel of a stream, in order: the token is verified once. The first
+    /// refused channel answers (its 403 names it).
+    pub fn check_all(
+        &self,
+        env: &Env,
+        config: &Config,
+        action: Action,
+        channels: &[ChannelName],
+    ) -> Result<Vec<Access>, Error> {
+        let mut grant = None;
+        channels
+            .iter()
+            .map(|c| self.check_with(&mut grant, env, config, action, c))
+            .collect()
+    }
+
+    /// `check`, verifying the token only the first time a grant is needed (kept in `grant`).
+    fn check_with(
+        &self,
+        grant: &mut Option<Grant>,
+        env: &Env,
+        config: &Config,
+        action: Action,
+        channel: &ChannelName,
+    ) -> Result<Access, Error> {
         if self.token.is_none()
             && action == Action::Subscribe
             && config.public_channels.iter().any(|p| p.matches(channel))
@@ -88,7 +117,10 @@ impl Credentials {
                 publisher: None,
             });
         }
-        let grant = self.grant(env, config)?;
+        let grant = match grant {
+            Some(grant) => grant,
+            None => grant.insert(self.grant(env, config)?),
+        };
         if !grant.allows(action, channel) {
             let verb = match action {
                 Action::Publish => "publish to",

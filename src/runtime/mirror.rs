@@ -4,6 +4,7 @@
 
 use super::log::ChannelLog;
 use crate::channel::poll::{PollRequest, StoredEvent};
+use crate::channel::poll_many::{ManyRequest, ManyRow};
 use crate::channel::Window;
 use crate::protocol::query::MAX_CURSOR;
 use crate::protocol::ChannelName;
@@ -197,4 +198,97 @@ pub async fn read_page(
         })
         .collect();
     Ok((window, events))
+}
+
+/// One query for a whole multi-channel poll (`channel::poll_many`): every channel's mirrored
+/// window and the page's rows, in one statement so they agree. `?1` is the set as JSON
+/// (`[[channel, after], …]` in the set's order; `after` is `MAX_CURSOR` for "from now on").
+/// Each channel reads at most `?2` (the limit) consecutive ids from its position, from the
+/// `events_size` index alone; they are ranked round-robin (the first of each channel in the
+/// set's order, then the second, …), and only rows ranked within the limit and starting before
+/// `?3` bytes of data are joined to their data. Every channel has a row, with or without an
+/// event.
+const SELECT_MANY: &str = "WITH want AS ( \
+       SELECT CAST(key AS INTEGER) AS pos, json_extract(value, '$[0]') AS channel, \
+              json_extract(value, '$[1]') AS after FROM json_each(?1)), \
+     win AS ( \
+       SELECT w.pos AS pos, w.channel AS channel, coalesce(c.head, 0) AS head, \
+              coalesce(c.earliest, 1) AS earliest, \
+              max(w.after, coalesce(c.earliest, 1) - 1) AS start \
+       FROM want w LEFT JOIN channels c ON c.channel = w.channel), \
+     cand AS ( \
+       SELECT w.pos AS pos, e.seq AS seq, e.size AS size, \
+              row_number() OVER (PARTITION BY w.pos ORDER BY e.seq) AS n \
+       FROM win w JOIN events e ON e.channel = w.channel AND e.seq > w.start \
+         AND e.seq <= min(w.head, w.start + ?2)), \
+     page AS ( \
+       SELECT pos, seq, \
+              sum(size) OVER (ORDER BY n, pos ROWS BETWEEN UNBOUNDED PRECEDING \
+                              AND 1 PRECEDING) AS before, \
+              row_number() OVER (ORDER BY n, pos) AS rank \
+       FROM cand) \
+     SELECT w.pos AS pos, w.head AS head, w.earliest AS earliest, e.seq AS seq, \
+       e.type AS type, e.data AS data, e.time_ms AS time_ms \
+     FROM win w \
+       LEFT JOIN page p ON p.pos = w.pos AND coalesce(p.before, 0) < ?3 AND p.rank <= ?2 \
+       LEFT JOIN events e ON e.channel = w.channel AND e.seq = p.seq \
+     ORDER BY p.rank";
+
+#[derive(Deserialize)]
+struct ManyPageRow {
+    pos: usize,
+    head: u64,
+    earliest: u64,
+    seq: Option<u64>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    data: Option<String>,
+    time_ms: Option<i64>,
+}
+
+/// Every channel's mirrored window (in the set's order) and the rows a multi-channel poll
+/// needs, round-robin.
+pub async fn read_many(
+    db: &D1Database,
+    req: &ManyRequest,
+) -> worker::Result<(Vec<Window>, Vec<ManyRow>)> {
+    let want: Vec<(&str, u64)> = req
+        .set
+        .channels()
+        .iter()
+        .zip(req.cursors())
+        .map(|(c, cursor)| (c.as_str(), cursor.unwrap_or(MAX_CURSOR)))
+        .collect();
+    let want = serde_json::to_string(&want).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let statement = db.prepare(SELECT_MANY).bind(&[
+        JsValue::from_str(&want),
+        JsValue::from_f64(f64::from(req.limit)),
+        JsValue::from_f64(req.max_bytes as f64),
+    ])?;
+    let rows: Vec<ManyPageRow> = statement.all().await?.results()?;
+    let mut windows = vec![Window::EMPTY; req.set.channels().len()];
+    let mut events = Vec::new();
+    for row in rows {
+        let pos = row.pos;
+        if let Some(window) = windows.get_mut(pos) {
+            *window = Window {
+                head: row.head,
+                earliest: row.earliest,
+            };
+        }
+        if let (Some(id), Some(event_type), Some(data), Some(time_ms)) =
+            (row.seq, row.event_type, row.data, row.time_ms)
+        {
+            events.push(ManyRow {
+                lane: pos,
+                event: StoredEvent {
+                    id,
+                    event_type,
+                    data,
+                    time_ms,
+                },
+            });
+        }
+    }
+    Ok((windows, events))
 }

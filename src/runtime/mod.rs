@@ -92,6 +92,8 @@ async fn handle(req: Request, env: &Env, config: &Config) -> std::result::Result
         Route::Poll(channel) => routes::poll(&incoming, &channel).await,
         Route::Ws(channel) => routes::ws(&incoming, &channel).await,
         Route::Sse(channel) => routes::sse(&incoming, &channel).await,
+        Route::PollMany => routes::poll_many(&incoming).await,
+        Route::SseMany | Route::WsMany => Err(Error::NotFound),
         Route::MintToken => routes::mint_token(&mut incoming).await,
     }
 }

@@ -9,11 +9,14 @@ use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
 use crate::channel::poll::{cut_page, PollRequest, WindowCache};
+use crate::channel::poll_many::{cut_many, ManyRequest};
+use crate::channel::Window;
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
 use crate::protocol::publish::{parse_idempotency_key, parse_publish};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
+use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ChannelName;
 use std::cell::RefCell;
 use worker::{Date, Env, Request, Response};
@@ -147,53 +150,123 @@ fn since(query: &str) -> Result<Option<u64>, Error> {
 pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     at.credentials
         .check(at.env, at.config, Action::Subscribe, channel)?;
-    let config = at.config;
-    let limit = match query_param(&at.query, "limit").transpose()? {
-        Some(s) => parse_limit(&s, config.poll_max_limit)?,
-        None => config.poll_default_limit,
-    };
     let request = PollRequest {
         cursor: since(&at.query)?,
-        limit,
-        max_bytes: config.max_page_bytes,
+        limit: limit(at)?,
+        max_bytes: at.config.max_page_bytes,
     };
-    let if_none_match = at.req.headers().get("if-none-match").ok().flatten();
-    let now = Date::now().as_millis() as i64;
+    let now = now_ms();
     let cached = WINDOWS.with(|w| {
         w.borrow()
-            .fresh(channel.as_str(), now, config.poll_cache_ms)
+            .fresh(channel.as_str(), now, at.config.poll_cache_ms)
     });
-    let unchanged = |etag: &str| {
-        if_none_match
-            .as_deref()
-            .is_some_and(|v| etag_matches(v, etag))
-    };
-    let (etag, response) = match cached.map(|w| request.etag(w)) {
-        Some(etag) if unchanged(&etag) => (etag, Response::builder().with_status(304).empty()),
-        _ => {
-            let db = at
-                .env
-                .d1(mirror::BINDING)
-                .map_err(internal("the D1 binding"))?;
-            let (window, rows) = mirror::read_page(&db, channel, &request)
-                .await
-                .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-            WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
-            let etag = request.etag(window);
-            let response = if unchanged(&etag) {
-                Response::builder().with_status(304).empty()
-            } else {
-                json(
-                    200,
-                    cut_page(&request, window, rows, channel).encode(channel),
-                )
-                .map_err(internal("answering"))?
-            };
-            (etag, response)
+    if let Some(etag) = cached.map(|w| request.etag(w)) {
+        if unchanged(at, &etag) {
+            return not_modified(etag);
         }
+    }
+    let (window, rows) = mirror::read_page(&mirror_db(at)?, channel, &request)
+        .await
+        .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+    WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
+    let etag = request.etag(window);
+    if unchanged(at, &etag) {
+        return not_modified(etag);
+    }
+    let page = cut_page(&request, window, rows, channel);
+    page_answer(etag, page.encode(channel))
+}
+
+/// `GET /poll?channel=a&channel=b…`: the same rules as `poll`, over a set of channels, in one
+/// D1 query; a 304 without D1 when every channel's window is in this isolate's cache.
+pub async fn poll_many(at: &Incoming<'_>) -> Answer {
+    let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
+    at.credentials
+        .check_all(at.env, at.config, Action::Subscribe, set.channels())?;
+    let since = stream_since(&at.query, &set)?;
+    let request = ManyRequest {
+        set,
+        since,
+        limit: limit(at)?,
+        max_bytes: at.config.max_page_bytes,
     };
+    let now = now_ms();
+    let cached: Option<Vec<Window>> = WINDOWS.with(|w| {
+        let w = w.borrow();
+        request
+            .set
+            .channels()
+            .iter()
+            .map(|c| w.fresh(c.as_str(), now, at.config.poll_cache_ms))
+            .collect()
+    });
+    if let Some(etag) = cached.map(|w| request.etag(&w)) {
+        if unchanged(at, &etag) {
+            return not_modified(etag);
+        }
+    }
+    let (windows, rows) = mirror::read_many(&mirror_db(at)?, &request)
+        .await
+        .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+    WINDOWS.with(|w| {
+        let mut w = w.borrow_mut();
+        for (c, window) in request.set.channels().iter().zip(&windows) {
+            w.put(c.as_str(), *window, now);
+        }
+    });
+    let etag = request.etag(&windows);
+    if unchanged(at, &etag) {
+        return not_modified(etag);
+    }
+    page_answer(etag, cut_many(&request, &windows, rows).encode())
+}
+
+fn now_ms() -> i64 {
+    Date::now().as_millis() as i64
+}
+
+fn limit(at: &Incoming<'_>) -> Result<u32, Error> {
+    match query_param(&at.query, "limit").transpose()? {
+        Some(s) => parse_limit(&s, at.config.poll_max_limit),
+        None => Ok(at.config.poll_default_limit),
+    }
+}
+
+/// A stream's `since`: `0` or a stream cursor over `set`; `None` when absent.
+fn stream_since(query: &str, set: &ChannelSet) -> Result<Option<StreamSince>, Error> {
+    query_param(query, "since")
+        .transpose()?
+        .map(|s| StreamSince::parse(&s, set))
+        .transpose()
+}
+
+fn mirror_db(at: &Incoming<'_>) -> Result<worker::D1Database, Error> {
+    at.env
+        .d1(mirror::BINDING)
+        .map_err(internal("the D1 binding"))
+}
+
+/// True when the request's `If-None-Match` matches `etag`.
+fn unchanged(at: &Incoming<'_>, etag: &str) -> bool {
+    at.req
+        .headers()
+        .get("if-none-match")
+        .ok()
+        .flatten()
+        .is_some_and(|v| etag_matches(&v, etag))
+}
+
+fn not_modified(etag: String) -> Answer {
+    poll_headers(Response::builder().with_status(304).empty(), &etag)
+}
+
+fn page_answer(etag: String, body: String) -> Answer {
+    poll_headers(json(200, body).map_err(internal("answering"))?, &etag)
+}
+
+fn poll_headers(response: Response, etag: &str) -> Answer {
     let headers = response.headers();
-    headers.set("etag", &etag).map_err(internal("answering"))?;
+    headers.set("etag", etag).map_err(internal("answering"))?;
     headers
         .set("cache-control", "no-cache")
         .map_err(internal("answering"))?;
