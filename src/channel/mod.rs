@@ -6,6 +6,7 @@
 pub mod backlog;
 pub mod fanout;
 pub mod flow;
+pub mod merge;
 pub mod poll;
 pub mod poll_many;
 pub mod retention;

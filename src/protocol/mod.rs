@@ -7,6 +7,7 @@ pub mod call;
 pub mod cors;
 pub mod envelope;
 pub mod json;
+pub mod many;
 pub mod names;
 pub mod publish;
 pub mod query;
