@@ -169,6 +169,11 @@ impl Merge {
         self.ended
     }
 
+    /// The connection is over (its client left, or its time is up): nothing more is done.
+    pub fn close(&mut self) {
+        self.ended = true;
+    }
+
     fn lane(&mut self, id: LaneId) -> Option<&mut Lane> {
         self.lanes.iter_mut().find(|l| l.id == id)
     }

@@ -6,6 +6,7 @@ use crate::auth::{self, Action, Grant, Publisher, TokenSource};
 use crate::config::Config;
 use crate::error::{Error, TokenFault};
 use crate::protocol::query::query_param;
+use crate::protocol::stream::ChannelSet;
 use crate::protocol::ChannelName;
 use worker::{Date, Env, Request};
 
@@ -78,68 +79,102 @@ impl Credentials {
         action: Action,
         channel: &ChannelName,
     ) -> Result<Access, Error> {
-        let mut grant = None;
-        self.check_with(&mut grant, env, config, action, channel)
+        self.permits(env, config)?.check(config, action, channel)
     }
 
-    /// `check` for every channel of a stream, in order: the token is verified once. The first
-    /// refused channel answers (its 403 names it).
-    pub fn check_all(
-        &self,
-        env: &Env,
-        config: &Config,
-        action: Action,
-        channels: &[ChannelName],
-    ) -> Result<Vec<Access>, Error> {
-        let mut grant = None;
-        channels
-            .iter()
-            .map(|c| self.check_with(&mut grant, env, config, action, c))
-            .collect()
+    /// What these credentials allow, the token verified once, to be checked channel by
+    /// channel (a stream's set, a multi-channel WebSocket's `subscribe` frames). Without a
+    /// token: public channels only.
+    pub fn permits(&self, env: &Env, config: &Config) -> Result<Permits, Error> {
+        let grant = match self.token {
+            None => None,
+            Some(_) => Some(self.grant(env, config)?),
+        };
+        Ok(Permits {
+            publisher: grant
+                .as_ref()
+                .zip(self.token_text())
+                .map(|(g, t)| Publisher::of(g.sub.as_deref(), t)),
+            grant,
+        })
+    }
+}
+
+/// A verified token's grant (or none, for anonymous access), checked channel by channel.
+#[derive(Debug, Clone)]
+pub struct Permits {
+    grant: Option<Grant>,
+    publisher: Option<Publisher>,
+}
+
+impl Permits {
+    /// When the token stops being accepted (as `Access::expires`); `None` when anonymous.
+    pub fn expires(&self) -> Option<i64> {
+        self.grant
+            .as_ref()
+            .map(|g| g.exp.saturating_add(auth::CLOCK_SKEW_SECONDS))
     }
 
-    /// `check`, verifying the token only the first time a grant is needed (kept in `grant`).
-    fn check_with(
+    /// `Ok` when these rights allow `action` on `channel`: anonymous ones on public channels
+    /// only (401 elsewhere), a token's by its patterns (403 naming the channel).
+    pub fn check(
         &self,
-        grant: &mut Option<Grant>,
-        env: &Env,
         config: &Config,
         action: Action,
         channel: &ChannelName,
     ) -> Result<Access, Error> {
-        if self.token.is_none()
-            && action == Action::Subscribe
-            && config.public_channels.iter().any(|p| p.matches(channel))
-        {
-            return Ok(Access {
-                publish: false,
-                expires: None,
-                publisher: None,
-            });
+        match &self.grant {
+            Some(grant) => allowed(grant, self.publisher, action, channel),
+            None if action == Action::Subscribe
+                && config.public_channels.iter().any(|p| p.matches(channel)) =>
+            {
+                Ok(Access {
+                    publish: false,
+                    expires: None,
+                    publisher: None,
+                })
+            }
+            None => Err(Error::Unauthorized(TokenFault::Missing)),
         }
-        let grant = match grant {
-            Some(grant) => grant,
-            None => grant.insert(self.grant(env, config)?),
-        };
-        if !grant.allows(action, channel) {
-            let verb = match action {
-                Action::Publish => "publish to",
-                Action::Subscribe => "subscribe to",
-            };
-            return Err(Error::Forbidden(format!(
-                "the token may not {verb} channel {channel}"
-            )));
-        }
-        Ok(Access {
-            publish: grant.allows(Action::Publish, channel),
-            // The same leeway as verification: a stream must not end while a reconnect with
-            // the same token would still be let in, or the client would loop until it is not.
-            expires: Some(grant.exp.saturating_add(auth::CLOCK_SKEW_SECONDS)),
-            publisher: self
-                .token_text()
-                .map(|t| Publisher::of(grant.sub.as_deref(), t)),
-        })
     }
+
+    /// `check` for every channel of a set, in order: the first refused one answers (a 403
+    /// names it).
+    pub fn check_all(
+        &self,
+        config: &Config,
+        action: Action,
+        set: &ChannelSet,
+    ) -> Result<Vec<Access>, Error> {
+        set.channels()
+            .iter()
+            .map(|c| self.check(config, action, c))
+            .collect()
+    }
+}
+
+fn allowed(
+    grant: &Grant,
+    publisher: Option<Publisher>,
+    action: Action,
+    channel: &ChannelName,
+) -> Result<Access, Error> {
+    if !grant.allows(action, channel) {
+        let verb = match action {
+            Action::Publish => "publish to",
+            Action::Subscribe => "subscribe to",
+        };
+        return Err(Error::Forbidden(format!(
+            "the token may not {verb} channel {channel}"
+        )));
+    }
+    Ok(Access {
+        publish: grant.allows(Action::Publish, channel),
+        // The same leeway as verification: a stream must not end while a reconnect with
+        // the same token would still be let in, or the client would loop until it is not.
+        expires: Some(grant.exp.saturating_add(auth::CLOCK_SKEW_SECONDS)),
+        publisher,
+    })
 }
 
 pub fn now_s() -> i64 {

@@ -15,6 +15,7 @@ mod log;
 mod mirror;
 mod routes;
 mod sse;
+mod stream;
 mod subscribers;
 
 use crate::config::Config;
@@ -68,7 +69,11 @@ fn failed(err: &Error) -> Response {
 }
 
 /// Routes a request and checks who may make it; each route is one function in `routes`.
-async fn handle(req: Request, env: &Env, config: &Config) -> std::result::Result<Response, Error> {
+async fn handle(
+    req: Request,
+    env: &Env,
+    config: &Rc<Config>,
+) -> std::result::Result<Response, Error> {
     let url = req
         .url()
         .map_err(|_| Error::bad_request("unreadable URL"))?;
@@ -93,7 +98,8 @@ async fn handle(req: Request, env: &Env, config: &Config) -> std::result::Result
         Route::Ws(channel) => routes::ws(&incoming, &channel).await,
         Route::Sse(channel) => routes::sse(&incoming, &channel).await,
         Route::PollMany => routes::poll_many(&incoming).await,
-        Route::SseMany | Route::WsMany => Err(Error::NotFound),
+        Route::SseMany => routes::sse_many(&incoming).await,
+        Route::WsMany => routes::ws_many(&incoming).await,
         Route::MintToken => routes::mint_token(&mut incoming).await,
     }
 }

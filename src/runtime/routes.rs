@@ -1,13 +1,14 @@
 //! One function per route of the Worker: each checks who may call it and what it was sent, then
 //! answers. The route table is `protocol::route`; `mod.rs` dispatches to these.
 
-use super::access::{self, Credentials};
+use super::access::{self, Access, Credentials, Permits};
 use super::client::Hub;
 use super::http::{internal, is_json, json, read_body};
-use super::{mirror, sse};
+use super::{mirror, sse, stream};
 use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
+use crate::channel::merge::Face;
 use crate::channel::poll::{cut_page, PollRequest, WindowCache};
 use crate::channel::poll_many::{cut_many, ManyRequest};
 use crate::channel::Window;
@@ -19,6 +20,7 @@ use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_para
 use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ChannelName;
 use std::cell::RefCell;
+use std::rc::Rc;
 use worker::{Date, Env, Request, Response};
 
 /// The largest `POST /tokens` body.
@@ -34,7 +36,7 @@ thread_local! {
 pub struct Incoming<'a> {
     pub req: Request,
     pub env: &'a Env,
-    pub config: &'a Config,
+    pub config: &'a Rc<Config>,
     pub query: String,
     pub credentials: Credentials,
 }
@@ -117,6 +119,55 @@ pub async fn sse(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     sse::bridge(upstream, limits, access.expires)
 }
 
+/// `GET /sse?channel=…`: one event stream over the set (`runtime::stream`).
+pub async fn sse_many(at: &Incoming<'_>) -> Answer {
+    let (set, permits, accesses) = stream_set(at)?;
+    // EventSource resumes with Last-Event-ID (a stream cursor); it wins over `since`.
+    let since = match at.req.headers().get("last-event-id").ok().flatten() {
+        Some(id) if !id.trim().is_empty() => Some(StreamSince::parse(id.trim(), &set)?),
+        _ => stream_since(&at.query, &set)?,
+    };
+    stream::open(stream_opening(at, Face::Sse, set, since, permits, accesses)).await
+}
+
+/// `GET /ws?channel=…`: one WebSocket over the set, which the client can change.
+pub async fn ws_many(at: &Incoming<'_>) -> Answer {
+    let upgrade = at.req.headers().get("upgrade").ok().flatten();
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return Err(Error::UpgradeRequired);
+    }
+    let (set, permits, accesses) = stream_set(at)?;
+    let since = stream_since(&at.query, &set)?;
+    stream::open(stream_opening(at, Face::Ws, set, since, permits, accesses)).await
+}
+
+/// A stream's channel set and what the caller may do on each (the token verified once).
+fn stream_set(at: &Incoming<'_>) -> Result<(ChannelSet, Permits, Vec<Access>), Error> {
+    let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
+    let permits = at.credentials.permits(at.env, at.config)?;
+    let accesses = permits.check_all(at.config, Action::Subscribe, &set)?;
+    Ok((set, permits, accesses))
+}
+
+fn stream_opening(
+    at: &Incoming<'_>,
+    face: Face,
+    set: ChannelSet,
+    since: Option<StreamSince>,
+    permits: Permits,
+    accesses: Vec<Access>,
+) -> stream::Opening {
+    stream::Opening {
+        face,
+        set,
+        since,
+        accesses,
+        permits,
+        env: at.env.clone(),
+        config: at.config.clone(),
+    }
+}
+
 /// `POST /tokens`: a token no wider than the caller's own.
 pub async fn mint_token(at: &mut Incoming<'_>) -> Answer {
     let caller = at.credentials.grant(at.env, at.config)?;
@@ -182,7 +233,8 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
 pub async fn poll_many(at: &Incoming<'_>) -> Answer {
     let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
     at.credentials
-        .check_all(at.env, at.config, Action::Subscribe, set.channels())?;
+        .permits(at.env, at.config)?
+        .check_all(at.config, Action::Subscribe, &set)?;
     let since = stream_since(&at.query, &set)?;
     let request = ManyRequest {
         set,

@@ -1,0 +1,496 @@
+//! The Worker's side of a many-channel connection (`docs/API.md#streams`): one hibernatable
+//! WebSocket per channel to its object (a *lane*, subscribed as a v1 WebSocket client), merged
+//! into one client stream, an SSE response or a WebSocket the Worker holds. Every decision is
+//! `channel::merge`'s; this file reads the sockets and the clock and carries its steps out.
+//! When the client goes away, every lane is closed, so each object forgets it.
+
+use super::access::{Access, Permits};
+use super::client::Hub;
+use super::http::internal;
+use crate::auth::Action;
+use crate::channel::fanout::Transport;
+use crate::channel::merge::{Face, LaneId, Merge, Out, Step};
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::many::{channel_error, parse_many_client, ManyClientFrame};
+use crate::protocol::sse;
+use crate::protocol::stream::{ChannelSet, StreamSince};
+use crate::protocol::ws::{CloseCode, Refusal, PING, PONG};
+use crate::protocol::ChannelName;
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::future::join_all;
+use futures::{stream, StreamExt};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use worker::{Date, Delay, Env, Headers, Response, WebSocket, WebSocketPair, WebsocketEvent};
+
+/// What a connection needs to open lanes and hold its client.
+pub struct Opening {
+    pub face: Face,
+    pub set: ChannelSet,
+    pub since: Option<StreamSince>,
+    /// Each channel's access, in the set's order (already checked).
+    pub accesses: Vec<Access>,
+    /// For a WebSocket's later `subscribe` frames.
+    pub permits: Permits,
+    pub env: Env,
+    pub config: Rc<Config>,
+}
+
+/// What the client is.
+enum Client {
+    Sse(UnboundedSender<Item>),
+    Ws(WebSocket),
+}
+
+/// What the SSE body gets next.
+enum Item {
+    Out(Out),
+    Heartbeat,
+    End,
+}
+
+/// One connection: its merge, its lanes' sockets and its client.
+struct Conn {
+    merge: RefCell<Merge>,
+    lanes: RefCell<Vec<(LaneId, WebSocket)>>,
+    client: Client,
+    permits: Permits,
+    env: Env,
+    config: Rc<Config>,
+}
+
+fn now_ms() -> i64 {
+    Date::now().as_millis() as i64
+}
+
+/// Writes per heartbeat period, as the v1 bridge (a gone client is noticed within one).
+const WRITES_PER_HEARTBEAT: u64 = 3;
+
+/// Opens every lane of the set, then answers the client: an SSE stream or a 101. A lane whose
+/// object does not answer with a socket answers the request instead (after the others are
+/// closed).
+pub async fn open(opening: Opening) -> Result<Response, Error> {
+    let Opening {
+        face,
+        set,
+        since,
+        accesses,
+        permits,
+        env,
+        config,
+    } = opening;
+    let (merge, opens) = Merge::new(
+        face,
+        &set,
+        since.as_ref(),
+        config.slow_consumer_bytes,
+        config.max_stream_channels,
+        now_ms(),
+    );
+    let calls = opens
+        .iter()
+        .zip(&accesses)
+        .filter_map(|(step, access)| match step {
+            Step::Open {
+                lane,
+                channel,
+                since,
+            } => Some(subscribe(&env, *lane, channel, *since, *access)),
+            _ => None,
+        });
+    let mut lanes = Vec::new();
+    let mut refused = None;
+    for answer in join_all(calls).await {
+        match answer {
+            Ok(Ok(lane)) => lanes.push(lane),
+            Ok(Err(response)) => refused = refused.or(Some(Ok(response))),
+            Err(e) => refused = refused.or(Some(Err(e))),
+        }
+    }
+    if let Some(refused) = refused {
+        for (_, socket) in &lanes {
+            let _ = socket.close(Some(1000), Some("stream refused"));
+        }
+        return refused;
+    }
+    let deadline = permits.expires();
+    match face {
+        Face::Sse => {
+            let (tx, rx) = unbounded();
+            let conn = Rc::new(Conn {
+                merge: RefCell::new(merge),
+                lanes: RefCell::new(Vec::new()),
+                client: Client::Sse(tx.clone()),
+                permits,
+                env,
+                config: config.clone(),
+            });
+            attach_all(&conn, lanes)?;
+            let lifetime_ms = config.sse_max_seconds.saturating_mul(1000) as i64;
+            let deadline = deadline
+                .map(|exp| exp.saturating_mul(1000))
+                .unwrap_or(i64::MAX)
+                .min(now_ms().saturating_add(lifetime_ms));
+            let period = (config.heartbeat_seconds.saturating_mul(1000) / WRITES_PER_HEARTBEAT)
+                .max(1) as i64;
+            worker::wasm_bindgen_futures::spawn_local(pace(
+                conn.clone(),
+                Some(tx),
+                period,
+                deadline,
+            ));
+            sse_response(conn, rx)
+        }
+        Face::Ws => {
+            let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
+            pair.server
+                .accept()
+                .map_err(internal("accepting the client socket"))?;
+            let conn = Rc::new(Conn {
+                merge: RefCell::new(merge),
+                lanes: RefCell::new(Vec::new()),
+                client: Client::Ws(pair.server.clone()),
+                permits,
+                env,
+                config: config.clone(),
+            });
+            attach_all(&conn, lanes)?;
+            worker::wasm_bindgen_futures::spawn_local(read_client(conn.clone(), pair.server));
+            let deadline = deadline.map_or(i64::MAX, |exp| exp.saturating_mul(1000));
+            let period = (config.heartbeat_seconds.saturating_mul(1000) / WRITES_PER_HEARTBEAT)
+                .max(1) as i64;
+            worker::wasm_bindgen_futures::spawn_local(pace(conn, None, period, deadline));
+            Response::from_websocket(pair.client).map_err(internal("answering"))
+        }
+    }
+}
+
+/// Subscribes one lane: `Ok(Ok(socket))`, or `Ok(Err(answer))` when the object answered
+/// without a socket (its problem document).
+async fn subscribe(
+    env: &Env,
+    lane: LaneId,
+    channel: &ChannelName,
+    since: Option<u64>,
+    access: Access,
+) -> Result<Result<(LaneId, WebSocket), Response>, Error> {
+    let answer = Hub::get(env, channel)?
+        .subscribe(Transport::Ws, since, access)
+        .await?;
+    if answer.status_code() != 101 {
+        return Ok(Err(answer));
+    }
+    let socket = answer
+        .websocket()
+        .ok_or_else(|| Error::Unavailable("the channel object did not open a socket".into()))?;
+    Ok(Ok((lane, socket)))
+}
+
+/// Accepts the lanes' sockets and starts reading each, all in one synchronous step, so no
+/// frame can come before its reader listens.
+fn attach_all(conn: &Rc<Conn>, lanes: Vec<(LaneId, WebSocket)>) -> Result<(), Error> {
+    for (lane, socket) in lanes {
+        attach(conn, lane, socket)?;
+    }
+    Ok(())
+}
+
+fn attach(conn: &Rc<Conn>, lane: LaneId, socket: WebSocket) -> Result<(), Error> {
+    socket
+        .accept()
+        .map_err(internal("accepting a channel socket"))?;
+    conn.lanes.borrow_mut().push((lane, socket.clone()));
+    worker::wasm_bindgen_futures::spawn_local(read_lane(conn.clone(), lane, socket));
+    Ok(())
+}
+
+/// Feeds one lane's frames to the merge until the socket closes.
+async fn read_lane(conn: Rc<Conn>, lane: LaneId, socket: WebSocket) {
+    let mut code = CloseCode::Reconnect.code();
+    if let Ok(mut events) = socket.events() {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(WebsocketEvent::Message(message)) => {
+                    let Some(text) = message.text() else { continue };
+                    let steps = conn.merge.borrow_mut().upstream(lane, &text, now_ms());
+                    conn.run(steps);
+                }
+                Ok(WebsocketEvent::Close(close)) => {
+                    code = close.code();
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    let steps = conn.merge.borrow_mut().upstream_closed(lane, code);
+    conn.run(steps);
+}
+
+/// Reads a multi-channel WebSocket client's frames until it closes; then every lane closes.
+async fn read_client(conn: Rc<Conn>, socket: WebSocket) {
+    if let Ok(mut events) = socket.events() {
+        while let Some(event) = events.next().await {
+            let text = match event {
+                Ok(WebsocketEvent::Message(message)) => message.text(),
+                Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+            };
+            let Some(text) = text else {
+                let err = Error::bad_request("binary frames are not accepted; send JSON text");
+                let _ = socket.send_with_str(Refusal::from(err).frame());
+                continue;
+            };
+            if text == PING {
+                let _ = socket.send_with_str(PONG);
+                continue;
+            }
+            conn.client_frame(&socket, &text);
+            if conn.merge.borrow().ended() {
+                break;
+            }
+        }
+    }
+    // The client is gone: its lanes' closes are not a reason to end anything more.
+    conn.merge.borrow_mut().close();
+    conn.close_lanes("client gone");
+}
+
+impl Conn {
+    fn client_frame(self: &Rc<Self>, socket: &WebSocket, text: &str) {
+        let limits = crate::protocol::publish::PublishLimits {
+            max_batch: 1,
+            ..self.config.publish_limits()
+        };
+        let frame = match parse_many_client(text, limits) {
+            Ok(frame) => frame,
+            Err((refusal, channel)) => {
+                let frame = match channel {
+                    Some(c) => channel_error(&refusal, &c),
+                    None => refusal.frame(),
+                };
+                let _ = socket.send_with_str(frame);
+                return;
+            }
+        };
+        let now = now_ms();
+        let steps = match &frame {
+            ManyClientFrame::Subscribe { channel, .. } => {
+                match self.permits.check(&self.config, Action::Subscribe, channel) {
+                    Ok(_) => self.merge.borrow_mut().client(frame, now),
+                    Err(e) => {
+                        let channel = channel.clone();
+                        self.merge.borrow_mut().refuse(e, &channel, now)
+                    }
+                }
+            }
+            _ => self.merge.borrow_mut().client(frame, now),
+        };
+        self.run(steps);
+    }
+
+    /// Carries the merge's steps out.
+    fn run(self: &Rc<Self>, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Client(out) => self.to_client(out),
+                Step::Upstream(lane, text) => {
+                    if let Some(socket) = self.socket(lane) {
+                        let _ = socket.send_with_str(&text);
+                    }
+                }
+                Step::Open {
+                    lane,
+                    channel,
+                    since,
+                } => {
+                    worker::wasm_bindgen_futures::spawn_local(open_later(
+                        self.clone(),
+                        lane,
+                        channel,
+                        since,
+                    ));
+                }
+                Step::Close(lane) => {
+                    let socket = {
+                        let mut lanes = self.lanes.borrow_mut();
+                        let at = lanes.iter().position(|(l, _)| *l == lane);
+                        at.map(|at| lanes.remove(at).1)
+                    };
+                    if let Some(socket) = socket {
+                        let _ = socket.close(Some(1000), Some("unsubscribed"));
+                    }
+                }
+                Step::End(code) => self.end(code),
+            }
+        }
+    }
+
+    fn socket(&self, lane: LaneId) -> Option<WebSocket> {
+        self.lanes
+            .borrow()
+            .iter()
+            .find(|(l, _)| *l == lane)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn to_client(&self, out: Out) {
+        match &self.client {
+            Client::Sse(tx) => {
+                let _ = tx.unbounded_send(Item::Out(out));
+            }
+            Client::Ws(socket) => {
+                if socket.send_with_str(&out.text).is_err() {
+                    self.end(CloseCode::Reconnect);
+                }
+            }
+        }
+    }
+
+    /// Ends the connection: the client with `code`, then every lane.
+    fn end(&self, code: CloseCode) {
+        match &self.client {
+            Client::Sse(tx) => {
+                let _ = tx.unbounded_send(Item::End);
+            }
+            Client::Ws(socket) => {
+                let _ = socket.close(Some(code.code()), Some(code.reason()));
+            }
+        }
+        self.close_lanes(code.reason());
+    }
+
+    fn close_lanes(&self, reason: &str) {
+        let lanes = std::mem::take(&mut *self.lanes.borrow_mut());
+        for (_, socket) in lanes {
+            let _ = socket.close(Some(1000), Some(reason));
+        }
+    }
+}
+
+/// A lane subscribed by a `subscribe` frame: opened while the connection goes on.
+async fn open_later(conn: Rc<Conn>, lane: LaneId, channel: ChannelName, since: Option<u64>) {
+    let opened = match conn
+        .permits
+        .check(&conn.config, Action::Subscribe, &channel)
+    {
+        Ok(access) => subscribe(&conn.env, lane, &channel, since, access).await,
+        Err(e) => Err(e),
+    };
+    let failed = match opened {
+        Ok(Ok((lane, socket))) => {
+            if conn.merge.borrow().ended() {
+                let _ = socket.close(Some(1000), Some("connection ended"));
+                return;
+            }
+            match attach(&conn, lane, socket) {
+                Ok(()) => return,
+                Err(e) => e,
+            }
+        }
+        Ok(Err(answer)) => Error::Unavailable(format!(
+            "the channel object answered {} instead of a socket",
+            answer.status_code()
+        )),
+        Err(e) => e,
+    };
+    let steps = conn.merge.borrow_mut().open_failed(lane, failed, now_ms());
+    conn.run(steps);
+}
+
+/// SSE: heartbeats when the client has been sent nothing for `period_ms`; both faces: the
+/// end at `deadline_ms` (token expiry, SSE lifetime), and the stall rule when nothing comes.
+async fn pace(
+    conn: Rc<Conn>,
+    heartbeats: Option<UnboundedSender<Item>>,
+    period_ms: i64,
+    deadline_ms: i64,
+) {
+    loop {
+        if conn.merge.borrow().ended() {
+            return;
+        }
+        let now = now_ms();
+        let left_ms = deadline_ms.saturating_sub(now);
+        if left_ms <= 0 {
+            let code = match heartbeats {
+                Some(_) => CloseCode::Reconnect,
+                None => CloseCode::TokenExpired,
+            };
+            conn.merge.borrow_mut().close();
+            conn.end(code);
+            return;
+        }
+        if conn.merge.borrow_mut().stalled(now) {
+            conn.merge.borrow_mut().close();
+            conn.end(CloseCode::TooSlow);
+            return;
+        }
+        let mut wait = period_ms;
+        if let Some(tx) = &heartbeats {
+            let due = conn.merge.borrow().heartbeat_in(period_ms, now);
+            match due {
+                Some(w) => wait = w,
+                None => {
+                    if tx.unbounded_send(Item::Heartbeat).is_err() {
+                        return;
+                    }
+                    conn.merge.borrow_mut().heartbeat(now);
+                }
+            }
+        }
+        Delay::from(Duration::from_millis(wait.min(left_ms).max(1) as u64)).await;
+    }
+}
+
+/// Closes every lane when the client's stream is dropped, whatever the reason.
+struct CloseOnDrop(Rc<Conn>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.merge.borrow_mut().close();
+        self.0.close_lanes("sse client gone");
+    }
+}
+
+struct Body {
+    items: UnboundedReceiver<Item>,
+    conn: CloseOnDrop,
+}
+
+fn sse_response(conn: Rc<Conn>, rx: UnboundedReceiver<Item>) -> Result<Response, Error> {
+    let body = Body {
+        items: rx,
+        conn: CloseOnDrop(conn),
+    };
+    let preamble =
+        stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
+    let body = preamble.chain(stream::unfold(body, next_chunk));
+    let headers = Headers::new();
+    let set = |k: &str, v: &str| headers.set(k, v).map_err(internal("answering"));
+    set("content-type", sse::CONTENT_TYPE)?;
+    set("cache-control", sse::CACHE_CONTROL)?;
+    set("x-accel-buffering", "no")?;
+    Ok(Response::from_stream(body)
+        .map_err(internal("answering"))?
+        .with_headers(headers))
+}
+
+/// The client's stream takes its next chunk: the merge hears what it took (and tells the
+/// lanes' objects).
+async fn next_chunk(mut body: Body) -> Option<(Result<Vec<u8>, worker::Error>, Body)> {
+    match body.items.next().await? {
+        Item::Out(out) => {
+            let conn = &body.conn.0;
+            let steps = conn
+                .merge
+                .borrow_mut()
+                .took(out.text.len(), out.confirms, now_ms());
+            conn.run(steps);
+            Some((Ok(out.text.into_bytes()), body))
+        }
+        Item::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), body)),
+        Item::End => None,
+    }
+}
