@@ -283,3 +283,37 @@ it('4c. a token that expires while the page is open ends in a clear error', { ti
   for (const pane of PANES) assert.deepEqual((await events(page, pane)).map((e) => e.id), [id], pane);
   await page.close();
 });
+
+it('5. several channels ride one request, one EventSource and one WebSocket', { timeout: 180_000 }, async () => {
+  const { page, problems } = await openPage();
+  const channels = ['public:multi-a', 'public:multi-b'];
+  await connect(page, channels.join(', '));
+  const sent = [];
+  for (const [i, channel] of [channels[0], channels[1], channels[1], channels[0]].entries()) {
+    await page.selectOption('#target', channel);
+    // Two channels may answer the same id in a row: clear the line so each answer is new.
+    await page.evaluate(() => { document.getElementById('status').textContent = ''; });
+    const id = await publishFromForm(page, 'message', { n: i });
+    sent.push(`${channel}#${id}`);
+  }
+  // Every pane shows all four, each channel's in id order (across channels, arrival order).
+  const shown = (pane) => page.$$eval(`#${pane} li[data-id]`,
+    (items) => items.map((li) => `${li.dataset.channel}#${li.dataset.id}`));
+  await page.waitForFunction(
+    ({ panes, n }) => panes.every((p) => document.querySelectorAll(`#${p} li[data-id]`).length >= n),
+    { panes: PANES, n: sent.length }, { timeout: DELIVERY_TIMEOUT_MS },
+  ).catch(() => {});
+  for (const pane of PANES) {
+    const got = await shown(pane);
+    assert.deepEqual([...got].sort(), [...sent].sort(), `${pane}: ${JSON.stringify(await paneStates(page))}`);
+    for (const channel of channels) {
+      const ids = got.filter((x) => x.startsWith(channel + '#')).map((x) => Number(x.split('#')[1]));
+      assert.deepEqual(ids, [...ids].sort((a, b) => a - b), `${pane}: ${channel} in order`);
+    }
+  }
+  const states = await paneStates(page);
+  assert.match(states.sse.meta, /\/sse\?channel=public%3Amulti-a&channel=public%3Amulti-b/);
+  assert.deepEqual(problems, []);
+  await screenshot(page, 'demo-multi.png');
+  await page.close();
+});
