@@ -391,12 +391,17 @@ impl Merge {
                 steps.extend(self.send(plain(unsubscribed_frame(&channel)), now_ms));
                 steps
             }
-            ManyClientFrame::Publish { channel, frame } => {
-                match self.by_channel(&channel).filter(|l| l.head.is_some()) {
-                    Some(l) => vec![Step::Upstream(l.id, frame)],
-                    None => self.refuse(not_in_set(&channel), &channel, now_ms),
+            ManyClientFrame::Publish {
+                channel,
+                frame,
+                reference,
+            } => match self.by_channel(&channel).filter(|l| l.head.is_some()) {
+                Some(l) => vec![Step::Upstream(l.id, frame)],
+                None => {
+                    let refusal = Refusal::answering(not_in_set(&channel), reference);
+                    self.send(plain(channel_error(&refusal, &channel)), now_ms)
                 }
-            }
+            },
             ManyClientFrame::Cursor { channel, id } => self.confirm(&channel, id, now_ms),
         }
     }

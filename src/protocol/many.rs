@@ -6,10 +6,11 @@
 //! with its `channel` added.
 
 use super::names::ChannelName;
+use super::publish::compact;
 use super::publish::PublishLimits;
 use super::query::parse_cursor;
 use super::sse;
-use super::ws::{Refusal, FRAME_MARGIN_BYTES, OP_CURSOR, OP_PUBLISH};
+use super::ws::{Refusal, FRAME_MARGIN_BYTES, OP_CURSOR, OP_PUBLISH, REF_MAX_BYTES};
 use crate::error::Error;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -188,10 +189,12 @@ pub enum ManyClientFrame {
         since: Option<u64>,
     },
     Unsubscribe(ChannelName),
-    /// A v1 `publish` frame for `channel` (the frame without its `channel` member).
+    /// A v1 `publish` frame for `channel` (the frame without its `channel` member), and its
+    /// `ref`, compact, for a refusal to echo.
     Publish {
         channel: ChannelName,
         frame: String,
+        reference: Option<String>,
     },
     Cursor {
         channel: ChannelName,
@@ -262,16 +265,27 @@ pub fn parse_many_client(
         let err = Error::InvalidJson(format!("a frame is one JSON object: {e}"));
         (Refusal::from(err), None)
     })?;
-    let reference = head.reference.map(|r| r.get().to_string());
+    let reference = head.reference.map(|r| compact(r.get()));
+    if reference.as_ref().is_some_and(|r| r.len() > REF_MAX_BYTES) {
+        let err = Error::bad_request(format!(
+            "ref may be at most {REF_MAX_BYTES} bytes of JSON; it is echoed in the answer"
+        ));
+        return Err((err.into(), None));
+    }
     let channel = match head.channel.as_deref().map(ChannelName::parse) {
         Some(Ok(c)) => c,
-        Some(Err(e)) => return Err((Refusal::answering(e, None), None)),
+        Some(Err(e)) => return Err((Refusal::answering(e, reference), None)),
         None => {
             let err = Error::bad_request("a frame on a multi-channel socket names its channel");
-            return Err((Refusal::answering(err, None), None));
+            return Err((Refusal::answering(err, reference), None));
         }
     };
-    let refused = |e: Error| (Refusal::answering(e, None), Some(channel.clone()));
+    let refused = |e: Error| {
+        (
+            Refusal::answering(e, reference.clone()),
+            Some(channel.clone()),
+        )
+    };
     let shape = |what: &'static str| {
         move |e: serde_json::Error| refused(Error::bad_request(format!("{what}: {e}")))
     };
@@ -302,7 +316,11 @@ pub fn parse_many_client(
             members.remove("channel");
             let frame = serde_json::to_string(&members)
                 .map_err(|e| refused(Error::Internal(format!("re-encoding a publish: {e}"))))?;
-            Ok(ManyClientFrame::Publish { channel, frame })
+            Ok(ManyClientFrame::Publish {
+                channel,
+                frame,
+                reference,
+            })
         }
         _ => {
             let err = Error::bad_request(
@@ -441,8 +459,13 @@ mod tests {
             }
         );
         match ok(r#"{"op":"publish","channel":"a","data":{"x":[1]},"ref":"r"}"#) {
-            ManyClientFrame::Publish { channel, frame } => {
+            ManyClientFrame::Publish {
+                channel,
+                frame,
+                reference,
+            } => {
                 assert_eq!(channel, name("a"));
+                assert_eq!(reference.as_deref(), Some("\"r\""));
                 let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
                 assert_eq!(
                     v,
@@ -491,6 +514,18 @@ mod tests {
                 "{text}"
             );
         }
+        let long_ref = format!(
+            r#"{{"op":"publish","channel":"a","data":1,"ref":"{}"}}"#,
+            "r".repeat(REF_MAX_BYTES)
+        );
+        let (r, c) = refused(&long_ref);
+        assert_eq!((r.error.status(), r.reference, c), (400, None, None));
+        let (r, _) = refused(r#"{"op":"nope","channel":"a","ref": [1, 2]}"#);
+        assert_eq!(
+            r.reference.as_deref(),
+            Some("[1,2]"),
+            "a parsed ref is echoed, compact"
+        );
         let big = format!(
             r#"{{"op":"publish","channel":"a","data":"{}"}}"#,
             "x".repeat(5000)

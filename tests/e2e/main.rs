@@ -32,6 +32,7 @@ mod slow;
 mod sse;
 mod sse_client;
 mod sse_parser;
+mod streams;
 mod ws;
 mod ws_client;
 
@@ -141,6 +142,8 @@ fn main() {
         crash::cases(),
         slow::cases(),
         channels::cases(),
+        // Many channels on one connection (issue 14).
+        streams::cases(),
         // Security and hostile input (issue 4): auth matrix, minting, CORS, limits, hostile
         // WebSocket frames, schemathesis against docs/openapi.yaml, the docs' curl examples.
         security::cases(),

@@ -41,6 +41,8 @@ pub struct SseStream {
     pub raw: Vec<u8>,
     pub heartbeats: usize,
     pub opened: Instant,
+    /// How many of `parser.id_only_blocks` `next_id_only_block` has handed out.
+    id_blocks_taken: usize,
 }
 
 impl SseStream {
@@ -77,6 +79,7 @@ impl SseStream {
             raw: Vec::new(),
             heartbeats: 0,
             opened,
+            id_blocks_taken: 0,
         })
     }
 
@@ -116,21 +119,42 @@ impl SseStream {
             if let Some(item) = self.queue.pop_front() {
                 return Some(item);
             }
-            if self.ended {
+            if self.ended || !self.pull(deadline).await {
                 return None;
             }
-            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
-                Err(_) => return None,
-                Ok(Ok(Some(bytes))) => {
-                    self.raw.extend_from_slice(&bytes);
-                    let items = self.parser.feed(&bytes);
-                    self.heartbeats += items.iter().filter(|i| is_heartbeat(i)).count();
-                    self.queue.extend(items);
-                }
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    self.parser.finish();
-                    self.ended = true;
-                }
+        }
+    }
+
+    /// Reads one chunk into the parser and the queue; false when `deadline` passed first.
+    async fn pull(&mut self, deadline: tokio::time::Instant) -> bool {
+        match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(bytes))) => {
+                self.raw.extend_from_slice(&bytes);
+                let items = self.parser.feed(&bytes);
+                self.heartbeats += items.iter().filter(|i| is_heartbeat(i)).count();
+                self.queue.extend(items);
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                self.parser.finish();
+                self.ended = true;
+            }
+        }
+        true
+    }
+
+    /// The `id:` of the next block that carried only an id (no data, so no event: it sets the
+    /// last event id, as a multi-channel stream's opening block does), reading on if need be.
+    /// Events read meanwhile stay queued for `next_item`. `None` on timeout or end of stream.
+    pub async fn next_id_only_block(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(id) = self.parser.id_only_blocks.get(self.id_blocks_taken) {
+                self.id_blocks_taken += 1;
+                return Some(id.clone());
+            }
+            if self.ended || !self.pull(deadline).await {
+                return None;
             }
         }
     }

@@ -49,6 +49,11 @@ pub struct Parser {
     pub last_event_id: String,
     /// The reconnection time set by the last valid `retry:` field, in milliseconds.
     pub retry: Option<u64>,
+    /// The `id:` value of the block being read, if it has one (the last such line).
+    block_id: Option<String>,
+    /// The `id:` of every block that set the last event id without dispatching an event (a
+    /// block with an `id:` line and no data, as a multi-channel stream opens with), in order.
+    pub id_only_blocks: Vec<String>,
 }
 
 impl Parser {
@@ -102,6 +107,7 @@ impl Parser {
         self.pending.clear();
         self.data.clear();
         self.event_type.clear();
+        self.block_id = None;
     }
 
     fn line(&mut self, line: &str, out: &mut Vec<Item>) {
@@ -122,7 +128,10 @@ impl Parser {
                 self.data.push_str(value);
                 self.data.push('\n');
             }
-            "id" if !value.contains('\0') => self.id_buffer = value.to_string(),
+            "id" if !value.contains('\0') => {
+                self.id_buffer = value.to_string();
+                self.block_id = Some(value.to_string());
+            }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 self.retry = value.parse().ok();
             }
@@ -132,8 +141,10 @@ impl Parser {
 
     fn dispatch(&mut self, out: &mut Vec<Item>) {
         self.last_event_id = self.id_buffer.clone();
+        let block_id = self.block_id.take();
         if self.data.is_empty() {
             self.event_type.clear();
+            self.id_only_blocks.extend(block_id);
             return;
         }
         let mut data = std::mem::take(&mut self.data);

@@ -49,6 +49,9 @@ pub struct WsClient {
     reporting: bool,
     /// Reports sent so far.
     pub reports: u64,
+    /// Multi-channel mode (`/ws?channel=…`): each channel's last event id read, and whether it
+    /// moved since the last report; reports then name their channel. `None`: one channel.
+    channels: Option<Vec<(String, u64, bool)>>,
 }
 
 /// The window assumed until a `ready` frame says otherwise (the hub's smallest).
@@ -80,6 +83,7 @@ impl WsClient {
             last_id: 0,
             reporting: true,
             reports: 0,
+            channels: None,
         })
     }
 
@@ -102,6 +106,51 @@ impl WsClient {
         (ws, head)
     }
 
+    /// Opens a multi-channel `path_and_query` (`/ws?channel=a&channel=b…`): like `open`, but
+    /// the client reports `{"op":"cursor","channel":C,"id":N}` for each channel that received
+    /// events since its last report, as the multi-channel flow control asks.
+    pub async fn open_stream(
+        api: &Api,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> Result<WsClient, Resp> {
+        let mut ws = WsClient::open(api, path, bearer).await?;
+        ws.channels = Some(Vec::new());
+        Ok(ws)
+    }
+
+    /// Multi-channel accounting: like `account`'s, per channel.
+    async fn account_stream(&mut self, frame: &Value, len: usize) {
+        let (Some(channel), Some(id)) = (frame["channel"].as_str(), frame["id"].as_u64()) else {
+            return;
+        };
+        let Some(channels) = self.channels.as_mut() else {
+            return;
+        };
+        match channels.iter_mut().find(|(c, _, _)| c == channel) {
+            Some(entry) => *entry = (channel.to_string(), id, true),
+            None => channels.push((channel.to_string(), id, true)),
+        }
+        self.unreported += len as u64;
+        if !self.reporting || self.unreported < self.window / 4 {
+            return;
+        }
+        let moved: Vec<Value> = channels
+            .iter_mut()
+            .filter(|(_, _, moved)| *moved)
+            .map(|(c, id, moved)| {
+                *moved = false;
+                serde_json::json!({"op": "cursor", "channel": c, "id": id})
+            })
+            .collect();
+        for report in moved {
+            // A closed socket shows in the next read; nothing to do here.
+            let _ = self.socket.send(Message::text(report.to_string())).await;
+        }
+        self.reports += 1;
+        self.unreported = 0;
+    }
+
     /// Stops (or resumes) sending `cursor` reports.
     pub fn set_reporting(&mut self, on: bool) {
         self.reporting = on;
@@ -111,6 +160,7 @@ impl WsClient {
     async fn account(&mut self, frame: &Value, len: usize) {
         match frame["op"].as_str() {
             Some("ready") => self.window = frame["window"].as_u64().unwrap_or(DEFAULT_WINDOW),
+            Some("event") if self.channels.is_some() => self.account_stream(frame, len).await,
             Some("event") => {
                 self.last_id = frame["id"].as_u64().unwrap_or(self.last_id);
                 self.unreported += len as u64;

@@ -121,8 +121,15 @@ fn the_set_changes_without_reconnecting() {
         }]
     );
     // A publish before `subscribed` is refused: the lane is not live yet.
-    let early = client(&mut m, r#"{"op":"publish","channel":"b","data":1}"#);
+    let early = client(
+        &mut m,
+        r#"{"op":"publish","channel":"b","data":1,"ref":"r"}"#,
+    );
     assert!(texts(&early)[0].contains("\"status\":400,"));
+    assert!(
+        texts(&early)[0].ends_with(",\"ref\":\"r\"}"),
+        "the ref is echoed"
+    );
     assert_eq!(
         texts(&m.upstream(LaneId(1), &v1_ready(4, 1000), 0)),
         vec![r#"{"op":"subscribed","channel":"b","head":4}"#]
