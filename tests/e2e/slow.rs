@@ -39,8 +39,8 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// The smallest limit the hub accepts.
-const LIMIT: usize = 64 * 1024;
-const PAD: usize = 8 * 1024;
+pub const LIMIT: usize = 64 * 1024;
+pub const PAD: usize = 8 * 1024;
 const READERS: usize = 100;
 const MAX_EVENTS: u64 = 1000;
 const WAIT: Duration = Duration::from_secs(240);
@@ -48,7 +48,7 @@ const WAIT: Duration = Duration::from_secs(240);
 const RCVBUF: u32 = 4096;
 
 /// This test's own hub, with the smallest window (`LIMIT`) and `RETAIN_EVENTS` = `retain`.
-async fn own_hub(retain: &str) -> Hub {
+pub async fn own_hub(retain: &str) -> Hub {
     let limit = LIMIT.to_string();
     let vars = [
         ("SLOW_CONSUMER_BYTES", limit.as_str()),
@@ -59,9 +59,9 @@ async fn own_hub(retain: &str) -> Hub {
 }
 
 /// Wide enough that nothing a test publishes is pruned.
-const RETAIN_ALL: &str = "100000";
+pub const RETAIN_ALL: &str = "100000";
 
-async fn publish_padded(api: &Api, c: &str, k: u64) -> u64 {
+pub async fn publish_padded(api: &Api, c: &str, k: u64) -> u64 {
     let body = json!({"data": {"k": k, "pad": "x".repeat(PAD)}});
     let r = api.publish(c, &body, &admin()).await;
     assert_eq!(r.status, 201, "publish {k}: {}", r.text());
@@ -90,7 +90,7 @@ async fn publish_padded_batch(api: &Api, c: &str, ks: std::ops::RangeInclusive<u
 
 /// A connection that sends `request` and reads only the answer's head, with a tiny receive
 /// buffer: the kernel stops taking bytes almost at once when the test stops reading.
-async fn stalled(api: &Api, request: &str) -> (TcpStream, String, Vec<u8>) {
+pub async fn stalled(api: &Api, request: &str) -> (TcpStream, String, Vec<u8>) {
     let addr: std::net::SocketAddr = api.base[7..].parse().expect("a 127.0.0.1 address");
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(RCVBUF).expect("SO_RCVBUF");
@@ -150,7 +150,7 @@ async fn read_sse_to_end(stream: &mut TcpStream, mut raw: Vec<u8>) -> (Vec<u64>,
 }
 
 /// Decodes a chunked body read so far: the bytes, and whether its last chunk was seen.
-fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
+pub fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     while let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") {
         let size = String::from_utf8_lossy(&raw[..line_end]);

@@ -7,9 +7,12 @@
 //! `Last-Event-ID` exactly once (also from the opening block alone); WebSocket `ready` with
 //! `heads`, `subscribe`/`unsubscribe`/`publish`/`cursor` frames, rights and `MAX_STREAM_CHANNELS`
 //! per subscribe, a resume with `since=<cursor>`, changes to the set while events flow; and a
-//! restart of the hub ending both, resumed from the cursor exactly once.
+//! restart of the hub ending both, resumed from the cursor exactly once; 100 channels on one
+//! SSE stream and one WebSocket, whose lanes leave with them; token expiry; slow clients let go
+//! while others get everything.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -39,6 +42,7 @@ pub fn cases() -> Vec<Case> {
         case_own_hub!(stream_restart_ends_sse_and_ws_and_the_cursor_resumes_exactly_once),
         case!(stream_a_hundred_channels_on_one_sse_and_one_ws_and_every_lane_leaves_with_them),
         case!(stream_sse_and_ws_end_when_their_token_expires),
+        case_own_hub!(stream_slow_clients_are_let_go_others_get_everything_and_they_resume),
     ]
 }
 
@@ -1085,4 +1089,164 @@ async fn stream_sse_and_ws_end_when_their_token_expires(api: Api) {
         sse.ended() && rest.is_empty(),
         "the SSE stream ends too: {rest:?}"
     );
+}
+
+/// Reads a multi-channel SSE stream until it reaches the cursor `done` is given (bounded).
+async fn read_sse_until_told(mut s: SseStream, done: Arc<Mutex<Option<Cursor>>>) -> Pairs {
+    let (started, mut at, mut got) = (Instant::now(), Cursor(Vec::new()), Vec::new());
+    while started.elapsed() < Duration::from_secs(120) && !s.ended() {
+        let target = done.lock().unwrap().clone();
+        if target.is_some_and(|t| at.reached(&t)) {
+            break;
+        }
+        if let Some(e) = s.next_event(Duration::from_millis(200)).await {
+            let pair = sse_pairs(std::slice::from_ref(&e));
+            pair.iter().for_each(|(c, id)| at.set(c, *id));
+            got.extend(pair);
+        }
+    }
+    got
+}
+
+/// Reads (and reports, as the flow control asks) a multi-channel WebSocket until it reaches
+/// the cursor `done` is given (bounded).
+async fn read_ws_until_told(mut ws: WsClient, done: Arc<Mutex<Option<Cursor>>>) -> Pairs {
+    let (started, mut at, mut got) = (Instant::now(), Cursor(Vec::new()), Vec::new());
+    while started.elapsed() < Duration::from_secs(120) {
+        let target = done.lock().unwrap().clone();
+        if target.is_some_and(|t| at.reached(&t)) {
+            break;
+        }
+        match ws.next(Duration::from_millis(200)).await {
+            Some(Frame::Json(v)) if v["op"] == "event" => {
+                let pair = pairs(std::slice::from_ref(&v));
+                pair.iter().for_each(|(c, id)| at.set(c, *id));
+                got.extend(pair);
+            }
+            Some(Frame::Closed(close)) => panic!("the reporting WebSocket closed: {close:?}"),
+            _ => {}
+        }
+    }
+    got
+}
+
+/// Flow control over a multi-channel connection (docs/API.md#stream-ws-flow), on a hub with the
+/// smallest window: an SSE client that stops reading and a WebSocket that reads but never
+/// confirms are let go (the WebSocket with 4001), while a multi-channel SSE reader and a
+/// reporting WebSocket get every event of both channels in order; the stalled SSE client then
+/// resumes from its last id, exactly once.
+async fn stream_slow_clients_are_let_go_others_get_everything_and_they_resume(_: Api) {
+    use crate::slow::{dechunk, own_hub, publish_padded, stalled, RETAIN_ALL};
+    use tokio::io::AsyncReadExt;
+    let hub = own_hub(RETAIN_ALL).await;
+    let api = Api::new(hub.base());
+    let chans = names("sslow", 2);
+    let q = query(&chans);
+    let zero = cur(&chans, &[0, 0]);
+    let reader = open_sse(&api, &format!("/sse?{q}&since=0"), None).await;
+    let (reporting, _) = open_ws(&api, &format!("/ws?{q}&since=0"), Some(&admin())).await;
+    // The two good clients read all along, each in its own task, until told the last ids.
+    let done: Arc<Mutex<Option<Cursor>>> = Arc::default();
+    let sse_task = tokio::spawn(read_sse_until_told(reader, done.clone()));
+    let ws_task = tokio::spawn(read_ws_until_told(reporting, done.clone()));
+    let (mut silent, _) = open_ws(&api, &format!("/ws?{q}&since=0"), Some(&admin())).await;
+    silent.set_reporting(false);
+    let host = api.base.trim_start_matches("http://");
+    let request = format!(
+        "GET /sse?{q}&since=0 HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        admin()
+    );
+    let (mut slow, head, mut raw) = stalled(&api, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lanes = |n: u64| json!({"sse": 0, "ws": n});
+    assert_eq!(
+        counts_become(&api, &chans[0], lanes(4), WAIT).await,
+        lanes(4)
+    );
+
+    // Publish alternately until both slow ones are gone (the silent socket is read meanwhile, so
+    // only its missing reports can end it), then ten more on each channel.
+    let (mut n, mut silent_closed, mut dropped) = (0u64, None, None);
+    while n < 1500 && dropped.is_none_or(|d| n < d + 20) {
+        n += 1;
+        let c = &chans[(n % 2) as usize];
+        publish_padded(&api, c, n).await;
+        // Drain what came (a closed socket answers `Closed` every time: stop there).
+        for _ in 0..1000 {
+            match silent_closed.is_none().then_some(()) {
+                Some(()) => match silent.next(Duration::from_millis(1)).await {
+                    Some(Frame::Closed(close)) => silent_closed = Some(close),
+                    Some(_) => {}
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        if dropped.is_none() && n % 4 == 0 {
+            let now = crate::live::info(&api, &chans[0]).await["subscribers"].clone();
+            if now == lanes(2) && silent_closed.is_some() {
+                dropped = Some(n);
+            }
+        }
+    }
+    let dropped = dropped.unwrap_or_else(|| {
+        panic!("the slow clients were never let go: silent {silent_closed:?}, {n} events")
+    });
+    assert_eq!(
+        silent_closed,
+        Some(Some((
+            4001,
+            "too far behind, reconnect with your cursor".into()
+        ))),
+        "the silent WebSocket"
+    );
+    let top = cur(&chans, &[n / 2, n - n / 2]);
+    *done.lock().unwrap() = Some(top.clone());
+    let got = sse_task.await.expect("the SSE reader");
+    once("the reading SSE client", &got, &zero, &top);
+    let got = ws_task.await.expect("the WebSocket reader");
+    once("the reporting WebSocket", &got, &zero, &top);
+
+    // The stalled client reads again: a run from the start on each channel, then the end.
+    let started = Instant::now();
+    while !dechunk(&raw).1 && started.elapsed() < Duration::from_secs(60) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match tokio::time::timeout(Duration::from_secs(5), slow.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(k)) => raw.extend_from_slice(&chunk[..k]),
+            Err(_) => {}
+        }
+    }
+    let mut parser = Parser::default();
+    let events: Vec<SseEvent> = parser
+        .feed(&dechunk(&raw).0)
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let last = parser.last_event_id.clone();
+    let had = Cursor::parse(&last);
+    once(
+        "the stalled client, before it was let go",
+        &sse_pairs(&events),
+        &zero,
+        &had,
+    );
+    assert!(
+        !had.reached(&top),
+        "it was let go before the end ({last} of {})",
+        top.text()
+    );
+    let mut again = open_sse(&api, &format!("/sse?{q}"), Some(&last)).await;
+    let got = sse_until(&mut again, &mut had.clone(), &top).await;
+    once("the stalled client, resumed", &sse_pairs(&got), &had, &top);
+    eprintln!(
+        "e2e: streams: slow clients let go after {dropped} events of {} B (the stalled SSE \
+         client had {last}); the others got all {n}",
+        crate::slow::PAD
+    );
+    hub.cleanup().await;
 }
