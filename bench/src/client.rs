@@ -181,3 +181,28 @@ pub async fn await_mirrored(base: &str, channel: &str, limit: Duration) -> bool 
     }
     false
 }
+
+/// Percent-encodes a query value: everything but `[A-Za-z0-9-._~]`.
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("a-1=2,b:c=3"), "a-1%3D2%2Cb%3Ac%3D3");
+        assert_eq!(encode("0"), "0");
+    }
+}

@@ -21,7 +21,7 @@ use crate::scenario::{Plan, Scenario, Setup};
 use crate::stats::Figures;
 
 const USAGE: &str = "usage: edgehub-bench [--quick] [--runs N] [--only LIST] [--idle-connections N]
-                     [--out FILE] [--docs FILE] [--keep]
+                     [--out FILE] [--docs FILE] [--merge] [--keep]
 
 Benchmarks edgehub under local workerd (wrangler dev). Build the Worker first (`make build`;
 `make bench` does both).
@@ -34,6 +34,9 @@ Benchmarks edgehub under local workerd (wrangler dev). Build the Worker first (`
                 are opened when the fd limit cannot hold them
   --out FILE    the results (default bench/results.json)
   --docs FILE   the page whose generated table is rewritten (default docs/benchmarks.md)
+  --merge       keep the figures and notes of the scenarios that do not run from the results
+                already at --out (same mode), say which run they came from, and write both
+                there and into the table; without it the results hold only what ran
   --keep        keep the runtimes' persist dirs and logs under target/bench-tmp/";
 
 /// The whole run may not take longer than this, whatever happens.
@@ -47,6 +50,7 @@ struct Args {
     only: Vec<Scenario>,
     out: PathBuf,
     docs: PathBuf,
+    merge: bool,
     keep: bool,
 }
 
@@ -86,6 +90,11 @@ fn main() -> ExitCode {
 /// whatever happened: an error, the deadline, or Ctrl-C.
 async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
+    // Read before anything runs, so that a file it cannot merge with costs no run.
+    let kept = match args.merge {
+        true => Some(report::read_kept(&args.out, &args.only, args.quick)?),
+        false => None,
+    };
     let fd_limit = procfs::raise_fd_limit()?;
     let mut plan = Plan::new(args.quick, args.runs, fd_limit);
     if let Some(n) = args.idle_connections {
@@ -136,8 +145,12 @@ async fn run(args: Args) -> Result<(), String> {
         hub.remove_dir();
         noop.remove_dir();
     }
-    let figures: Figures = outcome?;
-    let meta = report::Meta::collect(&plan, &args.only, started.elapsed());
+    let mut figures: Figures = outcome?;
+    let mut meta = report::Meta::collect(&plan, &args.only, started.elapsed());
+    if let Some(kept) = kept {
+        meta.kept = kept.from.clone();
+        figures = report::merge(figures, kept);
+    }
     report::print(&figures, &meta);
     report::write_json(&args.out, &figures, &meta)?;
     report::write_docs(&args.docs, &figures, &meta)?;
@@ -154,6 +167,7 @@ fn parse_args(list: Vec<String>) -> Result<Option<Args>, String> {
     let root = runtime::root();
     let (mut quick, mut runs, mut only, mut out, mut docs, mut keep) =
         (false, None, None, None, None, false);
+    let mut merge = false;
     let mut idle_connections = None;
     let mut it = list.into_iter();
     while let Some(arg) = it.next() {
@@ -161,6 +175,7 @@ fn parse_args(list: Vec<String>) -> Result<Option<Args>, String> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--keep" => keep = true,
+            "--merge" => merge = true,
             "--runs" => {
                 let n: usize = value("--runs")?
                     .parse()
@@ -202,6 +217,7 @@ fn parse_args(list: Vec<String>) -> Result<Option<Args>, String> {
         only: only.unwrap_or_else(|| Scenario::ALL.to_vec()),
         out: out.unwrap_or(default_out),
         docs: docs.unwrap_or(default_docs),
+        merge,
         keep,
     }))
 }

@@ -1,7 +1,9 @@
 //! Where the figures go: the console (each beside its target), `bench/results.json` (machine,
 //! date, commit, versions, every figure with its runs, min, median, max and target), and the
 //! generated part of `docs/benchmarks.md`: everything below `MARKER` is rewritten, everything
-//! above it is the hand-written page and is kept as it is.
+//! above it is the hand-written page and is kept as it is. With `--merge`, the figures and
+//! notes of the scenarios that did not run are kept from the results file being replaced
+//! (`read_kept`), and both say which run they came from.
 
 use std::fs;
 use std::path::Path;
@@ -34,6 +36,169 @@ pub struct Meta {
     pub workerd: String,
     pub fd_limit: u64,
     pub wall: Duration,
+    /// With `--merge`: the earlier runs whose figures were kept, for the scenarios this run did
+    /// not measure.
+    pub kept: Vec<KeptFrom>,
+}
+
+/// An earlier run some of whose scenarios' figures were kept (`--merge`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeptFrom {
+    pub scenarios: Vec<String>,
+    pub date: String,
+    pub commit: String,
+    pub dirty: bool,
+    pub runs: u64,
+}
+
+impl KeptFrom {
+    fn from_json(v: &Value) -> KeptFrom {
+        KeptFrom {
+            scenarios: v["scenarios"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            date: v["date"].as_str().unwrap_or("unknown").to_string(),
+            commit: v["git"]["commit"].as_str().unwrap_or("unknown").to_string(),
+            dirty: v["git"]["uncommitted_changes"].as_bool().unwrap_or(false),
+            runs: v["runs_per_scenario"].as_u64().unwrap_or(0),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "scenarios": self.scenarios,
+            "date": self.date,
+            "git": {"commit": self.commit, "uncommitted_changes": self.dirty},
+            "runs_per_scenario": self.runs,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} from the run of {} (edgehub {}{}, {} run{} per scenario)",
+            self.scenarios.join(", "),
+            self.date,
+            self.commit.get(..12).unwrap_or(&self.commit),
+            if self.dirty {
+                " with uncommitted changes"
+            } else {
+                ""
+            },
+            self.runs,
+            if self.runs == 1 { "" } else { "s" },
+        )
+    }
+}
+
+/// What `--merge` keeps from the results file it replaces.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub figures: Figures,
+    pub from: Vec<KeptFrom>,
+}
+
+/// Reads the results at `path` for `--merge`: the figures and notes of every scenario not in
+/// `only`, and the runs they came from (a kept figure of a merged file keeps its own origin).
+/// Refuses a file of the other mode (quick or full), and a file that is not results.
+pub fn read_kept(path: &Path, only: &[Scenario], quick: bool) -> Result<Kept, String> {
+    let text = fs::read_to_string(path)
+        .map_err(|e| format!("--merge: reading {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--merge: {} is not JSON: {e}", path.display()))?;
+    if v["tool"] != "edgehub-bench" {
+        return Err(format!(
+            "--merge: {} is not edgehub-bench results",
+            path.display()
+        ));
+    }
+    let mode = if quick { "quick" } else { "full" };
+    if v["mode"] != mode {
+        return Err(format!(
+            "--merge: {} holds a {} run; this is a {mode} one",
+            path.display(),
+            v["mode"]
+        ));
+    }
+    let kept = |name: &str| Scenario::from_name(name).is_some_and(|s| !only.contains(&s));
+    let mut figures = Figures::default();
+    for f in v["figures"].as_array().map_or(&[][..], Vec::as_slice) {
+        let Some(scenario) = f["scenario"].as_str().and_then(Scenario::from_name) else {
+            continue;
+        };
+        if only.contains(&scenario) {
+            continue;
+        }
+        let (Some(id), Some(label), Some(unit)) = (
+            f["id"].as_str(),
+            f["label"].as_str(),
+            f["unit"].as_str().and_then(Unit::from_name),
+        ) else {
+            return Err(format!(
+                "--merge: a figure of {} is unreadable: {f}",
+                path.display()
+            ));
+        };
+        let target = match (f["target"]["op"].as_str(), f["target"]["value"].as_f64()) {
+            (Some("<="), Some(t)) => Some(Target::AtMost(t)),
+            (Some(">="), Some(t)) => Some(Target::AtLeast(t)),
+            _ => None,
+        };
+        // A NaN was written as null.
+        for run in f["runs"].as_array().map_or(&[][..], Vec::as_slice) {
+            let value = run.as_f64().unwrap_or(f64::NAN);
+            figures.add(scenario.name(), id, label, unit, target, value);
+        }
+    }
+    for note in v["notes"].as_array().map_or(&[][..], Vec::as_slice) {
+        let Some(note) = note.as_str() else { continue };
+        // A note that names no scenario is kept: nothing says it is stale.
+        if note_scenario(note).is_none_or(|s| !only.contains(&s)) {
+            figures.note(note.to_string());
+        }
+    }
+    let mut from = Vec::new();
+    let mut measured = KeptFrom::from_json(&v);
+    measured.scenarios.retain(|s| kept(s));
+    if !measured.scenarios.is_empty() {
+        from.push(measured);
+    }
+    for earlier in v["kept_from"].as_array().map_or(&[][..], Vec::as_slice) {
+        let mut earlier = KeptFrom::from_json(earlier);
+        earlier.scenarios.retain(|s| kept(s));
+        if !earlier.scenarios.is_empty() {
+            from.push(earlier);
+        }
+    }
+    Ok(Kept { figures, from })
+}
+
+/// The scenario a note is about: its first word (`fanout: …`, `idle SSE: …`, `time: polling
+/// took …`, `publish run 2 failed: …`).
+fn note_scenario(note: &str) -> Option<Scenario> {
+    let rest = note.strip_prefix("time: ").unwrap_or(note);
+    let word = rest
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    Scenario::from_name(word)
+}
+
+/// This run's figures and notes with the kept ones; the notes in the order the scenarios run
+/// (a note that names none last).
+pub fn merge(mut figures: Figures, kept: Kept) -> Figures {
+    figures.extend(kept.figures);
+    let rank = |n: &String| {
+        note_scenario(n)
+            .and_then(|s| Scenario::RUN_ORDER.iter().position(|r| *r == s))
+            .unwrap_or(Scenario::RUN_ORDER.len())
+    };
+    figures.notes.sort_by_key(rank);
+    figures
 }
 
 impl Meta {
@@ -73,6 +238,7 @@ impl Meta {
             workerd: version("workerd"),
             fd_limit: plan.fd_limit,
             wall,
+            kept: Vec::new(),
         }
     }
 
@@ -99,7 +265,11 @@ impl Meta {
             } else {
                 ""
             }
-        )
+        ) + &self
+            .kept
+            .iter()
+            .map(|k| format!("; kept by `--merge`: {}", k.describe()))
+            .collect::<String>()
     }
 }
 
@@ -220,9 +390,17 @@ pub fn write_json(path: &Path, figures: &Figures, meta: &Meta) -> Result<(), Str
             ("runs_per_scenario", json!(meta.runs)),
             ("scenarios", json!(meta.scenarios)),
             ("wall_seconds", json!(meta.wall.as_secs())),
+        ]
+        .into_iter()
+        .chain((!meta.kept.is_empty()).then(|| {
+            let kept: Vec<Value> = meta.kept.iter().map(KeptFrom::to_json).collect();
+            ("kept_from", json!(kept))
+        }))
+        .chain([
             ("notes", json!(figures.notes)),
             ("figures", Value::Null),
-        ],
+        ])
+        .collect::<Vec<_>>()[..],
         0,
     );
     let figures = format!("[\n    {}\n  ]", list.join(",\n    "));
@@ -355,6 +533,7 @@ mod tests {
             workerd: "1".into(),
             fd_limit: 20000,
             wall: Duration::from_secs(3),
+            kept: Vec::new(),
         };
         let path =
             std::env::temp_dir().join(format!("edgehub-bench-test-{}.json", std::process::id()));
@@ -368,6 +547,116 @@ mod tests {
         assert_eq!(v["figures"][0]["meets_target"], true);
         assert_eq!(v["figures"][0]["target"]["op"], "<=");
         assert!(text.find("\"tool\"") < text.find("\"figures\""));
+    }
+
+    fn meta(date: &str, scenarios: Vec<&'static str>, quick: bool) -> Meta {
+        Meta {
+            quick,
+            runs: 3,
+            scenarios,
+            cores: 2,
+            memory_bytes: 1 << 30,
+            cpu_model: "test".into(),
+            date: date.into(),
+            commit: "0123456789abcdef".into(),
+            dirty: false,
+            wrangler: "4.86.0".into(),
+            workerd: "1".into(),
+            fd_limit: 20000,
+            wall: Duration::from_secs(3),
+            kept: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merge_keeps_the_scenarios_that_did_not_run_and_says_from_where() {
+        let mut old = Figures::default();
+        for v in [14_896.099_409_901_739, 2.0, f64::NAN] {
+            old.add("latency", "latency.ws.p50", "WS p50", Unit::Ms, None, v);
+            let target = Some(Target::AtLeast(100.0));
+            old.add(
+                "fanout",
+                "fanout.delivered",
+                "share",
+                Unit::Percent,
+                target,
+                v,
+            );
+        }
+        for n in [
+            "latency: how",
+            "time: latency took 9 s for 3 run(s)",
+            "fanout: how",
+            "idle SSE: how",
+            "time: fanout took 9 s for 3 run(s)",
+            "publish run 2 failed: why",
+            "something else",
+        ] {
+            old.note(n.into());
+        }
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("edgehub-bench-merge-{}.json", std::process::id()));
+        let first = meta("2026-01-01T00:00:00Z", vec!["latency", "fanout"], false);
+        write_json(&path, &old, &first).unwrap();
+
+        let only = [Scenario::Latency, Scenario::Polling];
+        assert!(
+            read_kept(&path, &only, true).is_err(),
+            "a full file for a quick run"
+        );
+        let kept = read_kept(&path, &only, false).unwrap();
+        let ids: Vec<&str> = kept.figures.list.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["fanout.delivered"]);
+        let f = &kept.figures.list[0];
+        assert_eq!(
+            f.values[..2],
+            [14_896.099_409_901_739, 2.0],
+            "read back exactly"
+        );
+        assert!(f.values[2].is_nan());
+        assert_eq!(f.target, Some(Target::AtLeast(100.0)));
+        assert_eq!(
+            kept.figures.notes,
+            [
+                "fanout: how",
+                "idle SSE: how",
+                "time: fanout took 9 s for 3 run(s)",
+                "publish run 2 failed: why",
+                "something else"
+            ]
+        );
+        assert_eq!(kept.from.len(), 1);
+        assert_eq!(kept.from[0].scenarios, ["fanout"]);
+
+        // This run measured latency; the next merge keeps it from here, fanout from the first.
+        let mut new = Figures::default();
+        new.add("latency", "latency.ws.p50", "WS p50", Unit::Ms, None, 5.0);
+        new.note("time: latency took 1 s for 1 run(s)".into());
+        new.note("latency: how".into());
+        let mut second = meta("2026-02-02T00:00:00Z", vec!["latency"], false);
+        second.kept = kept.from.clone();
+        let merged = merge(new, kept);
+        assert_eq!(merged.notes[0], "time: latency took 1 s for 1 run(s)");
+        assert_eq!(merged.notes.last().unwrap(), "something else");
+        assert!(second
+            .summary()
+            .contains("kept by `--merge`: fanout from the run of 2026-01-01"));
+        write_json(&path, &merged, &second).unwrap();
+        let again = read_kept(&path, &[Scenario::Polling], false).unwrap();
+        let _ = fs::remove_file(&path);
+        let from: Vec<(&str, Vec<String>)> = again
+            .from
+            .iter()
+            .map(|k| (k.date.as_str(), k.scenarios.clone()))
+            .collect();
+        assert_eq!(
+            from,
+            [
+                ("2026-02-02T00:00:00Z", vec!["latency".to_string()]),
+                ("2026-01-01T00:00:00Z", vec!["fanout".to_string()])
+            ]
+        );
+        assert_eq!(again.figures.list.len(), 2);
     }
 
     #[test]

@@ -29,6 +29,20 @@ impl Unit {
         }
     }
 
+    /// The unit `name` gives (as results.json spells it).
+    pub fn from_name(name: &str) -> Option<Unit> {
+        [
+            Unit::Ms,
+            Unit::PerSec,
+            Unit::Percent,
+            Unit::Kib,
+            Unit::Count,
+            Unit::YesNo,
+        ]
+        .into_iter()
+        .find(|u| u.name() == name)
+    }
+
     pub fn format(self, v: f64) -> String {
         match self {
             Unit::Ms if v < 10.0 => format!("{v:.2} ms"),

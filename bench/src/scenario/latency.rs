@@ -1,9 +1,12 @@
 //! Scenario 1: publish → deliver latency with one subscriber, one event at a time (the next is
-//! published once the last was delivered and answered). Three passes on fresh channels: an SSE
-//! subscriber, a WebSocket subscriber, and a poller that polls `since = id − 1` until the event
-//! shows (1 ms between polls). Times run from just before the publish is sent. For the floor,
-//! the same number of requests one at a time to the no-op Worker, and to its no-op Durable
-//! Object (`/do/{name}`): a delivery takes at least a request into an object.
+//! published once the last was delivered and answered). Passes on fresh channels: an SSE
+//! subscriber, then one SSE connection over `MANY` channels each (`GET /sse?channel=…`, events
+//! published round-robin over its channels), the same for WebSocket, and a poller that polls
+//! `since = id − 1` until the event shows (1 ms between polls). Times run from just before the
+//! publish is sent; a many-channel figure is also given as a share of the single-channel one of
+//! the same run. For the floor, the same number of requests one at a time to the no-op Worker,
+//! and to its no-op Durable Object (`/do/{name}`): a delivery takes at least a request into an
+//! object.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +15,7 @@ use serde_json::Value;
 use super::{Plan, Setup};
 use crate::client;
 use crate::stats::{percentile_ms, Figures, Target, Unit};
-use crate::streams::{Kind, Next, Sub};
+use crate::streams::{cursor_id, Kind, Next, Sub};
 
 const SCENARIO: &str = "latency";
 /// The most one round may wait for its delivery.
@@ -20,13 +23,23 @@ const ROUND_WAIT: Duration = Duration::from_secs(10);
 /// The most one pass may take, however many rounds are left.
 const PASS_BUDGET: Duration = Duration::from_secs(240);
 const POLL_PAUSE: Duration = Duration::from_millis(1);
+/// The channel counts of the many-channel passes: one connection over each.
+const MANY: [usize; 2] = [10, 100];
 
 pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut f = Figures::default();
+    // The many-channel figures go below the single-channel ones, though measured beside them.
+    let mut many = Figures::default();
     for kind in [Kind::Sse, Kind::Ws] {
         let (mut delivered, mut answered) = live_pass(plan, setup, kind).await?;
         delivered.sort();
         answered.sort();
+        let one = [0.5, 0.99].map(|q| percentile_ms(&delivered, q));
+        for n in MANY {
+            let (opened, mut times) = many_pass(plan, setup, kind, n).await?;
+            times.sort();
+            add_many(&mut many, kind, n, one, &times, opened);
+        }
         let (p50, p99) = (Target::AtMost(1.0), Target::AtMost(3.0));
         let id = |q: &str| format!("latency.{}.{q}", kind.name());
         let label = |q: &str| format!("{} publish → deliver {q}", kind.label());
@@ -127,12 +140,70 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
             );
         }
     }
+    f.extend(many);
     f.note(format!(
         "latency: {} sequential events per pass after {} unmeasured warm-up events; one \
          subscriber per pass (SSE, WebSocket, poller), each on a fresh channel",
         plan.latency_events, plan.latency_warmup
     ));
+    f.note(format!(
+        "latency, many channels: for each transport, right after its single-channel pass, one \
+         connection over {} fresh channels, then one over {} (`GET /sse?channel=…&since=0`, \
+         `GET /ws?channel=…&since=0`), each with {} measured events published round-robin over \
+         its channels, one at a time as above, after max({}, channels) unmeasured ones (so \
+         every channel has had one); each delivery is checked for its channel and id (SSE: and \
+         its `id:` cursor). \"vs one channel\" is the many-channel figure as a share of the \
+         same transport's single-channel figure in the same run (100 % = as fast; 200 % = twice \
+         the time). Time to open: from the request to the `id:`-only block (SSE) or `ready` \
+         (WebSocket), both sent once every channel's subscription is live",
+        MANY[0], MANY[1], plan.latency_events, plan.latency_warmup
+    ));
     Ok(f)
+}
+
+/// The figures of one many-channel pass: its p50 and p99, each as a share of the single-channel
+/// `one` (p50, p99) of the same transport and run, and its time to open.
+fn add_many(
+    f: &mut Figures,
+    kind: Kind,
+    n: usize,
+    one: [f64; 2],
+    sorted: &[Duration],
+    opened: Duration,
+) {
+    let id = |q: &str| format!("latency.{}.ch{n}.{q}", kind.name());
+    let who = format!("{} over {n} channels", kind.label());
+    for ((q, at), single) in [("p50", 0.5), ("p99", 0.99)].into_iter().zip(one) {
+        let v = percentile_ms(sorted, at);
+        f.add(
+            SCENARIO,
+            &id(q),
+            &format!("{who}, one connection: publish → deliver {q}"),
+            Unit::Ms,
+            None,
+            v,
+        );
+        f.add(
+            SCENARIO,
+            &id(&format!("{q}_vs_one")),
+            &format!("{who} vs one channel: {q}"),
+            Unit::Percent,
+            None,
+            if single > 0.0 {
+                100.0 * v / single
+            } else {
+                f64::NAN
+            },
+        );
+    }
+    f.add(
+        SCENARIO,
+        &id("open"),
+        &format!("{who}: time to open (every subscription live)"),
+        Unit::Ms,
+        None,
+        opened.as_secs_f64() * 1000.0,
+    );
 }
 
 /// `warmup` unmeasured GETs of `url`, then `n` measured ones, one after the other.
@@ -203,6 +274,58 @@ async fn live_pass(
         }
     }
     Ok((delivered, answered))
+}
+
+/// One connection of `kind` over `n` fresh channels, from `since=0`; events published one at a
+/// time, round-robin over the channels. Returns how long it took to open (until every
+/// subscription was live) and publish → delivered per measured event.
+async fn many_pass(
+    plan: &Plan,
+    setup: &Setup,
+    kind: Kind,
+    n: usize,
+) -> Result<(Duration, Vec<Duration>), String> {
+    let prefix = client::channel(&format!("lat{n}-{}", kind.name()));
+    let channels: Vec<String> = (0..n).map(|k| format!("{prefix}-{k}")).collect();
+    let what = format!("{} over {n} channels", kind.label());
+    let opening = Instant::now();
+    let mut sub = Sub::open_many(kind, &setup.hub, setup.hub_port, &channels, Some("0")).await?;
+    let opened = opening.elapsed();
+    let warmup = plan.latency_warmup.max(n as u64);
+    let mut delivered = Vec::new();
+    let started = Instant::now();
+    for (i, c) in (1..=warmup + plan.latency_events).zip(channels.iter().cycle()) {
+        if started.elapsed() > PASS_BUDGET {
+            return Err(format!("{what}: over {PASS_BUDGET:?} after {i} events"));
+        }
+        let body = format!(r#"{{"data":{{"i":{i}}}}}"#).into_bytes();
+        let deadline = tokio::time::Instant::now() + ROUND_WAIT;
+        let sent = Instant::now();
+        let (publish, got) = tokio::join!(
+            async { (client::publish(&setup.hub, c, body).await, Instant::now()) },
+            async { (sub.next_event(deadline).await, Instant::now()) },
+        );
+        let ids = publish.0?;
+        let want = ids.first().copied();
+        match got.0 {
+            Next::Event(e)
+                if !e.gap
+                    && e.id.is_some()
+                    && e.id == want
+                    && e.channel.as_deref() == Some(c.as_str())
+                    && (kind == Kind::Ws
+                        || e.cursor.as_deref().and_then(|cur| cursor_id(cur, c)) == want) => {}
+            other => {
+                return Err(format!(
+                    "{what}, event {i}: published {ids:?} on {c}, got {other:?}"
+                ))
+            }
+        }
+        if i > warmup {
+            delivered.push(got.1 - sent);
+        }
+    }
+    Ok((opened, delivered))
 }
 
 /// One poller; returns (publish → returned by a poll, that poll's own time) per event.

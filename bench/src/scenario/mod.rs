@@ -33,7 +33,7 @@ impl Scenario {
     ];
     /// The order they run in: publishing last, so that its D1 mirror backlog cannot weigh on
     /// another scenario; polling early, on a quiet hub.
-    const RUN_ORDER: [Scenario; 5] = [
+    pub const RUN_ORDER: [Scenario; 5] = [
         Scenario::Latency,
         Scenario::Polling,
         Scenario::Fanout,
@@ -61,13 +61,14 @@ impl Scenario {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     pub fn parse_list(list: &str) -> Result<Vec<Scenario>, String> {
         let mut out = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let s = Scenario::ALL
-                .into_iter()
-                .find(|s| s.name() == name)
-                .ok_or(format!("unknown scenario {name:?}"))?;
+            let s = Scenario::from_name(name).ok_or(format!("unknown scenario {name:?}"))?;
             if !out.contains(&s) {
                 out.push(s);
             }

@@ -1,22 +1,33 @@
 //! Scenario 4: polling throughput. `poll_concurrency` pollers, each one request after the
 //! other on a kept-alive connection, for `poll_seconds` per path: the no-op Worker (`GET /`,
 //! the runtime's own ceiling), a poll answered 200 (a page of 10 small events, read from D1),
-//! and the same poll with its `If-None-Match` answered 304. Each path gets a short warm-up.
+//! and the same poll with its `If-None-Match` answered 304; then both again as one poll over
+//! `MANY` channels (`/poll?channel=…&since=<stream cursor>`, docs/API.md#stream-poll) that
+//! answers the same 10 events, as a share of the one-channel poll. Each path gets a short
+//! warm-up.
 //! Then the largest page the limits allow: 5 anonymous pollers of a public channel asking for
 //! `limit=1000` of 60 KB events, with the worker workerd's memory sampled while they poll; and,
 //! as the runtime's own floor, 5 pollers of a no-op Worker path that answers a body as large.
 
 use std::time::{Duration, Instant};
 
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+
 use super::{Plan, Setup};
 use crate::client;
 use crate::procfs;
 use crate::stats::{percentile_ms, Figures, Target, Unit};
+use crate::streams::channel_query;
 
 const SCENARIO: &str = "polling";
 const PAGE: usize = 10;
 const WARM_UP: Duration = Duration::from_millis(500);
 const MIRROR_WAIT: Duration = Duration::from_secs(30);
+/// The channels of the many-channel poll (`MAX_STREAM_CHANNELS`, the most one poll may name).
+const MANY: usize = 100;
+/// Publishes in flight while the many-channel poll's channels are filled.
+const FILL_CONCURRENCY: usize = 10;
 
 /// One path's load result.
 pub(super) struct Load {
@@ -44,6 +55,15 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     }
     let url = format!("{}/poll/{c}?since=0&limit={PAGE}", setup.hub);
     let etag = etag(&url).await?;
+    let many_url = many_channels(setup).await?;
+    let many_etag = etag_of(&many_url, |page| {
+        let events = page["events"].as_array().map_or(0, Vec::len);
+        match (events, &page["more"]) {
+            (PAGE, Value::Bool(false)) => Ok(()),
+            _ => Err(format!("{events} events, more {}", page["more"])),
+        }
+    })
+    .await?;
     let noop_url = format!("{}/", setup.noop);
     let seconds = Duration::from_secs_f64(plan.poll_seconds);
 
@@ -51,6 +71,11 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let noop = load(n, &noop_url, None, 200, seconds).await;
     let full = load(n, &url, None, 200, seconds).await;
     let not_modified = load(n, &url, Some(&etag), 304, seconds).await;
+    let many_full = load(n, &many_url, None, 200, seconds).await;
+    let many_not_modified = load(n, &many_url, Some(&many_etag), 304, seconds).await;
+    // The runtime's own cost of a request that long: the no-op Worker, the same path and query.
+    let many_noop_url = many_url.replacen(&setup.hub, &setup.noop, 1);
+    let many_noop = load(n, &many_noop_url, None, 200, seconds).await;
 
     let big = big_pages(plan, setup).await?;
 
@@ -84,6 +109,21 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     add("noop", "no-op Worker", &noop);
     add("200", "poll answered 200", &full);
     add("304", "poll answered 304", &not_modified);
+    add(
+        &format!("ch{MANY}.200"),
+        &format!("poll over {MANY} channels answered 200"),
+        &many_full,
+    );
+    add(
+        &format!("ch{MANY}.304"),
+        &format!("poll over {MANY} channels answered 304"),
+        &many_not_modified,
+    );
+    add(
+        &format!("ch{MANY}.noop"),
+        &format!("no-op Worker, the {MANY}-channel poll's URL"),
+        &many_noop,
+    );
     let ratio = |l: &Load| {
         if noop.per_s > 0.0 {
             100.0 * l.per_s / noop.per_s
@@ -106,6 +146,37 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         Unit::Percent,
         Some(Target::AtLeast(50.0)),
         ratio(&not_modified),
+    );
+    for (status, one, many) in [
+        ("200", &full, &many_full),
+        ("304", &not_modified, &many_not_modified),
+    ] {
+        f.add(
+            SCENARIO,
+            &format!("polling.ch{MANY}.{status}.vs_one"),
+            &format!(
+                "poll over {MANY} channels vs one channel, answered {status}: requests per second"
+            ),
+            Unit::Percent,
+            None,
+            if one.per_s > 0.0 {
+                100.0 * many.per_s / one.per_s
+            } else {
+                0.0
+            },
+        );
+    }
+    f.add(
+        SCENARIO,
+        &format!("polling.ch{MANY}.304.vs_noop"),
+        &format!("poll over {MANY} channels 304 vs no-op Worker with its URL: requests per second"),
+        Unit::Percent,
+        None,
+        if many_noop.per_s > 0.0 {
+            100.0 * many_not_modified.per_s / many_noop.per_s
+        } else {
+            0.0
+        },
     );
     f.add(
         SCENARIO,
@@ -149,7 +220,14 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         big.noop.before_kib,
         big.noop.peak_kib
     ));
-    let errors = noop.errors + full.errors + not_modified.errors + big.hub.errors + big.noop.errors;
+    let errors = noop.errors
+        + full.errors
+        + not_modified.errors
+        + many_full.errors
+        + many_not_modified.errors
+        + many_noop.errors
+        + big.hub.errors
+        + big.noop.errors;
     f.note(format!(
         "polling: {} pollers, {} s per path after {WARM_UP:?} of warm-up, with the bench's bearer \
          token (the no-op Worker gets the same header); a poll returns a page of {PAGE} events \
@@ -161,7 +239,80 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
             n => format!("; {n} answers were not the expected status (in the last run that had any)"),
         }
     ));
+    f.note(format!(
+        "polling, {MANY} channels: one event on each of {MANY} fresh channels, polled with one \
+         request naming all {MANY} (`/poll?channel=…&since=<stream cursor>&limit={PAGE}`, a \
+         {} KiB URL) whose cursor has every tenth channel one event behind: a 200 is the same \
+         {PAGE} small events as the one-channel page (checked before the load), a 304 the same \
+         request with its ETag; the same pollers, connections and time per path as the \
+         one-channel poll, in the same run. \"vs one channel\" is its requests per second as a \
+         share of the one-channel poll with the same answer; the no-op Worker gets the same \
+         path and query, to show what a URL that long costs the runtime itself",
+        many_url.len().div_ceil(1024)
+    ));
     Ok(f)
+}
+
+/// Fills `MANY` fresh channels with one event each, waits (bounded) until the D1 mirror holds
+/// all of them, and returns the many-channel poll's URL: every channel named, every tenth one
+/// event behind in its stream cursor, so its page is `PAGE` events.
+async fn many_channels(setup: &Setup) -> Result<String, String> {
+    let prefix = client::channel("poll100");
+    let channels: Vec<String> = (0..MANY).map(|k| format!("{prefix}-{k}")).collect();
+    let published: Vec<Result<Vec<u64>, String>> = stream::iter(channels.iter().enumerate())
+        .map(|(k, c)| {
+            let body = format!(r#"{{"data":{{"n":{k}}}}}"#).into_bytes();
+            client::publish(&setup.hub, c, body)
+        })
+        .buffer_unordered(FILL_CONCURRENCY)
+        .collect()
+        .await;
+    for p in published {
+        if p? != vec![1] {
+            return Err("a fresh channel's first event was not id 1".into());
+        }
+    }
+    let query = channel_query(&channels);
+    // The mirror holds them all once a poll from 0 over the set returns every one.
+    let everything = format!("{}/poll?{query}&since=0&limit={MANY}", setup.hub);
+    let started = Instant::now();
+    loop {
+        let page = get_json(&everything).await?;
+        if page["events"].as_array().map_or(0, Vec::len) == MANY {
+            break;
+        }
+        if started.elapsed() > MIRROR_WAIT {
+            return Err(format!(
+                "the mirror did not hold all {MANY} channels within {MIRROR_WAIT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let cursor: Vec<String> = channels
+        .iter()
+        .enumerate()
+        .map(|(k, c)| format!("{c}={}", u64::from(k % (MANY / PAGE) != 0)))
+        .collect();
+    Ok(format!(
+        "{}/poll?{query}&since={}&limit={PAGE}",
+        setup.hub,
+        client::encode(&cursor.join(","))
+    ))
+}
+
+async fn get_json(url: &str) -> Result<Value, String> {
+    let r = client::http()
+        .get(url)
+        .header("authorization", client::bearer())
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = r.status().as_u16();
+    let body = r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+    match status {
+        200 => serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}")),
+        s => Err(format!("GET {url}: {s} {}", String::from_utf8_lossy(&body))),
+    }
 }
 
 const BIG_EVENTS: usize = 24;
@@ -267,6 +418,14 @@ async fn big_load(url: &str, runtime: (u32, u16), seconds: Duration) -> Result<B
 }
 
 async fn etag(url: &str) -> Result<String, String> {
+    etag_of(url, |_| Ok(())).await
+}
+
+/// The ETag of a 200 to `url` whose page `check` accepts.
+async fn etag_of(
+    url: &str,
+    check: impl Fn(&Value) -> Result<(), String>,
+) -> Result<String, String> {
     let r = client::http()
         .get(url)
         .header("authorization", client::bearer())
@@ -279,9 +438,13 @@ async fn etag(url: &str) -> Result<String, String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let status = r.status().as_u16();
-    let _ = r.bytes().await;
+    let body = r.bytes().await.unwrap_or_default();
     match (status, tag) {
-        (200, Some(t)) => Ok(t),
+        (200, Some(t)) => {
+            let page: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            check(&page).map_err(|why| format!("GET {url}: {why}"))?;
+            Ok(t)
+        }
         (s, t) => Err(format!("GET {url}: {s}, etag {t:?}")),
     }
 }
