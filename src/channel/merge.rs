@@ -140,10 +140,12 @@ impl Merge {
             backlog: Backlog::opened(now_ms),
             ended: false,
         };
+        let starts = StreamSince::starts(since, set);
         let opens = set
             .channels()
             .iter()
-            .map(|c| merge.add(c.clone(), since.and_then(|s| s.start(c)), true))
+            .zip(starts)
+            .map(|(c, start)| merge.add(c.clone(), start, true))
             .collect();
         (merge, opens)
     }

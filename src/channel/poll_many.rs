@@ -13,8 +13,8 @@ use crate::protocol::ChannelName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManyRequest {
     pub set: ChannelSet,
-    /// `None`: every channel from now on.
-    pub since: Option<StreamSince>,
+    /// Each channel's cursor, in the set's order (`None`: from now on).
+    cursors: Vec<Option<u64>>,
     pub limit: u32,
     /// The page's budget in serialised envelopes (`MAX_PAGE_BYTES`).
     pub max_bytes: usize,
@@ -45,13 +45,24 @@ pub struct ManyPage {
 }
 
 impl ManyRequest {
+    /// `since`: `None` for every channel from now on.
+    pub fn new(
+        set: ChannelSet,
+        since: Option<&StreamSince>,
+        limit: u32,
+        max_bytes: usize,
+    ) -> ManyRequest {
+        ManyRequest {
+            cursors: StreamSince::starts(since, &set),
+            set,
+            limit,
+            max_bytes,
+        }
+    }
+
     /// Each channel's cursor, in the set's order (`None`: from now on).
-    pub fn cursors(&self) -> Vec<Option<u64>> {
-        self.set
-            .channels()
-            .iter()
-            .map(|c| self.since.as_ref().and_then(|s| s.start(c)))
-            .collect()
+    pub fn cursors(&self) -> &[Option<u64>] {
+        &self.cursors
     }
 
     /// The answer depends only on the request and the channels' windows (in the set's order):
@@ -59,6 +70,7 @@ impl ManyRequest {
     pub fn etag(&self, windows: &[Window]) -> String {
         let mut digest = Fnv::default();
         for (channel, cursor) in self.set.channels().iter().zip(self.cursors()) {
+            let cursor = *cursor;
             digest.write(channel.as_str().as_bytes());
             digest.write(b"=");
             match cursor {
@@ -84,7 +96,7 @@ pub fn cut_many(req: &ManyRequest, windows: &[Window], rows: Vec<ManyRow>) -> Ma
     let mut gaps = Vec::new();
     let mut after_of = Vec::with_capacity(channels.len());
     for ((channel, cursor), window) in channels.iter().zip(req.cursors()).zip(windows) {
-        let after = match plan_replay(cursor, *window, true) {
+        let after = match plan_replay(*cursor, *window, true) {
             Replay::Live => window.head,
             Replay::After(n) => n,
             Replay::Gap {
@@ -201,12 +213,8 @@ mod tests {
 
     fn request(names: &[&str], since: Option<&str>, limit: u32) -> ManyRequest {
         let set = set(names);
-        ManyRequest {
-            since: since.map(|s| StreamSince::parse(s, &set).unwrap()),
-            set,
-            limit,
-            max_bytes: 1 << 20,
-        }
+        let since = since.map(|s| StreamSince::parse(s, &set).unwrap());
+        ManyRequest::new(set, since.as_ref(), limit, 1 << 20)
     }
 
     fn ev(id: u64) -> StoredEvent {

@@ -8,6 +8,7 @@
 use super::names::ChannelName;
 use super::query::{parse_cursor, percent_decode};
 use crate::error::Error;
+use std::collections::{HashMap, HashSet};
 
 /// The default `MAX_STREAM_CHANNELS`.
 pub const DEFAULT_MAX_STREAM_CHANNELS: usize = 100;
@@ -22,6 +23,8 @@ impl ChannelSet {
     /// bug, and two cursors for one channel would have no meaning).
     pub fn parse(query: &str, max: usize) -> Result<ChannelSet, Error> {
         let mut names: Vec<ChannelName> = Vec::new();
+        // Seen names: a hundred channels are checked in linear time, not pairwise.
+        let mut seen: HashSet<String> = HashSet::new();
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if key != "channel" {
@@ -35,7 +38,7 @@ impl ChannelSet {
             let value = percent_decode(&value.replace('+', " "))
                 .ok_or_else(|| Error::bad_request("query parameter channel is badly encoded"))?;
             let name = ChannelName::parse(&value)?;
-            if names.contains(&name) {
+            if !seen.insert(name.as_str().to_string()) {
                 return Err(Error::bad_request(format!(
                     "channel {name} is named twice: name each channel once"
                 )));
@@ -76,7 +79,8 @@ impl StreamSince {
             return Ok(StreamSince::All);
         }
         let cursor = StreamCursor::parse(text)?;
-        if let Some((outside, _)) = cursor.0.iter().find(|(c, _)| !set.contains(c)) {
+        let members: HashSet<&str> = set.0.iter().map(ChannelName::as_str).collect();
+        if let Some((outside, _)) = cursor.0.iter().find(|(c, _)| !members.contains(c.as_str())) {
             return Err(Error::bad_request(format!(
                 "the cursor names channel {outside}, which this stream does not"
             )));
@@ -90,6 +94,24 @@ impl StreamSince {
             StreamSince::All => Some(0),
             StreamSince::Cursor(cursor) => cursor.get(channel),
         }
+    }
+
+    /// Where each channel of `set` starts, in the set's order (one pass over the cursor).
+    pub fn starts(since: Option<&StreamSince>, set: &ChannelSet) -> Vec<Option<u64>> {
+        let at: HashMap<&str, u64> = match since {
+            Some(StreamSince::Cursor(cursor)) => {
+                cursor.0.iter().map(|(c, id)| (c.as_str(), *id)).collect()
+            }
+            _ => HashMap::new(),
+        };
+        let all = matches!(since, Some(StreamSince::All));
+        set.0
+            .iter()
+            .map(|c| match all {
+                true => Some(0),
+                false => at.get(c.as_str()).copied(),
+            })
+            .collect()
     }
 }
 
@@ -106,11 +128,12 @@ impl StreamCursor {
             )
         };
         let mut pairs: Vec<(ChannelName, u64)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         for pair in text.split(',') {
             let (name, id) = pair.split_once('=').ok_or_else(bad)?;
             let name = ChannelName::parse(name).map_err(|_| bad())?;
             let id = parse_cursor(id).map_err(|_| bad())?;
-            if pairs.iter().any(|(c, _)| *c == name) {
+            if !seen.insert(name.as_str().to_string()) {
                 return Err(Error::bad_request(format!(
                     "the cursor names channel {name} twice"
                 )));
@@ -185,6 +208,12 @@ mod tests {
         let partial = StreamSince::parse("orders=3", &s).unwrap();
         assert_eq!(partial.start(&name("user:42")), None, "from now on");
         assert_eq!(StreamSince::All.start(&name("x")), Some(0));
+        assert_eq!(StreamSince::starts(Some(&partial), &s), vec![Some(3), None]);
+        assert_eq!(
+            StreamSince::starts(Some(&StreamSince::All), &s),
+            vec![Some(0), Some(0)]
+        );
+        assert_eq!(StreamSince::starts(None, &s), vec![None, None]);
         for bad in [
             "",
             "5",

@@ -236,12 +236,7 @@ pub async fn poll_many(at: &Incoming<'_>) -> Answer {
         .permits(at.env, at.config)?
         .check_all(at.config, Action::Subscribe, &set)?;
     let since = stream_since(&at.query, &set)?;
-    let request = ManyRequest {
-        set,
-        since,
-        limit: limit(at)?,
-        max_bytes: at.config.max_page_bytes,
-    };
+    let request = ManyRequest::new(set, since.as_ref(), limit(at)?, at.config.max_page_bytes);
     let now = now_ms();
     let cached: Option<Vec<Window>> = WINDOWS.with(|w| {
         let w = w.borrow();
