@@ -42,6 +42,7 @@ pub fn cases() -> Vec<Case> {
         case_own_hub!(stream_restart_ends_sse_and_ws_and_the_cursor_resumes_exactly_once),
         case!(stream_a_hundred_channels_on_one_sse_and_one_ws_and_every_lane_leaves_with_them),
         case!(stream_sse_and_ws_end_when_their_token_expires),
+        case!(stream_a_purge_changes_nothing_live_and_an_older_cursor_gets_the_gap),
         case_own_hub!(stream_slow_clients_are_let_go_others_get_everything_and_they_resume),
     ]
 }
@@ -1249,4 +1250,48 @@ async fn stream_slow_clients_are_let_go_others_get_everything_and_they_resume(_:
         crate::slow::PAD
     );
     hub.cleanup().await;
+}
+
+/// A purge of one channel of a live stream (docs/API.md#stream-bridge): the stream goes on and
+/// delivers what follows (ids are never reused); a cursor from before the purge resumes with a
+/// gap naming that channel, and nothing of the other channel is lost.
+async fn stream_a_purge_changes_nothing_live_and_an_older_cursor_gets_the_gap(api: Api) {
+    let chans = names("spurge", 2);
+    let (a, q) = (&chans[0], query(&chans));
+    publish_n(&api, a, 3).await;
+    publish_n(&api, &chans[1], 1).await;
+    let zero = cur(&chans, &[0, 0]);
+    let mut sse = open_sse(&api, &format!("/sse?{q}&since=0"), None).await;
+    let before = cur(&chans, &[3, 1]);
+    let got = sse_until(&mut sse, &mut zero.clone(), &before).await;
+    once("before the purge", &sse_pairs(&got), &zero, &before);
+    let purge = client()
+        .delete(format!("{}/channels/{a}/events", api.base))
+        .bearer_auth(admin());
+    assert_eq!(api.send(purge).await.status, 204, "the purge");
+    publish_n(&api, a, 2).await;
+    publish_n(&api, &chans[1], 1).await;
+    let after = cur(&chans, &[5, 2]);
+    let got = sse_until(&mut sse, &mut before.clone(), &after).await;
+    once("live through the purge", &sse_pairs(&got), &before, &after);
+    drop(sse);
+    // A cursor from before the purge: a gap for that channel, then what it retains.
+    let mut again = open_sse(&api, &format!("/sse?{q}"), Some(&zero.text())).await;
+    let got = sse_until(&mut again, &mut zero.clone(), &after).await;
+    let gaps: Vec<Value> = got
+        .iter()
+        .filter(|e| e.kind == "gap")
+        .map(SseEvent::json)
+        .collect();
+    assert_eq!(
+        gaps,
+        vec![json!({"channel": a, "requested": 0, "earliest": 4})],
+        "the gap of the purged channel"
+    );
+    once(
+        "resumed across the purge",
+        &sse_pairs(&got),
+        &cur(&chans, &[3, 0]),
+        &after,
+    );
 }
