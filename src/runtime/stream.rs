@@ -68,6 +68,12 @@ fn now_ms() -> i64 {
 /// Writes per heartbeat period, as the v1 bridge (a gone client is noticed within one).
 const WRITES_PER_HEARTBEAT: u64 = 3;
 
+/// How often `pace` looks: a heartbeat's share of `HEARTBEAT_SECONDS`.
+fn heartbeat_period_ms(config: &Config) -> i64 {
+    let ms = config.heartbeat_seconds.saturating_mul(1000) / WRITES_PER_HEARTBEAT;
+    i64::try_from(ms).unwrap_or(i64::MAX).max(1)
+}
+
 /// Opens every lane of the set, then answers the client: an SSE stream or a 101. A lane whose
 /// object does not answer with a socket answers the request instead (after the others are
 /// closed).
@@ -111,7 +117,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
     }
     if let Some(refused) = refused {
         for (_, socket) in &lanes {
-            let _ = socket.close(Some(1000), Some("stream refused"));
+            drop_lane(socket, "stream refused");
         }
         return refused;
     }
@@ -128,13 +134,13 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 config: config.clone(),
             });
             attach_all(&conn, lanes)?;
-            let lifetime_ms = config.sse_max_seconds.saturating_mul(1000) as i64;
+            let lifetime_ms =
+                i64::try_from(config.sse_max_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
             let deadline = deadline
                 .map(|exp| exp.saturating_mul(1000))
                 .unwrap_or(i64::MAX)
                 .min(now_ms().saturating_add(lifetime_ms));
-            let period = (config.heartbeat_seconds.saturating_mul(1000) / WRITES_PER_HEARTBEAT)
-                .max(1) as i64;
+            let period = heartbeat_period_ms(&config);
             worker::wasm_bindgen_futures::spawn_local(pace(
                 conn.clone(),
                 Some(tx),
@@ -159,8 +165,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
             attach_all(&conn, lanes)?;
             worker::wasm_bindgen_futures::spawn_local(read_client(conn.clone(), pair.server));
             let deadline = deadline.map_or(i64::MAX, |exp| exp.saturating_mul(1000));
-            let period = (config.heartbeat_seconds.saturating_mul(1000) / WRITES_PER_HEARTBEAT)
-                .max(1) as i64;
+            let period = heartbeat_period_ms(&config);
             worker::wasm_bindgen_futures::spawn_local(pace(conn, None, period, deadline));
             Response::from_websocket(pair.client).map_err(internal("answering"))
         }
@@ -186,6 +191,12 @@ async fn subscribe(
         .websocket()
         .ok_or_else(|| Error::Unavailable("the channel object did not open a socket".into()))?;
     Ok(Ok((lane, socket)))
+}
+
+/// Closes a lane that was never attached: accepted first, so the close reaches its object.
+fn drop_lane(socket: &WebSocket, reason: &str) {
+    let _ = socket.accept();
+    let _ = socket.close(Some(1000), Some(reason));
 }
 
 /// Accepts the lanes' sockets and starts reading each, all in one synchronous step, so no
@@ -381,7 +392,7 @@ async fn open_later(conn: Rc<Conn>, lane: LaneId, channel: ChannelName, since: O
     let failed = match opened {
         Ok(Ok((lane, socket))) => {
             if conn.merge.borrow().ended() {
-                let _ = socket.close(Some(1000), Some("connection ended"));
+                drop_lane(&socket, "connection ended");
                 return;
             }
             match attach(&conn, lane, socket) {
