@@ -57,6 +57,7 @@ pub fn token() -> &'static str {
             edgehub: Rights {
                 publish: vec!["*".into()],
                 subscribe: vec!["*".into()],
+                info: None,
             },
         };
         sign(&claims, SECRET)

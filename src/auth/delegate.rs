@@ -1,11 +1,17 @@
 //! Delegation: `POST /tokens` mints a token whose rights are no wider than the caller's own, in
-//! channels and in time. This is how a backend hands a browser a short-lived subscribe token.
-//! See `docs/API.md#minting`.
+//! channels and in time, and whose identity is the caller's: a token keeps its caller's `sub`
+//! (and `info`), and only a caller whose `sub` is `*` (a backend's) may name another, so a
+//! backend can mint one token per user and no user can claim another's identity. This is how a
+//! backend hands a browser a short-lived subscribe token. See `docs/API.md#minting`.
 
-use super::{sign, Claims, Grant, Pattern, Rights, MAX_TOKEN_BYTES};
+use super::{sign, Claims, Grant, Info, Pattern, Rights, MAX_TOKEN_BYTES};
 use crate::error::{Error, TokenFault};
 use crate::protocol::json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The `sub` of a token that may mint tokens for any subject.
+pub const ANY_SUB: &str = "*";
 
 /// The body of `POST /tokens`.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,13 +27,17 @@ pub struct TokenRequest {
     /// Subject of the new token; the caller's own when absent.
     #[serde(default, deserialize_with = "crate::protocol::publish::present")]
     pub sub: Option<String>,
+    /// The new token's presence info (`Info`); the caller's own when absent and the subject is
+    /// the caller's.
+    #[serde(default)]
+    pub info: Option<Box<RawValue>>,
 }
 
 /// The longest `sub` a minted token may carry, in characters.
 pub const MAX_SUB_LEN: usize = 256;
 
-/// Levels of objects and arrays a token request may hold (its pattern lists are two).
-pub const REQUEST_MAX_DEPTH: usize = 8;
+/// Levels of objects and arrays a token request may hold: its `info`, one level down.
+pub const REQUEST_MAX_DEPTH: usize = super::info::MAX_INFO_DEPTH + 1;
 
 impl TokenRequest {
     /// Parses a `POST /tokens` body, after checking that it is readable JSON of bounded depth.
@@ -41,7 +51,7 @@ impl TokenRequest {
         })?;
         serde_json::from_str(text).map_err(|e| {
             Error::bad_request(format!(
-                "a token request is {{\"publish\"?, \"subscribe\"?, \"ttl\", \"sub\"?}}: {e}"
+                "a token request is {{\"publish\"?, \"subscribe\"?, \"ttl\", \"sub\"?, \"info\"?}}: {e}"
             ))
         })
     }
@@ -74,6 +84,11 @@ pub fn delegate(
             "sub is 1 to {MAX_SUB_LEN} characters, without control characters"
         )));
     }
+    let info = req
+        .info
+        .as_ref()
+        .map(|raw| Info::parse(raw.get()))
+        .transpose()?;
     // A caller let in within the clock skew after its expiry could only mint a token that
     // expires before it is issued.
     if caller.exp <= now {
@@ -81,14 +96,43 @@ pub fn delegate(
     }
     let publish = narrower(&req.publish, &caller.publish, "publish")?;
     let subscribe = narrower(&req.subscribe, &caller.subscribe, "subscribe")?;
+    let (sub, info) = identity(caller, req.sub.as_deref(), info)?;
     Ok(Claims {
         // Never outlives the token that asked for it.
         exp: Some(now.saturating_add(ttl).min(caller.exp)),
         iat: Some(now),
         nbf: None,
-        sub: req.sub.clone().or_else(|| caller.sub.clone()),
-        edgehub: Rights { publish, subscribe },
+        sub,
+        edgehub: Rights {
+            publish,
+            subscribe,
+            info,
+        },
     })
+}
+
+/// Whose token it is: the caller's own `sub` (and, unless `info` is given, its own info), or,
+/// for a caller whose `sub` is `*`, whichever `sub` it names. Naming another is 403.
+fn identity(
+    caller: &Grant,
+    wanted: Option<&str>,
+    info: Option<Info>,
+) -> Result<(Option<String>, Option<Info>), Error> {
+    let own = caller.sub.as_deref();
+    match wanted {
+        None => Ok((
+            own.map(str::to_string),
+            info.or_else(|| caller.info.clone()),
+        )),
+        Some(sub) if Some(sub) == own => {
+            Ok((Some(sub.to_string()), info.or_else(|| caller.info.clone())))
+        }
+        Some(sub) if own == Some(ANY_SUB) => Ok((Some(sub.to_string()), info)),
+        Some(_) => Err(Error::Forbidden(format!(
+            "your token may mint tokens only for its own sub; a token whose sub is \"{ANY_SUB}\" \
+             may name any"
+        ))),
+    }
 }
 
 /// Signs `claims`, refusing a token longer than the hub accepts (`MAX_TOKEN_BYTES`): one that
@@ -140,7 +184,8 @@ mod tests {
     fn grant(publish: &[&str], subscribe: &[&str], exp: i64) -> Grant {
         let p = |list: &[&str]| list.iter().map(|s| Pattern::parse(s).unwrap()).collect();
         Grant {
-            sub: Some("backend".into()),
+            sub: Some(ANY_SUB.into()),
+            info: None,
             publish: p(publish),
             subscribe: p(subscribe),
             exp,
@@ -155,6 +200,7 @@ mod tests {
             subscribe: v(subscribe),
             ttl: ttl.into(),
             sub: None,
+            info: None,
         }
     }
 
@@ -201,7 +247,7 @@ mod tests {
         let caller = grant(&[], &["*"], 1030);
         let claims = delegate(&caller, &req(&[], &["a"], 300), 1000, 3600).unwrap();
         assert_eq!((claims.iat, claims.exp), (Some(1000), Some(1030)));
-        assert_eq!(claims.sub.as_deref(), Some("backend"));
+        assert_eq!(claims.sub.as_deref(), Some(ANY_SUB));
         let mut named = req(&[], &["a"], 10);
         named.sub = Some("browser-7".into());
         let claims = delegate(&caller, &named, 1000, 3600).unwrap();
@@ -209,6 +255,65 @@ mod tests {
             (claims.exp, claims.sub.as_deref()),
             (Some(1010), Some("browser-7"))
         );
+    }
+
+    #[test]
+    fn a_token_keeps_its_callers_identity_unless_the_caller_may_name_any() {
+        let info = |t: &str| Some(Info::parse(t).unwrap());
+        let mut user = grant(&[], &["*"], 10_000);
+        user.sub = Some("user-7".into());
+        user.info = info(r#"{"name":"Ada"}"#);
+        let mut r = req(&[], &["a"], 10);
+        let claims = delegate(&user, &r, 1000, 3600).unwrap();
+        assert_eq!(
+            (claims.sub.as_deref(), claims.edgehub.info),
+            (Some("user-7"), user.info.clone())
+        );
+        r.sub = Some("user-7".into());
+        assert!(
+            delegate(&user, &r, 1000, 3600).is_ok(),
+            "its own sub, named"
+        );
+        for other in ["user-8", ANY_SUB] {
+            r.sub = Some(other.into());
+            let refused = delegate(&user, &r, 1000, 3600).map_err(|e| e.status());
+            assert_eq!(refused.err(), Some(403), "{other}");
+        }
+        // A token without a sub mints tokens without one, and names none.
+        let mut anonymous = user.clone();
+        anonymous.sub = None;
+        r.sub = None;
+        assert_eq!(delegate(&anonymous, &r, 1000, 3600).unwrap().sub, None);
+        r.sub = Some("user-7".into());
+        assert!(delegate(&anonymous, &r, 1000, 3600).is_err());
+        // A backend's `*` token names any sub, with the info it gives (none by default).
+        let backend = grant(&[], &["*"], 10_000);
+        r.info = Some(RawValue::from_string(r#"{ "name": "Bo" }"#.into()).unwrap());
+        let claims = delegate(&backend, &r, 1000, 3600).unwrap();
+        assert_eq!(
+            (claims.sub.as_deref(), claims.edgehub.info),
+            (Some("user-7"), info(r#"{"name":"Bo"}"#))
+        );
+        r.info = None;
+        assert_eq!(
+            delegate(&backend, &r, 1000, 3600).unwrap().edgehub.info,
+            None
+        );
+        // Info is checked: an object within its limits.
+        for bad in [
+            "[1]",
+            "\"x\"",
+            &format!(r#"{{"n":"{}"}}"#, "x".repeat(1100)),
+        ] {
+            r.info = Some(RawValue::from_string(bad.to_string()).unwrap());
+            assert_eq!(
+                delegate(&backend, &r, 1000, 3600)
+                    .map_err(|e| e.status())
+                    .err(),
+                Some(400),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -319,7 +424,7 @@ mod tests {
         #[test]
         fn no_escalation(held in "[a-c]{0,2}\\*?", asked in "[a-c]{0,3}\\*?", channel in "[a-c]{1,4}") {
             let Ok(held_p) = Pattern::parse(&held) else { return Ok(()) };
-            let caller = Grant { sub: None, publish: vec![held_p.clone()], subscribe: vec![], exp: 100, iat: None };
+            let caller = Grant { sub: None, info: None, publish: vec![held_p.clone()], subscribe: vec![], exp: 100, iat: None };
             let ch = crate::protocol::ChannelName::parse(&channel).unwrap();
             if let Ok(claims) = delegate(&caller, &req(&[asked.as_str()], &[], 10), 0, 60) {
                 for p in &claims.edgehub.publish {

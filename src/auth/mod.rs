@@ -4,6 +4,9 @@
 //! Errors never carry a token's contents: a refusal is only a coarse `TokenFault`.
 
 pub mod delegate;
+pub mod info;
+
+pub use info::Info;
 
 use crate::error::{Error, TokenFault};
 use crate::protocol::names::{ChannelName, CHANNEL_MAX_LEN};
@@ -129,13 +132,16 @@ pub fn patterns(list: &str) -> Vec<Pattern> {
         .collect()
 }
 
-/// The `edgehub` claim: the patterns a token may publish to and subscribe to.
+/// The `edgehub` claim: the patterns a token may publish to and subscribe to, and the info its
+/// holder shows as a presence member.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rights {
     #[serde(default)]
     pub publish: Vec<String>,
     #[serde(default)]
     pub subscribe: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Info>,
 }
 
 /// A token's payload. Unknown registered claims (`iss`, `aud`, …) are ignored.
@@ -157,6 +163,7 @@ pub struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub sub: Option<String>,
+    pub info: Option<Info>,
     pub publish: Vec<Pattern>,
     pub subscribe: Vec<Pattern>,
     pub exp: i64,
@@ -375,6 +382,7 @@ fn check_claims(claims: Claims, now: i64) -> Result<Grant, Error> {
     }
     Ok(Grant {
         sub: claims.sub,
+        info: claims.edgehub.info,
         publish: parse_all(&claims.edgehub.publish)?,
         subscribe: parse_all(&claims.edgehub.subscribe)?,
         exp,

@@ -28,6 +28,7 @@ fn claims(exp: Option<i64>, iat: Option<i64>, nbf: Option<i64>) -> Claims {
         edgehub: Rights {
             publish: vec!["orders:*".into()],
             subscribe: vec!["*".into()],
+            info: None,
         },
     }
 }
@@ -301,6 +302,7 @@ fn sign_known_answer() {
         edgehub: Rights {
             publish: vec!["orders:*".into()],
             subscribe: vec!["*".into(), "public:news".into()],
+            info: None,
         },
     };
     assert_eq!(
@@ -523,7 +525,7 @@ proptest! {
             iat: Some(iat),
             nbf: None,
             sub: sub.clone(),
-            edgehub: Rights { publish: publish.clone(), subscribe: subscribe.clone() },
+            edgehub: Rights { publish: publish.clone(), subscribe: subscribe.clone(), info: None },
         };
         let token = sign(&claims, SECRET);
         let grant = verify(&token, SECRET, NOW, TokenSource::Query, QUERY_MAX).unwrap();

@@ -14,7 +14,8 @@ Mints an HS256 token for edgehub and prints it on stdout.
   --publish PATTERN    may publish to PATTERN (a channel, a prefix ending in `*`, or `*`); repeatable
   --subscribe PATTERN  may subscribe to PATTERN; repeatable
   --ttl SECONDS        lifetime, default 3600
-  --sub SUBJECT        the `sub` claim
+  --sub SUBJECT        the `sub` claim; `*` lets the token mint tokens for any sub
+                       (POST /tokens), as a backend's does
 The secret is AUTH_SECRET from the environment, or else from ./.dev.vars.";
 
 const DEFAULT_TTL_SECONDS: i64 = 3600;

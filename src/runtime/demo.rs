@@ -45,6 +45,7 @@ fn dev_token(env: &Env, config: &Config) -> Result<String, Error> {
         edgehub: Rights {
             publish: vec!["*".into()],
             subscribe: vec!["*".into()],
+            info: None,
         },
     };
     Ok(sign(&claims, secret(env)?.as_bytes()))

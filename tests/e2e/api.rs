@@ -71,6 +71,7 @@ pub fn claims(publish: &[&str], subscribe: &[&str], exp: Option<i64>) -> Claims 
         edgehub: Rights {
             publish: list(publish),
             subscribe: list(subscribe),
+            info: None,
         },
     }
 }
@@ -78,6 +79,14 @@ pub fn claims(publish: &[&str], subscribe: &[&str], exp: Option<i64>) -> Claims 
 /// A token that may publish and subscribe everywhere, for tests that are not about auth.
 pub fn admin() -> String {
     token(&["*"], &["*"], 3600)
+}
+
+/// A backend's token: every right, and the `*` sub that may mint tokens for any subject
+/// (docs/API.md#minting).
+pub fn backend() -> String {
+    let mut c = claims(&["*"], &["*"], Some(now_secs() + 3600));
+    c.sub = Some("*".to_string());
+    sign(&c, SECRET)
 }
 
 /// A channel name no other test (or earlier run) uses: `e2e-<what>-<unique hex>`.

@@ -424,7 +424,7 @@ async fn input_idempotency_keys_belong_to_their_publisher(api: Api) {
 }
 
 async fn input_minted_tokens_stay_usable_and_name_a_clean_subject(api: Api) {
-    let backend = admin();
+    let backend = crate::api::backend();
     let mint = |body: Value, bearer: String| {
         let api = api.clone();
         async move {

@@ -135,8 +135,10 @@ async fn mint_refuses_escalation_bad_ttls_and_bad_bodies(api: Api) {
         ("sub of 256 bytes", 256, 201, "-"),
         ("sub of 257 bytes", 257, 400, "bad_request"),
     ] {
+        // Naming a sub takes a backend's `*` token.
         let body = json!({"subscribe": [format!("{p}:x")], "ttl": 60, "sub": "s".repeat(len)});
-        check(what, &mint(&api, &body, &caller).await, status, code);
+        let backend = crate::api::backend();
+        check(what, &mint(&api, &body, &backend).await, status, code);
     }
 
     let good = json!({"subscribe": [format!("{p}:x")], "ttl": 60}).to_string();
@@ -225,13 +227,31 @@ async fn minted_token_never_outlives_its_caller(api: Api) {
         payload(&minted(&api, &json!({"subscribe": [c], "ttl": 300}), &short_caller).await)["exp"],
         json!(caller_exp)
     );
-    let named = minted(
-        &api,
-        &json!({"subscribe": [c], "ttl": 60, "sub": "browser-7"}),
-        &admin(),
-    )
-    .await;
+    // Only a backend's `*` token names another sub; any other keeps its own.
+    let body = json!({"subscribe": [c], "ttl": 60, "sub": "browser-7", "info": {"name": "Ada"}});
+    let named = minted(&api, &body, &crate::api::backend()).await;
     assert_eq!(payload(&named)["sub"], json!("browser-7"));
+    assert_eq!(payload(&named)["edgehub"]["info"], json!({"name": "Ada"}));
+    let r = mint(&api, &body, &admin()).await;
+    assert_eq!(
+        r.status,
+        403,
+        "another's sub from a user's token: {}",
+        r.text()
+    );
+    // A user's token mints tokens that keep its sub and its info.
+    let again = minted(&api, &json!({"subscribe": [c], "ttl": 60}), &named).await;
+    assert_eq!(payload(&again)["sub"], json!("browser-7"));
+    assert_eq!(payload(&again)["edgehub"]["info"], json!({"name": "Ada"}));
+    for (info, what) in [
+        (json!([1]), "an array"),
+        (json!("Ada"), "a string"),
+        (json!({"n": "x".repeat(1100)}), "over 1 KiB"),
+    ] {
+        let body = json!({"subscribe": [c], "ttl": 60, "sub": "u", "info": info});
+        let r = mint(&api, &body, &crate::api::backend()).await;
+        assert_eq!(r.status, 400, "info {what}: {}", r.text());
+    }
 }
 
 async fn minted_token_grants_what_it_names_and_nothing_else(api: Api) {
