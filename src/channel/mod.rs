@@ -1,7 +1,9 @@
 //! One channel's rules, free of Durable Objects and D1: the log window (head and earliest
 //! retained id), where a reader starts (`plan_replay`), how a poll page is cut (`poll`), and how
 //! far a WebSocket subscriber may fall behind (`flow`), and what waits for an SSE client in
-//! the Worker's bridge (`backlog`); both use one stall rule.
+//! the Worker's bridge (`backlog`); both use one stall rule. Many channels on one connection:
+//! a multi-channel poll page (`poll_many`) and a merged connection (`merge`). Who is on a
+//! channel (`presence`).
 
 pub mod backlog;
 pub mod fanout;
@@ -9,6 +11,7 @@ pub mod flow;
 pub mod merge;
 pub mod poll;
 pub mod poll_many;
+pub mod presence;
 pub mod retention;
 pub mod subscriber;
 
