@@ -3,8 +3,8 @@
 //! and leaves with its last) and what its presence subscribers are told (`Outbox`: join and
 //! leave events, coalesced so that a storm of arrivals cannot starve publishes). Pure: the
 //! object rebuilds the roster from its sockets' attachments when it wakes, feeds it connects and
-//! disconnects, and sends what the outbox flushes. The frames themselves are
-//! `protocol::presence`'s (not built yet: the object does not use this module yet).
+//! disconnects, and sends what the outbox flushes. The frames are `protocol::presence`'s. The
+//! object does not use this module yet.
 
 use crate::auth::Info;
 use std::collections::BTreeMap;

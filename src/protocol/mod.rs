@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod json;
 pub mod many;
 pub mod names;
+pub mod presence;
 pub mod publish;
 pub mod query;
 pub mod route;

@@ -1,0 +1,171 @@
+//! Presence on the wire (DESIGN.md "Presence", issue 15): the `?presence=` flag, the `sync`,
+//! `join` and `leave` objects, framed for SSE (`event: presence` with no `id:`, so the cursor
+//! does not move) and for WebSocket (`op` `presence`), and the `GET /channels/{c}/presence`
+//! listing. A resync (a storm coalesced, `channel::presence::Outbox`) goes out as a `sync`.
+//! Not used by the runtime yet.
+
+use super::envelope::format_time;
+use super::names::ChannelName;
+use crate::auth::Info;
+use crate::error::Error;
+
+pub const PRESENCE_EVENT: &str = "presence";
+pub const OP_PRESENCE: &str = "presence";
+
+/// `?presence=`: `1` enters the channel's presence, `0` (or no flag) does not; anything else is
+/// 400, so a typo cannot silently leave a client out.
+pub fn parse_flag(value: Option<&str>) -> Result<bool, Error> {
+    match value {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(_) => Err(Error::bad_request(
+            "presence is 1 (enter the channel's presence) or 0",
+        )),
+    }
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+fn info_json(info: Option<&Info>) -> &str {
+    info.map_or("null", Info::as_json)
+}
+
+/// `{"sub","info"}`.
+fn member(sub: &str, info: Option<&Info>) -> String {
+    format!("{{\"sub\":{},\"info\":{}}}", quote(sub), info_json(info))
+}
+
+/// `{"action":"sync","channel","members":[{"sub","info"}…]}`: every member, the receiver
+/// included, sent right after a presence subscriber joins (before any other event of the
+/// channel) and after a coalesced storm.
+pub fn sync<'a>(
+    channel: &ChannelName,
+    members: impl Iterator<Item = (&'a str, Option<&'a Info>)>,
+) -> String {
+    let members: Vec<String> = members.map(|(sub, info)| member(sub, info)).collect();
+    format!(
+        "{{\"action\":\"sync\",\"channel\":{},\"members\":[{}]}}",
+        quote(channel.as_str()),
+        members.join(",")
+    )
+}
+
+/// `{"action":"join"|"leave","channel","member":{"sub","info"}}`.
+pub fn change(channel: &ChannelName, joined: bool, sub: &str, info: Option<&Info>) -> String {
+    let action = if joined { "join" } else { "leave" };
+    format!(
+        "{{\"action\":\"{action}\",\"channel\":{},\"member\":{}}}",
+        quote(channel.as_str()),
+        member(sub, info)
+    )
+}
+
+/// The SSE form: no `id:` line, so `Last-Event-ID` (the cursor) does not move.
+pub fn sse(object: &str) -> String {
+    format!("event: {PRESENCE_EVENT}\ndata: {object}\n\n")
+}
+
+/// The WebSocket form: the object with `"op":"presence"` first.
+pub fn ws(object: &str) -> String {
+    match object.strip_prefix('{') {
+        Some(rest) => format!("{{\"op\":\"{OP_PRESENCE}\",{rest}"),
+        None => format!("{{\"op\":\"{OP_PRESENCE}\"}}"),
+    }
+}
+
+/// One entry of the `GET /channels/{c}/presence` listing.
+pub struct Listed<'a> {
+    pub sub: &'a str,
+    pub info: Option<&'a Info>,
+    pub connections: u32,
+    pub since_ms: i64,
+}
+
+/// `{"channel","count","members":[{"sub","info","connections","since"}]}`: `count` is every
+/// member, `members` the first ones by `sub` (the caller bounds them).
+pub fn listing<'a>(
+    channel: &ChannelName,
+    count: usize,
+    members: impl Iterator<Item = Listed<'a>>,
+) -> String {
+    let members: Vec<String> = members
+        .map(|m| {
+            let since = format_time(m.since_ms).unwrap_or_default();
+            format!(
+                "{{\"sub\":{},\"info\":{},\"connections\":{},\"since\":{}}}",
+                quote(m.sub),
+                info_json(m.info),
+                m.connections,
+                quote(&since)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"channel\":{},\"count\":{count},\"members\":[{}]}}",
+        quote(channel.as_str()),
+        members.join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c() -> ChannelName {
+        ChannelName::parse("room:1").unwrap()
+    }
+
+    #[test]
+    fn the_flag() {
+        assert_eq!(parse_flag(None), Ok(false));
+        assert_eq!(parse_flag(Some("0")), Ok(false));
+        assert_eq!(parse_flag(Some("1")), Ok(true));
+        for bad in ["", "true", "yes", "2", " 1"] {
+            assert!(parse_flag(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exact_objects_and_frames() {
+        let ada = Info::parse(r#"{"name":"Ada"}"#).unwrap();
+        let joined = change(&c(), true, "ada", Some(&ada));
+        assert_eq!(
+            joined,
+            r#"{"action":"join","channel":"room:1","member":{"sub":"ada","info":{"name":"Ada"}}}"#
+        );
+        assert_eq!(
+            change(&c(), false, "bo\"x", None),
+            r#"{"action":"leave","channel":"room:1","member":{"sub":"bo\"x","info":null}}"#
+        );
+        assert_eq!(
+            sync(&c(), [("ada", Some(&ada)), ("bo", None)].into_iter()),
+            r#"{"action":"sync","channel":"room:1","members":[{"sub":"ada","info":{"name":"Ada"}},{"sub":"bo","info":null}]}"#
+        );
+        assert_eq!(sse(&joined), format!("event: presence\ndata: {joined}\n\n"));
+        assert!(!sse(&joined).contains("id:"), "the cursor does not move");
+        assert!(ws(&joined).starts_with(r#"{"op":"presence","action":"join","#));
+        let listed = listing(
+            &c(),
+            3,
+            [Listed {
+                sub: "ada",
+                info: Some(&ada),
+                connections: 2,
+                since_ms: 0,
+            }]
+            .into_iter(),
+        );
+        assert_eq!(
+            listed,
+            r#"{"channel":"room:1","count":3,"members":[{"sub":"ada","info":{"name":"Ada"},"connections":2,"since":"1970-01-01T00:00:00.000Z"}]}"#
+        );
+    }
+
+    #[test]
+    fn a_sub_with_line_breaks_cannot_break_the_sse_frame() {
+        let framed = sse(&change(&c(), true, "a\nid: 9\n\ndata: x", None));
+        assert_eq!(framed.matches('\n').count(), 3, "{framed:?}");
+    }
+}
