@@ -36,6 +36,29 @@ pub struct BridgeLimits {
 /// one heartbeat period.
 const WRITES_PER_HEARTBEAT: u64 = 3;
 
+/// How often a stream's pacer looks: a heartbeat's share of `heartbeat_s`, in milliseconds.
+pub fn heartbeat_period_ms(heartbeat_s: u64) -> i64 {
+    let ms = heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT;
+    i64::try_from(ms).unwrap_or(i64::MAX).max(1)
+}
+
+/// The answer of an event stream: its headers, the preamble at once, then `chunks`.
+pub fn stream_response<S>(chunks: S) -> Result<Response, Error>
+where
+    S: futures::Stream<Item = Result<Vec<u8>, worker::Error>> + 'static,
+{
+    let preamble =
+        stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
+    let headers = Headers::new();
+    let set = |k: &str, v: &str| headers.set(k, v).map_err(internal("answering"));
+    set("content-type", sse::CONTENT_TYPE)?;
+    set("cache-control", sse::CACHE_CONTROL)?;
+    set("x-accel-buffering", "no")?;
+    Ok(Response::from_stream(preamble.chain(chunks))
+        .map_err(internal("answering"))?
+        .with_headers(headers))
+}
+
 /// Closes the object's socket when the client's stream is dropped, whatever the reason.
 struct CloseOnDrop(WebSocket);
 
@@ -70,7 +93,7 @@ impl Shared {
     }
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     Date::now().as_millis() as i64
 }
 
@@ -119,25 +142,14 @@ pub fn bridge(
     if let Some(exp) = token_exp {
         deadline_ms = deadline_ms.min(exp.saturating_mul(1000));
     }
-    let period_ms =
-        i64::try_from(limits.heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT).unwrap_or(1);
+    let period_ms = heartbeat_period_ms(limits.heartbeat_s);
     worker::wasm_bindgen_futures::spawn_local(pace(tx, shared.clone(), period_ms, deadline_ms));
     let bridge = Bridge {
         items: rx,
         shared,
         socket: CloseOnDrop(socket),
     };
-    let preamble =
-        stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
-    let body = preamble.chain(stream::unfold(bridge, next_chunk));
-    let headers = Headers::new();
-    let set = |k: &str, v: &str| headers.set(k, v).map_err(internal("answering"));
-    set("content-type", sse::CONTENT_TYPE)?;
-    set("cache-control", sse::CACHE_CONTROL)?;
-    set("x-accel-buffering", "no")?;
-    Ok(Response::from_stream(body)
-        .map_err(internal("answering"))?
-        .with_headers(headers))
+    stream_response(stream::unfold(bridge, next_chunk))
 }
 
 async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {

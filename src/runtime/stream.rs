@@ -7,6 +7,7 @@
 use super::access::{Access, Permits};
 use super::client::Hub;
 use super::http::internal;
+use super::sse::{heartbeat_period_ms, now_ms, stream_response};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
 use crate::channel::merge::{Face, LaneId, Merge, Out, Step};
@@ -23,7 +24,7 @@ use futures::{stream, StreamExt};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-use worker::{Date, Delay, Env, Headers, Response, WebSocket, WebSocketPair, WebsocketEvent};
+use worker::{Delay, Env, Response, WebSocket, WebSocketPair, WebsocketEvent};
 
 /// What a connection needs to open lanes and hold its client.
 pub struct Opening {
@@ -59,19 +60,6 @@ struct Conn {
     permits: Permits,
     env: Env,
     config: Rc<Config>,
-}
-
-fn now_ms() -> i64 {
-    Date::now().as_millis() as i64
-}
-
-/// Writes per heartbeat period, as the v1 bridge (a gone client is noticed within one).
-const WRITES_PER_HEARTBEAT: u64 = 3;
-
-/// How often `pace` looks: a heartbeat's share of `HEARTBEAT_SECONDS`.
-fn heartbeat_period_ms(config: &Config) -> i64 {
-    let ms = config.heartbeat_seconds.saturating_mul(1000) / WRITES_PER_HEARTBEAT;
-    i64::try_from(ms).unwrap_or(i64::MAX).max(1)
 }
 
 /// Opens every lane of the set, then answers the client: an SSE stream or a 101. A lane whose
@@ -140,7 +128,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 .map(|exp| exp.saturating_mul(1000))
                 .unwrap_or(i64::MAX)
                 .min(now_ms().saturating_add(lifetime_ms));
-            let period = heartbeat_period_ms(&config);
+            let period = heartbeat_period_ms(config.heartbeat_seconds);
             worker::wasm_bindgen_futures::spawn_local(pace(
                 conn.clone(),
                 Some(tx),
@@ -165,7 +153,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
             attach_all(&conn, lanes)?;
             worker::wasm_bindgen_futures::spawn_local(read_client(conn.clone(), pair.server));
             let deadline = deadline.map_or(i64::MAX, |exp| exp.saturating_mul(1000));
-            let period = heartbeat_period_ms(&config);
+            let period = heartbeat_period_ms(config.heartbeat_seconds);
             worker::wasm_bindgen_futures::spawn_local(pace(conn, None, period, deadline));
             Response::from_websocket(pair.client).map_err(internal("answering"))
         }
@@ -359,8 +347,9 @@ impl Conn {
         }
     }
 
-    /// Ends the connection: the client with `code`, then every lane.
+    /// Ends the connection: the client with `code`, then every lane; nothing more is done.
     fn end(&self, code: CloseCode) {
+        self.merge.borrow_mut().close();
         match &self.client {
             Client::Sse(tx) => {
                 let _ = tx.unbounded_send(Item::End);
@@ -429,12 +418,10 @@ async fn pace(
                 Some(_) => CloseCode::Reconnect,
                 None => CloseCode::TokenExpired,
             };
-            conn.merge.borrow_mut().close();
             conn.end(code);
             return;
         }
         if conn.merge.borrow_mut().stalled(now) {
-            conn.merge.borrow_mut().close();
             conn.end(CloseCode::TooSlow);
             return;
         }
@@ -475,17 +462,7 @@ fn sse_response(conn: Rc<Conn>, rx: UnboundedReceiver<Item>) -> Result<Response,
         items: rx,
         conn: CloseOnDrop(conn),
     };
-    let preamble =
-        stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
-    let body = preamble.chain(stream::unfold(body, next_chunk));
-    let headers = Headers::new();
-    let set = |k: &str, v: &str| headers.set(k, v).map_err(internal("answering"));
-    set("content-type", sse::CONTENT_TYPE)?;
-    set("cache-control", sse::CACHE_CONTROL)?;
-    set("x-accel-buffering", "no")?;
-    Ok(Response::from_stream(body)
-        .map_err(internal("answering"))?
-        .with_headers(headers))
+    stream_response(stream::unfold(body, next_chunk))
 }
 
 /// The client's stream takes its next chunk: the merge hears what it took (and tells the
