@@ -152,8 +152,12 @@ pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker:
     }
 }
 
+/// A row of a poll: its channel's window, and an event if the row has one. `pos` is the
+/// channel's place in a multi-channel poll's set (absent, so 0, in a one-channel poll).
 #[derive(Deserialize)]
 struct PageRow {
+    #[serde(default)]
+    pos: usize,
     head: u64,
     earliest: u64,
     seq: Option<u64>,
@@ -234,18 +238,6 @@ const SELECT_MANY: &str = "WITH want AS ( \
        LEFT JOIN events e ON e.channel = w.channel AND e.seq = p.seq \
      ORDER BY p.rank";
 
-#[derive(Deserialize)]
-struct ManyPageRow {
-    pos: usize,
-    head: u64,
-    earliest: u64,
-    seq: Option<u64>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    data: Option<String>,
-    time_ms: Option<i64>,
-}
-
 /// Every channel's mirrored window (in the set's order) and the rows a multi-channel poll
 /// needs, round-robin.
 pub async fn read_many(
@@ -265,7 +257,7 @@ pub async fn read_many(
         JsValue::from_f64(f64::from(req.limit)),
         JsValue::from_f64(req.max_bytes as f64),
     ])?;
-    let rows: Vec<ManyPageRow> = statement.all().await?.results()?;
+    let rows: Vec<PageRow> = statement.all().await?.results()?;
     let mut windows = vec![Window::EMPTY; req.set.channels().len()];
     let mut events = Vec::new();
     for row in rows {
