@@ -201,6 +201,15 @@ impl Figures {
     }
 }
 
+/// `part` as a percentage of `whole` (0 when `whole` is not positive: nothing to compare with).
+pub fn percent_of(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
+}
+
 /// Nearest-rank percentile (`p` in 0..=1) of a sorted slice, in milliseconds.
 pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {

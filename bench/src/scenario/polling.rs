@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{Plan, Setup};
 use crate::client;
 use crate::procfs;
-use crate::stats::{percentile_ms, Figures, Target, Unit};
+use crate::stats::{percent_of, percentile_ms, Figures, Target, Unit};
 use crate::streams::channel_query;
 
 const SCENARIO: &str = "polling";
@@ -124,13 +124,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         &format!("no-op Worker, the {MANY}-channel poll's URL"),
         &many_noop,
     );
-    let ratio = |l: &Load| {
-        if noop.per_s > 0.0 {
-            100.0 * l.per_s / noop.per_s
-        } else {
-            0.0
-        }
-    };
+    let ratio = |l: &Load| percent_of(l.per_s, noop.per_s);
     f.add(
         SCENARIO,
         "polling.200.vs_noop",
@@ -159,11 +153,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
             ),
             Unit::Percent,
             None,
-            if one.per_s > 0.0 {
-                100.0 * many.per_s / one.per_s
-            } else {
-                0.0
-            },
+            percent_of(many.per_s, one.per_s),
         );
     }
     f.add(
@@ -172,11 +162,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         &format!("poll over {MANY} channels 304 vs no-op Worker with its URL: requests per second"),
         Unit::Percent,
         None,
-        if many_noop.per_s > 0.0 {
-            100.0 * many_not_modified.per_s / many_noop.per_s
-        } else {
-            0.0
-        },
+        percent_of(many_not_modified.per_s, many_noop.per_s),
     );
     f.add(
         SCENARIO,
