@@ -31,6 +31,15 @@ const FATAL_LOG_LINES: &[&str] = &[
 ];
 /// How long a restart on the same port waits for the port to be free again.
 const PORT_FREE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Of `FATAL_LOG_LINES`, those after which a second try (on fresh ports, in a moment) may well
+/// succeed: workerd failing to come up. On these shared machines that happened once in some
+/// hundreds of starts, and wrangler said nothing at `--log-level warn` about why.
+const RETRIED_LOG_LINES: &[&str] = &[
+    "The Workers runtime failed to start",
+    "Address already in use",
+];
+/// Starts tried in all before giving up.
+const LAUNCH_TRIES: u32 = 3;
 
 /// Runs the command in the background and holds it on `read` from our stdin pipe: when the
 /// caller's process dies, the pipe closes, and the watchdog takes the whole process group down
@@ -296,12 +305,34 @@ impl Runtime {
         self.launch_on(None).await
     }
 
-    /// Starts `wrangler dev` on `port`, or on a free one.
+    /// Starts `wrangler dev` on `port`, or on a free one, trying again (after a pause, on a
+    /// fresh inspector port) when the runtime itself fails to come up.
     async fn launch_on(&mut self, port: Option<u16>) -> Result<(), String> {
         // One start at a time per process: wrangler's start-up is heavy, and several at once
         // only make each slower.
         static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _one_at_a_time = STARTING.lock().await;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.launch_once(port).await {
+                Err(why)
+                    if tries < LAUNCH_TRIES
+                        && RETRIED_LOG_LINES.iter().any(|l| why.contains(l)) =>
+                {
+                    eprintln!(
+                        "{}: start {tries} of {LAUNCH_TRIES} failed, trying again: {why}",
+                        self.opts.label
+                    );
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One try of `launch_on`.
+    async fn launch_once(&mut self, port: Option<u16>) -> Result<(), String> {
         let (free, inspector) = free_ports()?;
         let port = port.unwrap_or(free);
         let inspector = if inspector == port { free } else { inspector };
