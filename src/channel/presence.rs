@@ -1,21 +1,32 @@
-//! Presence, as a channel's object keeps it (DESIGN.md "Presence", issue 15): who is on the
-//! channel (`Roster`: one member per `sub`, however many connections; it joins with its first
-//! and leaves with its last) and what its presence subscribers are told (`Outbox`: join and
-//! leave events, coalesced so that a storm of arrivals cannot starve publishes). Pure: the
-//! object rebuilds the roster from its sockets' attachments when it wakes, feeds it connects and
-//! disconnects, and sends what the outbox flushes. The frames are `protocol::presence`'s. The
-//! object does not use this module yet.
+//! Presence, as a channel's object keeps it (DESIGN.md "Presence"): who is on the channel
+//! (`Roster`: one member per `sub`, however many connections; it joins with its first and leaves
+//! with its last) and what its presence subscribers are told (`Outbox`: join and leave events,
+//! batched so that a storm of arrivals cannot starve publishes). Pure: the object rebuilds the
+//! roster from its sockets' attachments when it wakes, feeds it connects and disconnects, and
+//! sends what a flushed `Batch` tells each subscriber. The frames are `protocol::presence`'s;
+//! what subscribers see is `docs/API.md#presence`.
+//!
+//! Every change recorded has a position (`Outbox::position`, counting on from the last batch);
+//! a subscriber stores the position at which it was sent its `sync`, so a batch tells it only
+//! what happened after that, and never its own member's join.
 
 use crate::auth::Info;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// One member: its info (from its first connection's token), how many connections it has, and
-/// since when it is present (unix milliseconds).
+/// One member: its info (from the token of the connection that made it join), its connections
+/// (ids its sockets carry, so a connection counted twice is still one), and since when it is
+/// present (unix milliseconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub info: Option<Info>,
-    pub connections: u32,
+    conns: BTreeSet<u64>,
     pub since_ms: i64,
+}
+
+impl Member {
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
 }
 
 /// What a connect or a disconnect did to the roster.
@@ -25,7 +36,8 @@ pub enum Change {
     Joined,
     /// Its last connection went: the others are told it left.
     Left,
-    /// One more or one fewer connection of a member that stays: nobody is told.
+    /// One more or one fewer connection of a member that stays (or one already counted, or
+    /// never counted): nobody is told.
     Unchanged,
 }
 
@@ -48,24 +60,25 @@ impl Roster {
         self.members.get(sub)
     }
 
-    /// Whether one more connection of `sub` fits under `max_members` (a new member needs room;
-    /// another connection of a member does not).
+    /// Whether a connection of `sub` may enter with at most `max_members` members: another
+    /// connection of a member always may; a new member only below the cap.
     pub fn admits(&self, sub: &str, max_members: usize) -> bool {
         self.members.contains_key(sub) || self.members.len() < max_members
     }
 
-    /// A connection of `sub` arrived at `now_ms`. The member keeps the info and the time of its
-    /// first connection.
-    pub fn connect(&mut self, sub: &str, info: Option<Info>, now_ms: i64) -> Change {
+    /// Connection `conn` of `sub` enters, at `now_ms`. A new member keeps `info`; a member's
+    /// `since` is its earliest connection's.
+    pub fn connect(&mut self, sub: &str, conn: u64, info: Option<Info>, now_ms: i64) -> Change {
         match self.members.get_mut(sub) {
             Some(member) => {
-                member.connections = member.connections.saturating_add(1);
+                member.conns.insert(conn);
+                member.since_ms = member.since_ms.min(now_ms);
                 Change::Unchanged
             }
             None => {
                 let member = Member {
                     info,
-                    connections: 1,
+                    conns: BTreeSet::from([conn]),
                     since_ms: now_ms,
                 };
                 self.members.insert(sub.to_string(), member);
@@ -74,30 +87,36 @@ impl Roster {
         }
     }
 
-    /// A connection of `sub` went. A disconnect of a member that is not there changes nothing
-    /// (a socket closed twice, or one counted before a restart): a member never goes below zero.
-    pub fn disconnect(&mut self, sub: &str) -> Change {
+    /// Connection `conn` of `sub` is gone; its member leaves with its last connection. A
+    /// connection not counted changes nothing, so reporting one twice is harmless.
+    pub fn disconnect(&mut self, sub: &str, conn: u64) -> Change {
         let Some(member) = self.members.get_mut(sub) else {
             return Change::Unchanged;
         };
-        if member.connections > 1 {
-            member.connections -= 1;
+        if !member.conns.remove(&conn) || !member.conns.is_empty() {
             return Change::Unchanged;
         }
         self.members.remove(sub);
         Change::Left
     }
 
-    /// The members, sorted by `sub`, at most `limit` (the total is `len`).
+    /// The first `limit` members, sorted by `sub`.
     pub fn list(&self, limit: usize) -> impl Iterator<Item = (&str, &Member)> {
         self.members
             .iter()
             .take(limit)
             .map(|(sub, member)| (sub.as_str(), member))
     }
+
+    /// Whether connection `conn` of `sub` is counted.
+    pub fn counts(&self, sub: &str, conn: u64) -> bool {
+        self.members
+            .get(sub)
+            .is_some_and(|m| m.conns.contains(&conn))
+    }
 }
 
-/// A presence event for the channel's presence subscribers.
+/// What a presence subscriber is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
     Join {
@@ -108,67 +127,129 @@ pub enum Notice {
         sub: String,
         info: Option<Info>,
     },
-    /// Too many changes at once to send one by one: the whole roster again (every presence
-    /// subscriber replaces what it knew).
+    /// Too many changes at once: send a fresh `sync` (the whole roster) instead.
     Resync,
 }
 
-/// Join and leave events waiting to go out: sent at most every `interval_ms`, a member that
-/// joined and left (or left and came back) within one interval says nothing, and more than
-/// `max_events` changes in one interval become one `Resync`. So 1,000 members arriving within
-/// a second cost each presence subscriber a few frames, not 1,000, and publishes keep flowing.
+/// One recorded change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    sub: String,
+    joined: bool,
+    info: Option<Info>,
+}
+
+/// The changes not yet sent, and when the last batch went out: a change after a quiet spell
+/// goes out at once, later ones wait for the interval since the last batch, so arrivals are
+/// sent in batches of at most one per interval.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outbox {
-    /// Each changed member's net change, and the info to show with it.
-    pending: BTreeMap<String, (Change, Option<Info>)>,
-    /// When the last flush went out (unix milliseconds).
-    flushed_at_ms: i64,
+    entries: Vec<Entry>,
+    /// The position of `entries[0]`: how many changes went out in earlier batches.
+    base: u64,
+    flushed_at_ms: Option<i64>,
 }
 
 impl Outbox {
-    /// Records a roster change of `sub`.
+    /// Where the changes stand: a subscriber sent its `sync` now has seen everything before.
+    pub fn position(&self) -> u64 {
+        self.base.saturating_add(self.entries.len() as u64)
+    }
+
+    /// After a wake, with nothing pending: positions carry on after `seen`, the highest one a
+    /// socket stored, so no socket is told a change twice or takes a later one for one it saw.
+    pub fn carry_on_after(&mut self, seen: u64) {
+        if self.entries.is_empty() {
+            self.base = self.base.max(seen);
+        }
+    }
+
     pub fn record(&mut self, sub: &str, change: Change, info: Option<Info>) {
-        if change == Change::Unchanged {
-            return;
-        }
-        match self.pending.get(sub).map(|(c, _)| *c) {
-            // Joined then left, or left then joined again, within one interval: nothing to say.
-            Some(earlier) if earlier != change => {
-                self.pending.remove(sub);
-            }
-            _ => {
-                self.pending.insert(sub.to_string(), (change, info));
-            }
-        }
+        let joined = match change {
+            Change::Joined => true,
+            Change::Left => false,
+            Change::Unchanged => return,
+        };
+        self.entries.push(Entry {
+            sub: sub.to_string(),
+            joined,
+            info,
+        });
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.entries.is_empty()
     }
 
-    /// When the next flush may go out, if anything waits (`None`: nothing waits).
+    /// When the pending changes may go out (unix milliseconds): at once after a quiet spell,
+    /// else `interval_ms` after the last batch. `None` with nothing pending.
     pub fn due_at(&self, interval_ms: i64) -> Option<i64> {
-        (!self.pending.is_empty()).then(|| self.flushed_at_ms.saturating_add(interval_ms))
+        if self.entries.is_empty() {
+            return None;
+        }
+        Some(
+            self.flushed_at_ms
+                .map_or(i64::MIN, |t| t.saturating_add(interval_ms)),
+        )
     }
 
-    /// What to send now, if the interval has passed since the last flush: the changes in `sub`
-    /// order, or one `Resync` when there are more than `max_events`.
-    pub fn flush(&mut self, now_ms: i64, interval_ms: i64, max_events: usize) -> Vec<Notice> {
-        if self.pending.is_empty() || now_ms < self.flushed_at_ms.saturating_add(interval_ms) {
-            return Vec::new();
+    /// Takes the pending changes as a batch if they are due at `now_ms`.
+    pub fn flush(&mut self, now_ms: i64, interval_ms: i64) -> Option<Batch> {
+        if self.due_at(interval_ms)? > now_ms {
+            return None;
         }
-        self.flushed_at_ms = now_ms;
-        let pending = std::mem::take(&mut self.pending);
-        if pending.len() > max_events {
-            return vec![Notice::Resync];
+        self.flushed_at_ms = Some(now_ms);
+        let batch = Batch {
+            base: self.base,
+            entries: std::mem::take(&mut self.entries),
+        };
+        self.base = batch.base.saturating_add(batch.entries.len() as u64);
+        Some(batch)
+    }
+}
+
+/// Changes going out together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    base: u64,
+    entries: Vec<Entry>,
+}
+
+impl Batch {
+    /// Where in this batch a subscriber whose `sync` came at `position` starts: subscribers with
+    /// the same start are told the same, so the runtime frames each start once.
+    pub fn start(&self, position: u64) -> usize {
+        let into = position.saturating_sub(self.base);
+        usize::try_from(into).map_or(self.entries.len(), |i| i.min(self.entries.len()))
+    }
+
+    /// What a subscriber starting at `start` is told: for each member that changed after it,
+    /// the net change (joined and left again: nothing), sorted by `sub`; or one `Resync` when
+    /// that is more than `max_notices`.
+    pub fn notices(&self, start: usize, max_notices: usize) -> Vec<Notice> {
+        // Per member: was it present before `start` (its first change here is a leave), and
+        // its last change.
+        let mut net: BTreeMap<&str, (bool, &Entry)> = BTreeMap::new();
+        for entry in self.entries.get(start..).unwrap_or_default() {
+            net.entry(&entry.sub)
+                .and_modify(|(_, last)| *last = entry)
+                .or_insert((!entry.joined, entry));
         }
-        pending
+        let notices: Vec<Notice> = net
             .into_iter()
-            .map(|(sub, (change, info))| match change {
-                Change::Left => Notice::Leave { sub, info },
-                _ => Notice::Join { sub, info },
+            .filter(|(_, (was, last))| *was != last.joined)
+            .map(|(sub, (_, last))| {
+                let (sub, info) = (sub.to_string(), last.info.clone());
+                match last.joined {
+                    true => Notice::Join { sub, info },
+                    false => Notice::Leave { sub, info },
+                }
             })
-            .collect()
+            .collect();
+        match notices.len() > max_notices {
+            true => vec![Notice::Resync],
+            false => notices,
+        }
     }
 }
 
@@ -181,28 +262,40 @@ mod tests {
         Info::parse(&format!(r#"{{"name":"{name}"}}"#)).ok()
     }
 
+    fn join(sub: &str, info: Option<Info>) -> Notice {
+        Notice::Join {
+            sub: sub.into(),
+            info,
+        }
+    }
+
     #[test]
     fn a_member_is_one_sub_however_many_connections() {
         let mut r = Roster::default();
-        assert_eq!(r.connect("ada", info("Ada"), 10), Change::Joined);
-        assert_eq!(r.connect("ada", info("Other"), 20), Change::Unchanged);
-        assert_eq!(r.connect("bo", None, 30), Change::Joined);
+        assert_eq!(r.connect("ada", 1, info("Ada"), 10), Change::Joined);
+        assert_eq!(r.connect("ada", 2, info("Other"), 20), Change::Unchanged);
+        assert_eq!(r.connect("ada", 2, info("Other"), 5), Change::Unchanged);
+        assert_eq!(r.connect("bo", 7, None, 30), Change::Joined);
         let ada = r.get("ada").unwrap();
         assert_eq!(
-            (ada.connections, ada.since_ms, &ada.info),
-            (2, 10, &info("Ada"))
+            (ada.connections(), ada.since_ms, &ada.info),
+            (2, 5, &info("Ada")),
+            "counted once; since is the earliest; info the first"
         );
-        assert_eq!(r.disconnect("ada"), Change::Unchanged);
-        assert_eq!(r.disconnect("ada"), Change::Left);
-        assert_eq!(r.disconnect("ada"), Change::Unchanged, "never below zero");
+        assert_eq!(r.disconnect("ada", 9), Change::Unchanged, "not counted");
+        assert_eq!(r.disconnect("ada", 1), Change::Unchanged);
+        assert_eq!(r.disconnect("ada", 1), Change::Unchanged, "reported twice");
+        assert!(r.counts("ada", 2) && !r.counts("ada", 1));
+        assert_eq!(r.disconnect("ada", 2), Change::Left);
+        assert_eq!(r.disconnect("ada", 2), Change::Unchanged);
         assert_eq!(r.list(10).map(|(s, _)| s).collect::<Vec<_>>(), vec!["bo"]);
     }
 
     #[test]
     fn the_cap_refuses_new_members_only() {
         let mut r = Roster::default();
-        r.connect("a", None, 0);
-        r.connect("b", None, 0);
+        r.connect("a", 1, None, 0);
+        r.connect("b", 2, None, 0);
         assert!(!r.admits("c", 2));
         assert!(r.admits("a", 2), "another connection of a member");
         let listed: Vec<&str> = r.list(1).map(|(s, _)| s).collect();
@@ -210,74 +303,101 @@ mod tests {
     }
 
     #[test]
-    fn changes_within_an_interval_are_coalesced() {
+    fn batches_go_out_at_once_after_quiet_then_once_per_interval() {
         let mut o = Outbox::default();
+        assert_eq!((o.due_at(100), o.flush(0, 100)), (None, None));
         o.record("ada", Change::Joined, info("Ada"));
-        o.record("bo", Change::Joined, None);
-        o.record("bo", Change::Left, None);
         o.record("cy", Change::Unchanged, None);
-        assert_eq!(o.due_at(100), Some(100));
-        assert_eq!(o.flush(50, 100, 10), vec![], "not before the interval");
+        assert!(o.due_at(100).unwrap() <= 0, "at once after a quiet spell");
+        let batch = o.flush(1000, 100).unwrap();
+        assert_eq!(batch.notices(0, 10), vec![join("ada", info("Ada"))]);
+        assert_eq!(o.position(), 1);
+        o.record("bo", Change::Joined, None);
+        assert_eq!(o.due_at(100), Some(1100));
+        assert_eq!(o.flush(1050, 100), None, "not before the interval");
+        o.record("bo", Change::Left, None);
+        let batch = o.flush(1100, 100).unwrap();
+        assert_eq!(batch.notices(0, 10), vec![], "joined and left: nothing");
+        assert_eq!(batch.start(2), 1, "synced between the two");
         assert_eq!(
-            o.flush(100, 100, 10),
-            vec![Notice::Join {
-                sub: "ada".into(),
-                info: info("Ada")
-            }]
+            batch.notices(1, 10),
+            vec![Notice::Leave {
+                sub: "bo".into(),
+                info: None
+            }],
+            "one that saw bo join sees it leave"
         );
-        assert!(o.is_empty() && o.due_at(100).is_none());
+        assert_eq!((batch.start(0), batch.start(9)), (0, 2));
         for i in 0..11 {
             o.record(&format!("m{i}"), Change::Joined, None);
         }
+        let batch = o.flush(1200, 100).unwrap();
+        assert_eq!(batch.notices(0, 10), vec![Notice::Resync]);
+        assert_eq!(batch.notices(1, 10).len(), 10);
+    }
+
+    #[test]
+    fn after_a_wake_positions_carry_on_after_the_highest_seen() {
+        let mut o = Outbox::default();
+        o.carry_on_after(40);
+        assert_eq!(o.position(), 40);
+        o.record("a", Change::Joined, None);
+        o.carry_on_after(90);
+        assert_eq!(o.position(), 41, "not while changes are pending");
+        let batch = o.flush(0, 10).unwrap();
         assert_eq!(
-            o.flush(150, 100, 10),
-            vec![],
-            "the interval counts from the last flush"
+            (batch.start(39), batch.start(40), batch.start(41)),
+            (0, 0, 1)
         );
-        assert_eq!(o.flush(200, 100, 10), vec![Notice::Resync]);
     }
 
     proptest! {
-        /// Whatever the connects and disconnects, a subscriber that applies every flush (a
-        /// resync replacing what it knew) knows exactly the roster: nobody twice, nobody left
-        /// behind.
+        /// Subscribers arrive at random moments, each sent the roster then (`sync`), and follow
+        /// the batches from their position: each ends knowing exactly the roster, never told
+        /// of a member twice or of one leaving that it did not know.
         #[test]
-        fn a_subscriber_following_the_flushes_knows_the_roster(
-            ops in prop::collection::vec((0u8..6, any::<bool>(), 0i64..40), 0..200),
-            max_events in 1usize..8,
+        fn every_subscriber_following_the_batches_knows_the_roster(
+            ops in prop::collection::vec((0u8..6, 0u8..3, any::<bool>(), 0i64..40), 0..200),
+            max_notices in 1usize..8,
         ) {
+            const INTERVAL: i64 = 25;
             let (mut roster, mut outbox) = (Roster::default(), Outbox::default());
-            let mut known: BTreeMap<String, ()> = BTreeMap::new();
+            // Each subscriber: its position and what it knows.
+            let mut subscribers: Vec<(u64, BTreeSet<String>)> = Vec::new();
             let mut now = 0i64;
-            let apply = |notices: Vec<Notice>, roster: &Roster, known: &mut BTreeMap<String, ()>| {
-                for n in notices {
-                    match n {
-                        Notice::Join { sub, .. } => {
-                            prop_assert!(known.insert(sub, ()).is_none(), "shown twice");
-                        }
-                        Notice::Leave { sub, .. } => {
-                            prop_assert!(known.remove(&sub).is_some(), "left unknown");
-                        }
-                        Notice::Resync => {
-                            *known = roster.list(usize::MAX).map(|(s, _)| (s.to_string(), ())).collect();
+            let names = |roster: &Roster| -> BTreeSet<String> {
+                roster.list(usize::MAX).map(|(s, _)| s.to_string()).collect()
+            };
+            let deliver = |batch: Option<Batch>, roster: &Roster, subscribers: &mut Vec<(u64, BTreeSet<String>)>| {
+                let Some(batch) = batch else { return Ok(()) };
+                for (position, known) in subscribers.iter_mut() {
+                    for notice in batch.notices(batch.start(*position), max_notices) {
+                        match notice {
+                            Notice::Join { sub, .. } => prop_assert!(known.insert(sub), "shown twice"),
+                            Notice::Leave { sub, .. } => prop_assert!(known.remove(&sub), "left unknown"),
+                            Notice::Resync => *known = names(roster),
                         }
                     }
                 }
                 Ok(())
             };
-            for (who, arrive, step) in ops {
+            for (who, conn, arrive, step) in ops {
                 now += step;
                 let sub = format!("s{who}");
                 let change = match arrive {
-                    true => roster.connect(&sub, None, now),
-                    false => roster.disconnect(&sub),
+                    true => roster.connect(&sub, u64::from(conn), None, now),
+                    false => roster.disconnect(&sub, u64::from(conn)),
                 };
                 outbox.record(&sub, change, None);
-                apply(outbox.flush(now, 25, max_events), &roster, &mut known)?;
+                if arrive && who % 2 == 0 {
+                    subscribers.push((outbox.position(), names(&roster)));
+                }
+                deliver(outbox.flush(now, INTERVAL), &roster, &mut subscribers)?;
             }
-            apply(outbox.flush(now + 25, 25, max_events), &roster, &mut known)?;
-            let want: BTreeMap<String, ()> = roster.list(usize::MAX).map(|(s, _)| (s.to_string(), ())).collect();
-            prop_assert_eq!(known, want);
+            deliver(outbox.flush(now + INTERVAL, INTERVAL), &roster, &mut subscribers)?;
+            for (_, known) in &subscribers {
+                prop_assert_eq!(known, &names(&roster));
+            }
         }
     }
 }
