@@ -41,6 +41,9 @@ pub struct Config {
     pub poll_cache_ms: i64,
     /// The most channels one stream (`/sse`, `/ws`, `/poll` with `?channel=`) may carry.
     pub max_stream_channels: usize,
+    /// The most members one channel's presence holds; a connection that would add one more
+    /// is refused (409), other connections of its members and plain subscribers are not.
+    pub presence_max_members: usize,
     pub public_channels: Vec<Pattern>,
     pub cors_origins: Vec<String>,
     /// True only under the local development config (`.dev.vars`).
@@ -87,6 +90,7 @@ impl Config {
             poll_cache_ms: i64::try_from(num("POLL_CACHE_MS", 250)).unwrap_or(250),
             max_stream_channels: size("MAX_STREAM_CHANNELS", DEFAULT_MAX_STREAM_CHANNELS as u64)
                 .clamp(1, MAX_STREAM_CHANNELS_CAP),
+            presence_max_members: size("PRESENCE_MAX_MEMBERS", 10_000),
             public_channels: patterns(&var("PUBLIC_CHANNELS").unwrap_or_default()),
             cors_origins: var("CORS_ORIGINS")
                 .unwrap_or_default()
@@ -135,6 +139,7 @@ mod tests {
         assert_eq!(c.retain_seconds, 86_400);
         assert_eq!(c.sse_max_seconds, 1800);
         assert_eq!(c.heartbeat_seconds, 15);
+        assert_eq!(c.presence_max_members, 10_000);
         assert_eq!(c.slow_consumer_bytes, 1_048_576);
         assert_eq!(c.query_token_max_seconds, 300);
         assert_eq!((c.poll_default_limit, c.poll_max_limit), (100, 1000));

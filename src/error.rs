@@ -59,6 +59,8 @@ pub enum Error {
     TooDeep(String),
     /// 413: a configured limit was passed; the string names the limit.
     TooLarge(String),
+    /// 409: the channel's presence already holds `PRESENCE_MAX_MEMBERS`; the string names it.
+    PresenceFull(String),
     /// 422: an `Idempotency-Key` reused with a different body.
     IdempotencyConflict,
     /// 415: the body is not `application/json`.
@@ -121,6 +123,7 @@ impl Error {
             Error::UnsupportedMediaType => {
                 kind(415, "unsupported_media_type", "Unsupported media type")
             }
+            Error::PresenceFull(_) => kind(409, "presence_full", "Presence is full"),
             Error::IdempotencyConflict => {
                 kind(422, "idempotency_conflict", "Idempotency key reused")
             }
@@ -149,7 +152,8 @@ impl Error {
             | Error::InvalidJson(d)
             | Error::Forbidden(d)
             | Error::TooDeep(d)
-            | Error::TooLarge(d) => d.clone(),
+            | Error::TooLarge(d)
+            | Error::PresenceFull(d) => d.clone(),
             Error::Unauthorized(fault) => fault.detail().to_string(),
             Error::NotFound => "no such route".to_string(),
             Error::MethodNotAllowed(allowed) => format!("allowed: {}", allowed.join(", ")),
@@ -252,6 +256,7 @@ mod tests {
             Error::TooLarge(String::new()),
             Error::UnsupportedMediaType,
             Error::IdempotencyConflict,
+            Error::PresenceFull(String::new()),
             Error::UpgradeRequired,
             Error::Internal(String::new()),
             Error::Unavailable(String::new()),

@@ -20,6 +20,7 @@ use crate::protocol::many::{
     channel_error, ready_frame, sse_event, sse_gap, sse_start, subscribed_frame,
     unsubscribed_frame, with_channel, ManyClientFrame, UpFrame,
 };
+use crate::protocol::presence;
 use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ws::{cursor_frame, CloseCode, Refusal};
 use crate::protocol::ChannelName;
@@ -249,6 +250,10 @@ impl Merge {
             } => match face {
                 Face::Ws => plain(with_channel(text, &l.channel)),
                 Face::Sse => plain(sse_gap(&l.channel, requested, earliest)),
+            },
+            UpFrame::Presence { object, text } => match face {
+                Face::Ws => plain(text.to_string()),
+                Face::Sse => plain(presence::sse(&object)),
             },
             UpFrame::Other(text) => match face {
                 Face::Ws => plain(with_channel(text, &l.channel)),

@@ -108,6 +108,24 @@ impl Roster {
             .map(|(sub, member)| (sub.as_str(), member))
     }
 
+    /// What becomes of the members when `other` replaces this roster: those only here leave,
+    /// those only there join (with their info), sorted by `sub`.
+    pub fn changes_to(&self, other: &Roster) -> Vec<(String, Change, Option<Info>)> {
+        let left = self
+            .members
+            .iter()
+            .filter(|(sub, _)| !other.members.contains_key(*sub))
+            .map(|(sub, m)| (sub.clone(), Change::Left, m.info.clone()));
+        let joined = other
+            .members
+            .iter()
+            .filter(|(sub, _)| !self.members.contains_key(*sub))
+            .map(|(sub, m)| (sub.clone(), Change::Joined, m.info.clone()));
+        let mut all: Vec<_> = left.chain(joined).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// Whether connection `conn` of `sub` is counted.
     pub fn counts(&self, sub: &str, conn: u64) -> bool {
         self.members
@@ -289,6 +307,24 @@ mod tests {
         assert_eq!(r.disconnect("ada", 2), Change::Left);
         assert_eq!(r.disconnect("ada", 2), Change::Unchanged);
         assert_eq!(r.list(10).map(|(s, _)| s).collect::<Vec<_>>(), vec!["bo"]);
+    }
+
+    #[test]
+    fn a_roster_settled_against_the_sockets_says_who_left_and_joined() {
+        let mut now = Roster::default();
+        now.connect("ada", 1, None, 0);
+        now.connect("bo", 2, info("Bo"), 0);
+        let mut live = Roster::default();
+        live.connect("bo", 3, info("Bo"), 0);
+        live.connect("cy", 4, None, 0);
+        assert_eq!(
+            now.changes_to(&live),
+            vec![
+                ("ada".into(), Change::Left, None),
+                ("cy".into(), Change::Joined, None)
+            ],
+            "bo stays, on another connection"
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 /// anonymous and read-only until it reconnects.
 pub const ATTACHMENT_VERSION: u8 = 1;
 
-/// What a socket may do, kept across hibernation. Small: the runtime caps attachments at 2 KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a socket may do, kept across hibernation. Small: the runtime caps attachments at 2 KiB
+/// (a presence member's `info` is at most 1 KiB and its `sub` 256 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub v: u8,
     pub transport: Transport,
@@ -32,6 +33,25 @@ pub struct Attachment {
     /// then it is live (`None`).
     #[serde(default)]
     pub sent: Option<u64>,
+    /// A presence connection's member (`channel::presence`); cleared once the connection has
+    /// left, so it is never counted again.
+    #[serde(default)]
+    pub member: Option<Ticket>,
+}
+
+/// A presence connection's member, kept on its socket so that the roster can be rebuilt from
+/// the sockets after hibernation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub sub: String,
+    /// The member's info, as its compact JSON text.
+    pub info: Option<String>,
+    /// This connection's id among its member's connections (random).
+    pub conn: u64,
+    /// When it entered, unix milliseconds.
+    pub since: i64,
+    /// Where the presence changes stood when it was sent its `sync` (`Outbox::position`).
+    pub synced: u64,
 }
 
 /// What a publish does to one subscriber.
@@ -64,6 +84,7 @@ impl Attachment {
             exp,
             credit: None,
             sent: None,
+            member: None,
         }
     }
 

@@ -8,7 +8,8 @@ use crate::auth::Publisher;
 use crate::channel::fanout::Transport;
 use crate::error::Error;
 use crate::protocol::names::ChannelName;
-use crate::protocol::query::{parse_cursor, query_param};
+use crate::protocol::presence::Entrant;
+use crate::protocol::query::{parse_cursor, percent_decode, percent_encode, query_param};
 use serde::{Deserialize, Serialize};
 
 /// The channel's name travels with every call: the object learns it on first use.
@@ -21,11 +22,15 @@ pub const EXPIRES_HEADER: &str = "x-edgehub-expires";
 pub const KEY_HEADER: &str = "x-edgehub-idempotency-key";
 /// Whose idempotency keys a publish (or a socket's publishes) uses: `Publisher::hex`.
 pub const PUBLISHER_HEADER: &str = "x-edgehub-publisher";
+/// A subscribe that enters presence: its `Entrant` as percent-encoded JSON (header values are
+/// bytes, a `sub` is any text).
+pub const MEMBER_HEADER: &str = "x-edgehub-member";
 
 const PATH_PUBLISH: &str = "/publish";
 const PATH_PURGE: &str = "/purge";
 const PATH_INFO: &str = "/info";
 const PATH_SUBSCRIBE: &str = "/subscribe";
+const PATH_PRESENCE: &str = "/presence";
 
 /// One event of a batch as the Worker sends it: `data` is a string of compact JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +62,11 @@ pub enum Call {
         /// When the token stops being accepted, unix seconds.
         expires: Option<i64>,
         publisher: Option<Publisher>,
+        /// Enters the channel's presence as this member.
+        member: Option<Entrant>,
     },
+    /// `GET /channels/{c}/presence`.
+    Presence,
 }
 
 /// A call as an HTTP request: method, path with query, headers, body.
@@ -92,13 +101,20 @@ impl Call {
             }
             Call::Purge => encoded(true, PATH_PURGE.into(), headers, None),
             Call::Info => encoded(false, PATH_INFO.into(), headers, None),
+            Call::Presence => encoded(false, PATH_PRESENCE.into(), headers, None),
             Call::Subscribe {
                 transport,
                 cursor,
                 publish,
                 expires,
                 publisher,
+                member,
             } => {
+                if let Some(member) = member {
+                    let json = serde_json::to_string(member)
+                        .map_err(|e| Error::Internal(format!("encoding a member: {e}")))?;
+                    headers.push((MEMBER_HEADER, percent_encode(&json)));
+                }
                 headers.push((PUBLISH_HEADER, if *publish { "1" } else { "0" }.into()));
                 headers.extend(expires.map(|e| (EXPIRES_HEADER, e.to_string())));
                 if *publish {
@@ -136,6 +152,7 @@ impl Call {
             }
             (true, PATH_PURGE) => Call::Purge,
             (false, PATH_INFO) => Call::Info,
+            (false, PATH_PRESENCE) => Call::Presence,
             (false, PATH_SUBSCRIBE) => {
                 let transport = query_param(query, "transport")
                     .and_then(Result::ok)
@@ -152,12 +169,19 @@ impl Call {
                     publish,
                     expires: header(EXPIRES_HEADER).and_then(|v| v.parse().ok()),
                     publisher: publisher.filter(|_| publish),
+                    member: header(MEMBER_HEADER).map(|h| member(&h)).transpose()?,
                 }
             }
             _ => return Err(Error::NotFound),
         };
         Ok((channel, call))
     }
+}
+
+fn member(header: &str) -> Result<Entrant, Error> {
+    percent_decode(header)
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .ok_or_else(|| Error::bad_request("internal subscribe with a bad member"))
 }
 
 #[cfg(test)]
@@ -183,6 +207,7 @@ mod tests {
         let publisher = Some(Publisher::of(Some("backend"), "t"));
         round_trip(Call::Purge);
         round_trip(Call::Info);
+        round_trip(Call::Presence);
         for key in [None, Some("order-7".to_string())] {
             round_trip(Call::Publish {
                 items: vec![
@@ -207,6 +232,10 @@ mod tests {
                     publish: true,
                     expires: Some(1_800_000_000),
                     publisher,
+                    member: Some(Entrant {
+                        sub: "Zoë \"z\" %2F".into(),
+                        info: crate::auth::Info::parse(r#"{"name": "Zoë", "n": [1]}"#).ok(),
+                    }),
                 });
                 round_trip(Call::Subscribe {
                     transport,
@@ -214,6 +243,7 @@ mod tests {
                     publish: false,
                     expires: None,
                     publisher: None,
+                    member: None,
                 });
             }
         }
@@ -228,6 +258,7 @@ mod tests {
             publish: false,
             expires: None,
             publisher: Some(Publisher::of(None, "t")),
+            member: None,
         };
         let e = call.encode(&channel).unwrap();
         assert!(e.headers.iter().all(|(k, _)| *k != PUBLISHER_HEADER));

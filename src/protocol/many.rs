@@ -40,6 +40,12 @@ pub enum UpFrame<'a> {
         requested: u64,
         earliest: u64,
     },
+    /// `presence`: already names its channel; `object` is the presence object (the frame
+    /// without `op`), for an SSE client.
+    Presence {
+        object: String,
+        text: &'a str,
+    },
     /// Anything else (`ack`, `error`): passed on with its channel added.
     Other(&'a str),
 }
@@ -57,6 +63,7 @@ struct UpHead {
 }
 
 const EVENT_PREFIX: &str = "{\"op\":\"event\",";
+const PRESENCE_PREFIX: &str = "{\"op\":\"presence\",";
 
 impl UpFrame<'_> {
     /// Reads an object's frame; one the Worker cannot read is passed on as `Other`.
@@ -97,6 +104,10 @@ impl UpFrame<'_> {
             ) => UpFrame::Gap {
                 requested,
                 earliest,
+            },
+            ("presence", _) if text.starts_with(PRESENCE_PREFIX) => UpFrame::Presence {
+                object: format!("{{{}", &text[PRESENCE_PREFIX.len()..]),
+                text,
             },
             _ => UpFrame::Other(text),
         }

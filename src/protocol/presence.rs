@@ -2,12 +2,18 @@
 //! `join` and `leave` objects, framed for SSE (`event: presence` with no `id:`, so the cursor
 //! does not move) and for WebSocket (`op` `presence`), and the `GET /channels/{c}/presence`
 //! listing. A resync (a storm coalesced, `channel::presence::Outbox`) goes out as a `sync`.
-//! Not used by the runtime yet.
+//! Also who may enter (`Entrant`).
 
 use super::envelope::format_time;
 use super::names::ChannelName;
+use crate::auth::delegate::ANY_SUB;
 use crate::auth::Info;
 use crate::error::Error;
+use serde::{Deserialize, Serialize};
+
+/// The longest `sub` that may enter presence: it travels in every event of its member and in
+/// its sockets' attachments.
+pub const MAX_SUB_BYTES: usize = 256;
 
 pub const PRESENCE_EVENT: &str = "presence";
 pub const OP_PRESENCE: &str = "presence";
@@ -21,6 +27,32 @@ pub fn parse_flag(value: Option<&str>) -> Result<bool, Error> {
         Some(_) => Err(Error::bad_request(
             "presence is 1 (enter the channel's presence) or 0",
         )),
+    }
+}
+
+/// A connection entering presence: its token's `sub` and `info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entrant {
+    pub sub: String,
+    pub info: Option<Info>,
+}
+
+impl Entrant {
+    /// The member a token makes: 400 without a `sub` (anonymous, or a token without one), with
+    /// the delegating backend's `*`, or with one over `MAX_SUB_BYTES`.
+    pub fn new(sub: Option<&str>, info: Option<&Info>) -> Result<Entrant, Error> {
+        let refused = |why: &str| Err(Error::bad_request(format!("presence=1 {why}")));
+        match sub {
+            None => refused("needs a token with a sub: the member is the token's sub"),
+            Some(ANY_SUB) => refused("needs a user's sub, not the delegating \"*\""),
+            Some(sub) if sub.is_empty() || sub.len() > MAX_SUB_BYTES => refused(&format!(
+                "needs a sub of 1 to {MAX_SUB_BYTES} bytes"
+            )),
+            Some(sub) => Ok(Entrant {
+                sub: sub.to_string(),
+                info: info.cloned(),
+            }),
+        }
     }
 }
 
@@ -115,6 +147,24 @@ mod tests {
 
     fn c() -> ChannelName {
         ChannelName::parse("room:1").unwrap()
+    }
+
+    #[test]
+    fn who_may_enter() {
+        let ada = Info::parse(r#"{"name":"Ada"}"#).unwrap();
+        assert_eq!(
+            Entrant::new(Some("ada"), Some(&ada)),
+            Ok(Entrant {
+                sub: "ada".into(),
+                info: Some(ada.clone())
+            })
+        );
+        let long = "x".repeat(MAX_SUB_BYTES);
+        assert!(Entrant::new(Some(&long), None).is_ok());
+        for bad in [None, Some("*"), Some(""), Some(&format!("{long}x")[..])] {
+            let refused = Entrant::new(bad, None).unwrap_err();
+            assert_eq!(refused.status(), 400, "{bad:?}");
+        }
     }
 
     #[test]

@@ -26,6 +26,21 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Percent-encodes every byte of `s` but the unreserved ones (RFC 3986 2.3), so the result is
+/// ASCII and safe in a query value or a header.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The decoded value of the first `name=` in a query string (`+` is a space, as in forms).
 pub fn query_param(query: &str, name: &str) -> Option<Result<String, Error>> {
     query.split('&').find_map(|pair| {
@@ -72,6 +87,15 @@ pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn encoding_round_trips_to_ascii() {
+        for s in ["", "a b", "{\"sub\":\"Zoë\",\"n\":\"%2F\"}", "😀\n\u{0}"] {
+            let encoded = percent_encode(s);
+            assert!(encoded.bytes().all(|b| b.is_ascii_graphic()), "{encoded}");
+            assert_eq!(percent_decode(&encoded).as_deref(), Some(s));
+        }
+    }
 
     #[test]
     fn decoding() {

@@ -13,6 +13,8 @@ pub enum Route {
     Publish(ChannelName),
     Purge(ChannelName),
     ChannelInfo(ChannelName),
+    /// `GET /channels/{c}/presence`: who is on the channel.
+    Presence(ChannelName),
     Poll(ChannelName),
     Sse(ChannelName),
     Ws(ChannelName),
@@ -65,6 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/channels/{channel}/events"),
     ("GET", "/channels/{channel}"),
     ("HEAD", "/channels/{channel}"),
+    ("GET", "/channels/{channel}/presence"),
+    ("HEAD", "/channels/{channel}/presence"),
     ("GET", "/poll/{channel}"),
     ("HEAD", "/poll/{channel}"),
     ("GET", "/sse/{channel}"),
@@ -91,6 +95,7 @@ pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], 
             )
         }
         ["channels", c] => (GET, Route::ChannelInfo(channel(c)?)),
+        ["channels", c, "presence"] => (GET, Route::Presence(channel(c)?)),
         ["poll", c] => (GET, Route::Poll(channel(c)?)),
         ["sse", c] => (GET_ONLY, Route::Sse(channel(c)?)),
         ["ws", c] => (GET_ONLY, Route::Ws(channel(c)?)),
@@ -138,6 +143,10 @@ mod tests {
         assert_eq!(
             route("GET", "/channels/a%3Ab"),
             Ok(Route::ChannelInfo(ch("a:b")))
+        );
+        assert_eq!(
+            route("GET", "/channels/a%3Ab/presence"),
+            Ok(Route::Presence(ch("a:b")))
         );
         assert_eq!(route("GET", "/poll/x.y"), Ok(Route::Poll(ch("x.y"))));
         assert_eq!(route("HEAD", "/poll/x"), Ok(Route::Poll(ch("x"))));

@@ -36,6 +36,9 @@ pub enum CloseCode {
     /// 4001: the subscriber fell too far behind (more than its window unconfirmed, see
     /// `channel::flow`) and was dropped: reconnect with its cursor.
     TooSlow,
+    /// 4002: a presence WebSocket sent nothing, not even `ping`, for `HEARTBEAT_SECONDS`: it is
+    /// taken for gone and its member leaves; reconnect (and ping more often).
+    Silent,
     /// 4101: the token expired: get a fresh one, then reconnect.
     TokenExpired,
 }
@@ -46,6 +49,7 @@ impl CloseCode {
             CloseCode::Normal => 1000,
             CloseCode::Reconnect => 4000,
             CloseCode::TooSlow => 4001,
+            CloseCode::Silent => 4002,
             CloseCode::TokenExpired => 4101,
         }
     }
@@ -55,6 +59,7 @@ impl CloseCode {
             CloseCode::Normal => "closed",
             CloseCode::Reconnect => "stream ended, reconnect with your cursor",
             CloseCode::TooSlow => "too far behind, reconnect with your cursor",
+            CloseCode::Silent => "no ping within the heartbeat, reconnect",
             CloseCode::TokenExpired => "token expired",
         }
     }

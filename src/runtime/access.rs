@@ -5,6 +5,7 @@
 use crate::auth::{self, Action, Grant, Publisher, TokenSource};
 use crate::config::Config;
 use crate::error::{Error, TokenFault};
+use crate::protocol::presence::Entrant;
 use crate::protocol::query::query_param;
 use crate::protocol::stream::ChannelSet;
 use crate::protocol::ChannelName;
@@ -91,6 +92,7 @@ impl Credentials {
             Some(_) => Some(self.grant(env, config)?),
         };
         Ok(Permits {
+            member: None,
             publisher: grant
                 .as_ref()
                 .zip(self.token_text())
@@ -105,9 +107,26 @@ impl Credentials {
 pub struct Permits {
     grant: Option<Grant>,
     publisher: Option<Publisher>,
+    /// The presence member a stream's channels enter as (`?presence=1`).
+    pub member: Option<Entrant>,
 }
 
 impl Permits {
+    /// The member these credentials make for `?presence=1`: the token's `sub` and `info`; 400
+    /// without one (`Entrant::new`).
+    pub fn entrant(&self) -> Result<Entrant, Error> {
+        let grant = self.grant.as_ref();
+        Entrant::new(
+            grant.and_then(|g| g.sub.as_deref()),
+            grant.and_then(|g| g.info.as_ref()),
+        )
+    }
+
+    /// These permits, entering every channel they open as `member`.
+    pub fn entering(self, member: Option<Entrant>) -> Permits {
+        Permits { member, ..self }
+    }
+
     /// When the token stops being accepted (as `Access::expires`); `None` when anonymous.
     pub fn expires(&self) -> Option<i64> {
         self.grant

@@ -8,7 +8,8 @@ use std::future::Future;
 use worker::js_sys::Date as JsDate;
 use worker::wasm_bindgen::JsValue;
 use worker::wasm_bindgen_futures::future_to_promise;
-use worker::{console_error, ScheduledTime, State, Storage};
+use worker::worker_sys::DurableObjectState;
+use worker::{console_error, ScheduledTime, Storage};
 
 /// What this instance knows of the alarm, so most publishes need no storage call for it.
 #[derive(Default)]
@@ -52,12 +53,12 @@ impl Alarm {
 }
 
 /// Runs `work` after the current request has been answered, kept alive by the runtime.
-pub fn in_background(state: &State, work: impl Future<Output = ()> + 'static) {
+pub fn in_background(state: &DurableObjectState, work: impl Future<Output = ()> + 'static) {
     let promise = future_to_promise(async move {
         work.await;
         Ok(JsValue::UNDEFINED)
     });
-    if let Err(e) = state.as_raw().wait_until(&promise) {
+    if let Err(e) = state.wait_until(&promise) {
         console_error!("edgehub: waitUntil refused background work: {e:?}");
     }
 }

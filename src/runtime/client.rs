@@ -8,6 +8,7 @@ use crate::auth::Publisher;
 use crate::channel::fanout::Transport;
 use crate::error::Error;
 use crate::protocol::call::{BatchItem, Call};
+use crate::protocol::presence::Entrant;
 use crate::protocol::publish::NewEvent;
 use crate::protocol::ChannelName;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
@@ -63,12 +64,14 @@ impl Hub {
         self.call(Call::Info).await
     }
 
-    /// Opens a subscriber socket on the object: the answer is a 101 carrying the client end.
+    /// Opens a subscriber socket on the object, entering `member` into the channel's presence:
+    /// the answer is a 101 carrying the client end.
     pub async fn subscribe(
         &self,
         transport: Transport,
         cursor: Option<u64>,
         access: Access,
+        member: Option<Entrant>,
     ) -> Result<Response, Error> {
         self.call(Call::Subscribe {
             transport,
@@ -76,8 +79,14 @@ impl Hub {
             publish: access.publish,
             expires: access.expires,
             publisher: access.publisher,
+            member,
         })
         .await
+    }
+
+    /// `GET /channels/{c}/presence`.
+    pub async fn presence(&self) -> Result<Response, Error> {
+        self.call(Call::Presence).await
     }
 
     async fn call(&self, call: Call) -> Result<Response, Error> {

@@ -16,6 +16,7 @@ mod mirror;
 mod routes;
 mod sse;
 mod stream;
+mod presence;
 mod subscribers;
 
 use crate::config::Config;
@@ -94,6 +95,7 @@ async fn handle(
         Route::Publish(channel) => routes::publish(&mut incoming, &channel).await,
         Route::Purge(channel) => routes::purge(&incoming, &channel).await,
         Route::ChannelInfo(channel) => routes::info(&incoming, &channel).await,
+        Route::Presence(channel) => routes::presence(&incoming, &channel).await,
         Route::Poll(channel) => routes::poll(&incoming, &channel).await,
         Route::Ws(channel) => routes::ws(&incoming, &channel).await,
         Route::Sse(channel) => routes::sse(&incoming, &channel).await,

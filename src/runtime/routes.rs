@@ -15,6 +15,7 @@ use crate::channel::Window;
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
+use crate::protocol::presence::{parse_flag, Entrant};
 use crate::protocol::publish::{parse_idempotency_key, parse_publish};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
 use crate::protocol::stream::{ChannelSet, StreamSince};
@@ -80,33 +81,40 @@ pub async fn info(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     Hub::get(at.env, channel)?.info().await
 }
 
+/// `GET /channels/{c}/presence`.
+pub async fn presence(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    at.credentials
+        .check(at.env, at.config, Action::Subscribe, channel)?;
+    Hub::get(at.env, channel)?.presence().await
+}
+
 /// `GET /ws/{c}`: the channel's object accepts the socket; the Worker only checks the door.
 pub async fn ws(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     let upgrade = at.req.headers().get("upgrade").ok().flatten();
     if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
         return Err(Error::UpgradeRequired);
     }
-    let access = at
-        .credentials
-        .check(at.env, at.config, Action::Subscribe, channel)?;
+    let permits = at.credentials.permits(at.env, at.config)?;
+    let access = permits.check(at.config, Action::Subscribe, channel)?;
+    let member = member(&at.query, &permits)?;
     let cursor = since(&at.query)?;
     Hub::get(at.env, channel)?
-        .subscribe(Transport::Ws, cursor, access)
+        .subscribe(Transport::Ws, cursor, access, member)
         .await
 }
 
 /// `GET /sse/{c}`: the Worker bridges the object's socket into an event stream.
 pub async fn sse(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
-    let access = at
-        .credentials
-        .check(at.env, at.config, Action::Subscribe, channel)?;
+    let permits = at.credentials.permits(at.env, at.config)?;
+    let access = permits.check(at.config, Action::Subscribe, channel)?;
+    let member = member(&at.query, &permits)?;
     // EventSource resumes with Last-Event-ID; it wins over the URL's original `since`.
     let cursor = match at.req.headers().get("last-event-id").ok().flatten() {
         Some(id) if !id.trim().is_empty() => Some(parse_cursor(id.trim())?),
         _ => since(&at.query)?,
     };
     let upstream = Hub::get(at.env, channel)?
-        .subscribe(Transport::Sse, cursor, access)
+        .subscribe(Transport::Sse, cursor, access, member)
         .await?;
     if upstream.status_code() != 101 {
         return Ok(upstream);
@@ -141,12 +149,24 @@ pub async fn ws_many(at: &Incoming<'_>) -> Answer {
     stream::open(stream_opening(at, Face::Ws, set, since, permits, accesses)).await
 }
 
-/// A stream's channel set and what the caller may do on each (the token verified once).
+/// A stream's channel set and what the caller may do on each (the token verified once); with
+/// `?presence=1`, checked after the rights, the member it enters as.
 fn stream_set(at: &Incoming<'_>) -> Result<(ChannelSet, Permits, Vec<Access>), Error> {
     let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
     let permits = at.credentials.permits(at.env, at.config)?;
     let accesses = permits.check_all(at.config, Action::Subscribe, &set)?;
+    let member = member(&at.query, &permits)?;
+    let permits = permits.entering(member);
     Ok((set, permits, accesses))
+}
+
+/// `?presence=1`: the member the request's token makes (400 if it makes none).
+fn member(query: &str, permits: &Permits) -> Result<Option<Entrant>, Error> {
+    let flag = query_param(query, "presence").transpose()?;
+    match parse_flag(flag.as_deref())? {
+        true => permits.entrant().map(Some),
+        false => Ok(None),
+    }
 }
 
 fn stream_opening(

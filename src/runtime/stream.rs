@@ -14,6 +14,7 @@ use crate::channel::merge::{Face, LaneId, Merge, Out, Step};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::many::{channel_error, parse_many_client, ManyClientFrame};
+use crate::protocol::presence::Entrant;
 use crate::protocol::sse;
 use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ws::{CloseCode, Refusal, PING, PONG};
@@ -91,7 +92,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 lane,
                 channel,
                 since,
-            } => Some(subscribe(&env, *lane, channel, *since, *access)),
+            } => Some(subscribe(&env, *lane, channel, *since, *access, permits.member.clone())),
             _ => None,
         });
     let mut lanes = Vec::new();
@@ -168,9 +169,10 @@ async fn subscribe(
     channel: &ChannelName,
     since: Option<u64>,
     access: Access,
+    member: Option<Entrant>,
 ) -> Result<Result<(LaneId, WebSocket), Response>, Error> {
     let answer = Hub::get(env, channel)?
-        .subscribe(Transport::Ws, since, access)
+        .subscribe(Transport::Ws, since, access, member)
         .await?;
     if answer.status_code() != 101 {
         return Ok(Err(answer));
@@ -375,7 +377,10 @@ async fn open_later(conn: Rc<Conn>, lane: LaneId, channel: ChannelName, since: O
         .permits
         .check(&conn.config, Action::Subscribe, &channel)
     {
-        Ok(access) => subscribe(&conn.env, lane, &channel, since, access).await,
+        Ok(access) => {
+            let member = conn.permits.member.clone();
+            subscribe(&conn.env, lane, &channel, since, access, member).await
+        }
         Err(e) => Err(e),
     };
     let failed = match opened {

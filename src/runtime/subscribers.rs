@@ -7,6 +7,7 @@
 //! (`resume_replay`), and until they have caught up they get no live events.
 
 use super::log::ChannelLog;
+use super::presence::{self, Presence};
 use crate::auth::Publisher;
 use crate::channel::fanout::{deliver, Frames, Sink, Transport};
 use crate::channel::flow::Floor;
@@ -19,6 +20,7 @@ use crate::protocol::ChannelName;
 use std::cell::Cell;
 use worker::js_sys::{Function, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::worker_sys::DurableObjectState;
 use worker::{State, WebSocket, WebSocketPair};
 
 /// Events read from the log per step of a replay.
@@ -55,7 +57,7 @@ impl Sink<JsValue> for JsSink<'_> {
 }
 
 /// Sends `frames` to `sockets` as JS strings; returns the indices of the sockets that failed.
-fn deliver_js(sockets: &[WebSocket], frames: &[String]) -> Vec<usize> {
+pub fn deliver_js(sockets: &[WebSocket], frames: &[String]) -> Vec<usize> {
     let Some(first) = sockets.first() else {
         return Vec::new();
     };
@@ -98,7 +100,8 @@ pub fn all_sockets(state: &State) -> Vec<WebSocket> {
     open(state.as_raw().get_websockets())
 }
 
-fn open<E>(list: Result<Vec<worker::web_sys::WebSocket>, E>) -> Vec<WebSocket> {
+/// The `OPEN` sockets of a list from the runtime.
+pub fn open<E>(list: Result<Vec<worker::web_sys::WebSocket>, E>) -> Vec<WebSocket> {
     const OPEN: u16 = 1;
     list.map(|list| {
         list.into_iter()
@@ -114,6 +117,8 @@ fn open<E>(list: Result<Vec<worker::web_sys::WebSocket>, E>) -> Vec<WebSocket> {
 /// no name) and the publisher its idempotency keys belong to. Tags survive hibernation too.
 const CHANNEL_TAG: &str = "channel:";
 const PUBLISHER_TAG: &str = "publisher:";
+/// The tag of presence connections (their attachments carry a `Ticket`).
+pub const PRESENCE_TAG: &str = "presence";
 
 /// What a socket's tags say about it.
 #[derive(Default)]
@@ -123,10 +128,10 @@ pub struct Tagged {
 }
 
 /// Reads a socket's tags (a socket accepted before tags were used has none).
-pub fn tagged(state: &State, ws: &WebSocket) -> Tagged {
+pub fn tagged(state: &DurableObjectState, ws: &WebSocket) -> Tagged {
     let mut found = Tagged::default();
     let raw: &worker::web_sys::WebSocket = ws.as_ref();
-    for tag in state.as_raw().get_tags(raw).unwrap_or_default() {
+    for tag in state.get_tags(raw).unwrap_or_default() {
         if let Some(name) = tag.strip_prefix(CHANNEL_TAG) {
             found.channel = ChannelName::parse(name).ok();
         } else if let Some(hex) = tag.strip_prefix(PUBLISHER_TAG) {
@@ -147,6 +152,8 @@ pub struct Join<'a> {
     /// Bytes of event frames a WebSocket client may leave unconfirmed (`channel::flow`).
     pub flow_window: u64,
     pub now_ms: i64,
+    /// A presence connection's `sync` object: sent after `ready`, before any event.
+    pub greeting: Option<String>,
 }
 
 /// A subscriber just accepted: the client end of its socket, and when it would stall if a
@@ -187,19 +194,17 @@ pub fn accept(
     }
     let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
     let server = pair.server;
-    hibernate(
-        state,
-        &server,
-        attachment.transport,
-        channel,
-        join.publisher,
-    )?;
+    hibernate(state, &server, &attachment, channel, join.publisher)?;
     let sink = SocketSink(server.clone());
     if attachment.transport == Transport::Ws {
         deliver(
             std::slice::from_ref(&sink),
             &[ready_frame(window.head, join.flow_window)],
         );
+    }
+    if let Some(sync) = &join.greeting {
+        let frame = presence::frame(attachment.transport, sync);
+        deliver(std::slice::from_ref(&sink), &[frame]);
     }
     let sent = paced_replay(
         &sink,
@@ -215,7 +220,7 @@ pub fn accept(
     }
     attachment.settle(sent);
     server
-        .serialize_attachment(attachment)
+        .serialize_attachment(&attachment)
         .map_err(internal("attaching rights"))?;
     Ok(Accepted {
         client: pair.client,
@@ -223,19 +228,20 @@ pub fn accept(
     })
 }
 
-/// Hands the socket to the runtime as hibernatable, tagged with its transport, its channel and
-/// its publisher.
+/// Hands the socket to the runtime as hibernatable, tagged with its transport, its channel, its
+/// publisher, and whether it is a presence connection.
 fn hibernate(
     state: &State,
     server: &WebSocket,
-    transport: Transport,
+    attachment: &Attachment,
     channel: &ChannelName,
     publisher: Option<Publisher>,
 ) -> Result<(), Error> {
-    let tags = [transport.tag().to_string()]
+    let tags = [attachment.transport.tag().to_string()]
         .into_iter()
         .chain([format!("{CHANNEL_TAG}{channel}")])
         .chain(publisher.map(|p| format!("{PUBLISHER_TAG}{}", p.hex())))
+        .chain(attachment.member.as_ref().map(|_| PRESENCE_TAG.to_string()))
         .map(|tag| JsValue::from_str(&tag))
         .collect();
     state
@@ -338,11 +344,11 @@ pub fn resume_replay(
 /// Closes with 4001 every subscriber a paced replay holds that has not reported for
 /// `flow::STALL_MS` (it resumes from its cursor); returns when the next of those
 /// still held would stall, for the alarm.
-pub fn close_stalled(state: &State, now_ms: i64) -> Option<i64> {
+pub fn close_stalled(state: &State, presence: &Presence, now_ms: i64) -> Option<i64> {
     let mut next: Option<i64> = None;
     for ws in all_sockets(state) {
         match attachment(&ws).and_then(|a| a.stall(now_ms)) {
-            Some(Err(())) => close(&ws, CloseCode::TooSlow),
+            Some(Err(())) => presence.close(&ws, CloseCode::TooSlow),
             Some(Ok(at)) => next = Some(next.map_or(at, |n| n.min(at))),
             None => {}
         }
@@ -368,7 +374,7 @@ pub struct FlowCheck<'a> {
 ///
 /// Subscribers held by a paced replay get nothing here: their replay brings these events in
 /// order. The floor says when one may be held, and the attachments are read then.
-pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
+pub fn fan_out(state: &State, presence: &Presence, frames: &Frames, flow: FlowCheck<'_>) {
     let check = flow.floor.get().must_check(flow.end, flow.window);
     let mut scan = FloorScan::new(flow.end);
     for transport in [Transport::Ws, Transport::Sse] {
@@ -380,7 +386,7 @@ pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
                 };
                 match attachment.verdict(flow.end, flow.window, flow.now_ms, flow.sent_after) {
                     Verdict::TooSlow => {
-                        close(ws, CloseCode::TooSlow);
+                        presence.close(ws, CloseCode::TooSlow);
                         false
                     }
                     Verdict::Skip => {
@@ -396,7 +402,7 @@ pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
         }
         for failed in deliver_js(&sockets, frames.for_transport(transport)) {
             if let Some(socket) = sockets.get(failed) {
-                close(socket, CloseCode::Reconnect);
+                presence.close(socket, CloseCode::Reconnect);
             }
         }
     }
@@ -405,20 +411,21 @@ pub fn fan_out(state: &State, frames: &Frames, flow: FlowCheck<'_>) {
     }
 }
 
+/// Closes `ws`; a presence connection must leave first: use `Presence::close` for those.
 pub fn close(ws: &WebSocket, code: CloseCode) {
     // Closing an already closed socket throws; there is nothing left to do then.
     let _ = ws.close(Some(code.code()), Some(code.reason()));
 }
 
 /// Closes every socket whose token has expired; returns the earliest expiry still ahead.
-pub fn close_expired(state: &State, now_s: i64) -> Option<i64> {
+pub fn close_expired(state: &State, presence: &Presence, now_s: i64) -> Option<i64> {
     let mut next: Option<i64> = None;
     for ws in all_sockets(state) {
         let Some(attachment) = attachment(&ws) else {
             continue;
         };
         match attachment.exp {
-            Some(_) if attachment.expired(now_s) => close(&ws, CloseCode::TokenExpired),
+            Some(_) if attachment.expired(now_s) => presence.close(&ws, CloseCode::TokenExpired),
             Some(exp) => next = Some(next.map_or(exp, |n| n.min(exp))),
             None => {}
         }

@@ -187,6 +187,12 @@ impl WsClient {
         assert!(sent.is_ok(), "sending {text:?}: {sent:?}");
     }
 
+    /// Sends `text` as one text frame; false when the socket is gone (for a client that keeps
+    /// going either way, as a keepalive does).
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.socket.send(Message::text(text)).await.is_ok()
+    }
+
     pub async fn send_json(&mut self, value: &Value) {
         self.send_text(&value.to_string()).await;
     }

@@ -353,3 +353,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn presence_frames_pass_as_they_are_and_become_id_less_sse_events() {
+    let sync = presence::sync(&name("b"), [("ada", None)].into_iter());
+    let frame = presence::ws(&sync);
+    for face in [Face::Ws, Face::Sse] {
+        let (mut m, _) = merge(face, &["a", "b"], None);
+        assert!(m.upstream(LaneId(1), &v1_ready(2, 1000), 0).is_empty());
+        assert!(m.upstream(LaneId(1), &frame, 0).is_empty(), "held to the start");
+        let steps = m.upstream(LaneId(0), &v1_ready(7, 1000), 0);
+        let want = match face {
+            Face::Ws => frame.clone(),
+            Face::Sse => format!("event: presence\ndata: {sync}\n\n"),
+        };
+        assert_eq!(texts(&steps).get(1), Some(&want), "{face:?}");
+        assert_eq!(texts(&steps).len(), 2, "{face:?}: the start, then the sync");
+    }
+}

@@ -10,6 +10,7 @@ mod upkeep;
 use super::alarm::Alarm;
 use super::http::{internal, json, log_failure, problem};
 use super::log::ChannelLog;
+use super::presence::Presence;
 use super::subscribers;
 use crate::channel::fanout::Transport;
 use crate::channel::flow::Floor;
@@ -48,6 +49,8 @@ pub struct ChannelHub {
     floor: Cell<Floor>,
     /// Settings, read once per instance: `[vars]` cannot change while it lives.
     config: Config,
+    /// Who is on the channel (`runtime::presence`).
+    presence: Presence,
 }
 
 impl DurableObject for ChannelHub {
@@ -60,6 +63,7 @@ impl DurableObject for ChannelHub {
             let _ = state.as_raw().set_websocket_auto_response(&pair);
         }
         let config = Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()));
+        let presence = Presence::new(state.as_raw(), &config);
         let hub = ChannelHub {
             state,
             env,
@@ -71,6 +75,7 @@ impl DurableObject for ChannelHub {
             alarm: Rc::new(Alarm::default()),
             floor: Cell::new(Floor::default()),
             config,
+            presence,
         };
         // A crash between an answer and its D1 write leaves the mirror behind: catch up on wake.
         hub.start_mirror();
@@ -88,8 +93,9 @@ impl DurableObject for ChannelHub {
     async fn alarm(&self) -> Result<Response> {
         self.alarm.fired();
         let now = Date::now().as_millis() as i64;
-        let next_expiry = subscribers::close_expired(&self.state, now / 1000);
-        let next_stall = subscribers::close_stalled(&self.state, now);
+        let next_expiry = subscribers::close_expired(&self.state, &self.presence, now / 1000);
+        let next_stall = subscribers::close_stalled(&self.state, &self.presence, now);
+        let next_sweep = self.presence.sweep(now);
         if let Some(log) = &self.log {
             if let Err(e) = log.prune_by_age(self.policy(), now) {
                 console_error!("edgehub: pruning by age: {e}");
@@ -101,6 +107,7 @@ impl DurableObject for ChannelHub {
             .into_iter()
             .chain(next_expiry.map(|s| s * 1000))
             .chain(next_stall)
+            .chain(next_sweep)
             .min();
         if let Some(at) = next {
             self.alarm.at_most(&self.state.storage(), at as f64).await;
@@ -154,12 +161,12 @@ impl DurableObject for ChannelHub {
         _reason: String,
         _clean: bool,
     ) -> Result<()> {
-        subscribers::close(&ws, CloseCode::Normal);
+        self.presence.close(&ws, CloseCode::Normal);
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, _error: worker::Error) -> Result<()> {
-        subscribers::close(&ws, CloseCode::Reconnect);
+        self.presence.close(&ws, CloseCode::Reconnect);
         Ok(())
     }
 }
@@ -207,18 +214,24 @@ impl ChannelHub {
                 Ok(Response::builder().with_status(204).empty())
             }
             Call::Info => self.info(&channel),
+            Call::Presence => json(200, self.presence.listing(&channel)).map_err(internal("answering")),
             Call::Subscribe {
                 transport,
                 cursor,
                 publish,
                 expires,
                 publisher,
+                member,
             } => {
                 let attachment = Attachment::new(transport, publish, expires);
-                self.subscribe(&channel, attachment, cursor, publisher)
+                self.subscribe(&channel, attachment, cursor, publisher, member)
                     .await
             }
         }
+    }
+
+    fn heartbeat_ms(&self) -> i64 {
+        i64::try_from(self.config.heartbeat_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
 
     fn flow_window(&self) -> u64 {
@@ -242,6 +255,7 @@ impl ChannelHub {
                 "sse": subscribers::sockets(&self.state, Transport::Sse).len(),
                 "ws": subscribers::sockets(&self.state, Transport::Ws).len(),
             },
+            "presence": self.presence.count(),
             "object": {"instance": self.instance, "requests": self.requests.get()},
         });
         json(200, body.to_string()).map_err(internal("answering"))

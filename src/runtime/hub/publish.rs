@@ -110,9 +110,9 @@ impl ChannelHub {
     /// before they are sent anything, and the alarm is set.
     fn deliver(&self, log: &ChannelLog, frames: &Frames, end: u64, now: i64, first_write: bool) {
         if first_write {
-            if let Some(exp) = subscribers::close_expired(&self.state, now / 1000) {
+            if let Some(exp) = subscribers::close_expired(&self.state, &self.presence, now / 1000) {
                 let (alarm, storage) = (self.alarm.clone(), self.state.storage());
-                alarm::in_background(&self.state, async move {
+                alarm::in_background(self.state.as_raw(), async move {
                     alarm.at_most(&storage, exp as f64 * 1000.0).await
                 });
             }
@@ -124,7 +124,7 @@ impl ChannelHub {
             floor: &self.floor,
             sent_after: &|cursor| log.time_after(cursor).ok().flatten(),
         };
-        subscribers::fan_out(&self.state, frames, check);
+        subscribers::fan_out(&self.state, &self.presence, frames, check);
         self.start_mirror();
         self.schedule_upkeep();
     }
@@ -138,11 +138,11 @@ impl ChannelHub {
         let reference = publish.reference.clone();
         let with_ref = |e: Error| Refusal::answering(e, reference.clone());
         let attachment = subscribers::attachment(ws);
-        if attachment.is_some_and(|a| a.expired(Date::now().as_millis() as i64 / 1000)) {
-            subscribers::close(ws, CloseCode::TokenExpired);
+        if attachment.as_ref().is_some_and(|a| a.expired(Date::now().as_millis() as i64 / 1000)) {
+            self.presence.close(ws, CloseCode::TokenExpired);
             return Ok(());
         }
-        if !attachment.is_some_and(|a| a.publish) {
+        if !attachment.as_ref().is_some_and(|a| a.publish) {
             return Err(with_ref(Error::Forbidden(
                 "this socket's token may not publish here".into(),
             )));
@@ -156,7 +156,7 @@ impl ChannelHub {
             event_type: publish.event.event_type.as_str().to_string(),
             data: publish.event.data,
         };
-        let publisher = subscribers::tagged(&self.state, ws).publisher;
+        let publisher = subscribers::tagged(self.state.as_raw(), ws).publisher;
         let key = publish
             .idempotency_key
             .as_deref()

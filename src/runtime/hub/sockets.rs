@@ -7,7 +7,9 @@ use super::super::subscribers::{self, Join};
 use super::ChannelHub;
 use crate::auth::Publisher;
 use crate::channel::subscriber::{Attachment, Reported};
+use crate::channel::fanout::Transport;
 use crate::error::Error;
+use crate::protocol::presence::Entrant;
 use crate::protocol::ChannelName;
 use worker::{Date, Response, WebSocket};
 
@@ -46,7 +48,7 @@ impl ChannelHub {
                 self.floor.set(self.floor.get().holding());
             }
         }
-        ws.serialize_attachment(attachment)
+        ws.serialize_attachment(&attachment)
             .map_err(internal("storing a cursor"))?;
         Ok(attachment.stall(now).and_then(Result::ok))
     }
@@ -58,23 +60,36 @@ impl ChannelHub {
         ws: &WebSocket,
         state: Option<LogState>,
     ) -> Result<ChannelName, Error> {
-        subscribers::tagged(&self.state, ws)
+        subscribers::tagged(self.state.as_raw(), ws)
             .channel
             .or_else(|| state.and_then(|s| ChannelName::parse(&s.channel).ok()))
             .ok_or_else(|| Error::Internal("socket on a channel without a name".into()))
     }
 
-    /// Accepts a subscriber socket. Nothing is stored for it: a channel that never had an
-    /// event stays without storage, and its expiry alarm waits for the first publish.
+    /// Accepts a subscriber socket, entering `member` into presence. Nothing is stored for it:
+    /// a channel that never had an event stays without storage, and its expiry alarm waits
+    /// for the first publish.
     pub(super) async fn subscribe(
         &self,
         channel: &ChannelName,
-        attachment: Attachment,
+        mut attachment: Attachment,
         cursor: Option<u64>,
         publisher: Option<Publisher>,
+        member: Option<Entrant>,
     ) -> Result<Response, Error> {
         let log = self.log()?;
         let exp = attachment.exp;
+        let now_ms = Date::now().as_millis() as i64;
+        let greeting = match member {
+            Some(entrant) => {
+                let (ticket, sync) = self.presence.enter(channel, entrant, now_ms)?;
+                attachment.member = Some(ticket);
+                Some(sync)
+            }
+            None => None,
+        };
+        let ticket = attachment.member.clone();
+        let watched = ticket.is_some() && attachment.transport == Transport::Ws;
         let join = Join {
             channel,
             publisher,
@@ -82,9 +97,26 @@ impl ChannelHub {
             cursor,
             window: log.window().map_err(internal("reading the window"))?,
             flow_window: self.flow_window(),
-            now_ms: Date::now().as_millis() as i64,
+            now_ms,
+            greeting,
         };
-        let accepted = subscribers::accept(&self.state, log, join, &self.floor)?;
+        let accepted = match subscribers::accept(&self.state, log, join, &self.floor) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if let Some(ticket) = &ticket {
+                    self.presence.abandon(ticket);
+                }
+                return Err(e);
+            }
+        };
+        if ticket.is_some() {
+            self.presence.entered();
+        }
+        if watched {
+            // The sweep of silent presence WebSockets.
+            let at = now_ms.saturating_add(self.heartbeat_ms());
+            self.alarm.at_most(&self.state.storage(), at as f64).await;
+        }
         self.check_stall_at(accepted.stalls_at).await;
         let client = accepted.client;
         if let (Some(exp), true) = (exp, log.born()) {

@@ -29,7 +29,7 @@ impl ChannelHub {
             return;
         };
         let (alarm, storage) = (self.alarm.clone(), self.state.storage());
-        alarm::in_background(&self.state, async move {
+        alarm::in_background(self.state.as_raw(), async move {
             alarm.at_most(&storage, at as f64).await
         });
     }
@@ -53,7 +53,7 @@ impl ChannelHub {
             self.alarm.clone(),
         );
         let storage = self.state.storage();
-        alarm::in_background(&self.state, async move {
+        alarm::in_background(self.state.as_raw(), async move {
             match mirror::catch_up(&log, &db, fault).await {
                 Ok(()) => failures.set(0),
                 Err(e) => {
