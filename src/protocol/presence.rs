@@ -45,9 +45,9 @@ impl Entrant {
         match sub {
             None => refused("needs a token with a sub: the member is the token's sub"),
             Some(ANY_SUB) => refused("needs a user's sub, not the delegating \"*\""),
-            Some(sub) if sub.is_empty() || sub.len() > MAX_SUB_BYTES => refused(&format!(
-                "needs a sub of 1 to {MAX_SUB_BYTES} bytes"
-            )),
+            Some(sub) if sub.is_empty() || sub.len() > MAX_SUB_BYTES => {
+                refused(&format!("needs a sub of 1 to {MAX_SUB_BYTES} bytes"))
+            }
             Some(sub) => Ok(Entrant {
                 sub: sub.to_string(),
                 info: info.cloned(),

@@ -13,10 +13,10 @@ mod http;
 mod hub;
 mod log;
 mod mirror;
+mod presence;
 mod routes;
 mod sse;
 mod stream;
-mod presence;
 mod subscribers;
 
 use crate::config::Config;

@@ -310,10 +310,13 @@ impl Presence {
     /// When the runtime last answered a `ping` on `ws` for this object (unix milliseconds).
     fn last_ping(&self, ws: &WebSocket) -> Option<i64> {
         let state: &JsValue = self.state.as_ref();
-        let method = Reflect::get(state, &JsValue::from_str("getWebSocketAutoResponseTimestamp"))
-            .ok()?
-            .dyn_into::<Function>()
-            .ok()?;
+        let method = Reflect::get(
+            state,
+            &JsValue::from_str("getWebSocketAutoResponseTimestamp"),
+        )
+        .ok()?
+        .dyn_into::<Function>()
+        .ok()?;
         let socket: &JsValue = ws.as_ref();
         let when = method.call1(state, socket).ok()?;
         let when = when.dyn_into::<JsDate>().ok()?;

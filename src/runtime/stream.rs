@@ -22,7 +22,7 @@ use crate::protocol::ChannelName;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::future::join_all;
 use futures::{stream, StreamExt};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 use worker::{Delay, Env, Response, WebSocket, WebSocketPair, WebsocketEvent};
@@ -61,6 +61,10 @@ struct Conn {
     permits: Permits,
     env: Env,
     config: Rc<Config>,
+    /// When a WebSocket client last sent a frame (`ping` included), unix milliseconds: a
+    /// presence connection silent for `HEARTBEAT_SECONDS` is taken for gone, as the objects
+    /// take their own presence WebSockets.
+    heard: Cell<i64>,
 }
 
 /// Opens every lane of the set, then answers the client: an SSE stream or a 101. A lane whose
@@ -92,7 +96,14 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 lane,
                 channel,
                 since,
-            } => Some(subscribe(&env, *lane, channel, *since, *access, permits.member.clone())),
+            } => Some(subscribe(
+                &env,
+                *lane,
+                channel,
+                *since,
+                *access,
+                permits.member.clone(),
+            )),
             _ => None,
         });
     let mut lanes = Vec::new();
@@ -121,6 +132,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 permits,
                 env,
                 config: config.clone(),
+                heard: Cell::new(now_ms()),
             });
             attach_all(&conn, lanes)?;
             let lifetime_ms =
@@ -150,6 +162,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 permits,
                 env,
                 config: config.clone(),
+                heard: Cell::new(now_ms()),
             });
             attach_all(&conn, lanes)?;
             worker::wasm_bindgen_futures::spawn_local(read_client(conn.clone(), pair.server));
@@ -215,6 +228,10 @@ async fn read_lane(conn: Rc<Conn>, lane: LaneId, socket: WebSocket) {
             match event {
                 Ok(WebsocketEvent::Message(message)) => {
                     let Some(text) = message.text() else { continue };
+                    if text == PONG {
+                        // The object's answer to a presence connection's `ping`.
+                        continue;
+                    }
                     let steps = conn.merge.borrow_mut().upstream(lane, &text, now_ms());
                     conn.run(steps);
                 }
@@ -238,6 +255,7 @@ async fn read_client(conn: Rc<Conn>, socket: WebSocket) {
                 Ok(WebsocketEvent::Message(message)) => message.text(),
                 Ok(WebsocketEvent::Close(_)) | Err(_) => break,
             };
+            conn.heard.set(now_ms());
             let Some(text) = text else {
                 let err = Error::bad_request("binary frames are not accepted; send JSON text");
                 let _ = socket.send_with_str(Refusal::from(err).frame());
@@ -394,29 +412,62 @@ async fn open_later(conn: Rc<Conn>, lane: LaneId, channel: ChannelName, since: O
                 Err(e) => e,
             }
         }
-        Ok(Err(answer)) => Error::Unavailable(format!(
-            "the channel object answered {} instead of a socket",
-            answer.status_code()
-        )),
+        Ok(Err(answer)) => refusal(answer).await,
         Err(e) => e,
     };
     let steps = conn.merge.borrow_mut().open_failed(lane, failed, now_ms());
     conn.run(steps);
 }
 
+/// The error a channel object's answer without a socket stands for: its own refusal (a full
+/// presence), else the object failed.
+async fn refusal(mut answer: Response) -> Error {
+    let status = answer.status_code();
+    let detail = answer
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|p| p.get("detail")?.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match status {
+        409 => Error::PresenceFull(detail),
+        _ => Error::Unavailable(format!(
+            "the channel object answered {status} instead of a socket"
+        )),
+    }
+}
+
 /// SSE: heartbeats when the client has been sent nothing for `period_ms`; both faces: the
 /// end at `deadline_ms` (token expiry, SSE lifetime), and the stall rule when nothing comes.
+/// A presence connection also pings its lanes every period, so that their objects know it is
+/// there, and a presence WebSocket client silent for `HEARTBEAT_SECONDS` ends it (4002).
 async fn pace(
     conn: Rc<Conn>,
     heartbeats: Option<UnboundedSender<Item>>,
     period_ms: i64,
     deadline_ms: i64,
 ) {
+    let presence = conn.permits.member.is_some();
+    let silent_ms =
+        i64::try_from(conn.config.heartbeat_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut pinged = now_ms();
     loop {
         if conn.merge.borrow().ended() {
             return;
         }
         let now = now_ms();
+        if presence {
+            if heartbeats.is_none() && now.saturating_sub(conn.heard.get()) > silent_ms {
+                conn.end(CloseCode::Silent);
+                return;
+            }
+            if now.saturating_sub(pinged) >= period_ms {
+                pinged = now;
+                for (_, lane) in conn.lanes.borrow().iter() {
+                    let _ = lane.send_with_str(PING);
+                }
+            }
+        }
         let left_ms = deadline_ms.saturating_sub(now);
         if left_ms <= 0 {
             let code = match heartbeats {

@@ -361,7 +361,10 @@ fn presence_frames_pass_as_they_are_and_become_id_less_sse_events() {
     for face in [Face::Ws, Face::Sse] {
         let (mut m, _) = merge(face, &["a", "b"], None);
         assert!(m.upstream(LaneId(1), &v1_ready(2, 1000), 0).is_empty());
-        assert!(m.upstream(LaneId(1), &frame, 0).is_empty(), "held to the start");
+        assert!(
+            m.upstream(LaneId(1), &frame, 0).is_empty(),
+            "held to the start"
+        );
         let steps = m.upstream(LaneId(0), &v1_ready(7, 1000), 0);
         let want = match face {
             Face::Ws => frame.clone(),

@@ -214,7 +214,9 @@ impl ChannelHub {
                 Ok(Response::builder().with_status(204).empty())
             }
             Call::Info => self.info(&channel),
-            Call::Presence => json(200, self.presence.listing(&channel)).map_err(internal("answering")),
+            Call::Presence => {
+                json(200, self.presence.listing(&channel)).map_err(internal("answering"))
+            }
             Call::Subscribe {
                 transport,
                 cursor,

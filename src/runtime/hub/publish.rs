@@ -138,7 +138,10 @@ impl ChannelHub {
         let reference = publish.reference.clone();
         let with_ref = |e: Error| Refusal::answering(e, reference.clone());
         let attachment = subscribers::attachment(ws);
-        if attachment.as_ref().is_some_and(|a| a.expired(Date::now().as_millis() as i64 / 1000)) {
+        if attachment
+            .as_ref()
+            .is_some_and(|a| a.expired(Date::now().as_millis() as i64 / 1000))
+        {
             self.presence.close(ws, CloseCode::TokenExpired);
             return Ok(());
         }
