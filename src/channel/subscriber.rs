@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const ATTACHMENT_VERSION: u8 = 1;
 
 /// What a socket may do, kept across hibernation. Small: the runtime caps attachments at 2 KiB
-/// (a presence member's `info` is at most 1 KiB and its `sub` 256 bytes).
+/// (a presence member's `info` is at most 1 KiB of UTF-8 and its `sub` 256 characters, so at
+/// most 1 KiB and 512 bytes as the runtime stores strings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     pub v: u8,

@@ -11,9 +11,9 @@ use crate::auth::Info;
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
-/// The longest `sub` that may enter presence: it travels in every event of its member and in
-/// its sockets' attachments.
-pub const MAX_SUB_BYTES: usize = 256;
+/// The longest `sub` that may enter presence, in characters (as `POST /tokens` allows): it
+/// travels in every event of its member and in its sockets' attachments.
+pub const MAX_SUB_CHARS: usize = 256;
 
 pub const PRESENCE_EVENT: &str = "presence";
 pub const OP_PRESENCE: &str = "presence";
@@ -39,14 +39,14 @@ pub struct Entrant {
 
 impl Entrant {
     /// The member a token makes: 400 without a `sub` (anonymous, or a token without one), with
-    /// the delegating backend's `*`, or with one over `MAX_SUB_BYTES`.
+    /// the delegating backend's `*`, or with one over `MAX_SUB_CHARS`.
     pub fn new(sub: Option<&str>, info: Option<&Info>) -> Result<Entrant, Error> {
         let refused = |why: &str| Err(Error::bad_request(format!("presence=1 {why}")));
         match sub {
             None => refused("needs a token with a sub: the member is the token's sub"),
             Some(ANY_SUB) => refused("needs a user's sub, not the delegating \"*\""),
-            Some(sub) if sub.is_empty() || sub.len() > MAX_SUB_BYTES => {
-                refused(&format!("needs a sub of 1 to {MAX_SUB_BYTES} bytes"))
+            Some(sub) if sub.is_empty() || sub.chars().count() > MAX_SUB_CHARS => {
+                refused(&format!("needs a sub of 1 to {MAX_SUB_CHARS} characters"))
             }
             Some(sub) => Ok(Entrant {
                 sub: sub.to_string(),
@@ -159,7 +159,7 @@ mod tests {
                 info: Some(ada.clone())
             })
         );
-        let long = "x".repeat(MAX_SUB_BYTES);
+        let long = "ā".repeat(MAX_SUB_CHARS);
         assert!(Entrant::new(Some(&long), None).is_ok());
         for bad in [None, Some("*"), Some(""), Some(&format!("{long}x")[..])] {
             let refused = Entrant::new(bad, None).unwrap_err();

@@ -26,6 +26,7 @@ mod live_auth;
 mod load;
 mod mirror;
 mod poll;
+mod presence;
 mod publish;
 mod retention;
 mod slow;
@@ -144,6 +145,8 @@ fn main() {
         channels::cases(),
         // Many channels on one connection (issue 14).
         streams::cases(),
+        // Presence (issue 15).
+        presence::cases(),
         // Security and hostile input (issue 4): auth matrix, minting, CORS, limits, hostile
         // WebSocket frames, schemathesis against docs/openapi.yaml, the docs' curl examples.
         security::cases(),
