@@ -21,7 +21,11 @@ pub fn page(env: &Env, config: &Config) -> Result<Response, Error> {
     } else {
         None
     };
-    let settings = serde_json::json!({ "channel": "public:demo", "token": token });
+    let settings = serde_json::json!({
+        "channel": "public:demo",
+        "token": token,
+        "heartbeat_seconds": config.heartbeat_seconds,
+    });
     // `</` inside a script would end it; JSON allows the escaped form.
     let settings = settings.to_string().replace("</", "<\\/");
     let html = PAGE.replacen(PLACEHOLDER, &settings, 1);
@@ -33,15 +37,16 @@ pub fn page(env: &Env, config: &Config) -> Result<Response, Error> {
     Ok(response)
 }
 
-/// Every right on every channel, for `TOKEN_MAX_TTL_SECONDS`: only ever made under the local
-/// development config, whose secret is public anyway.
+/// Every right on every channel, for `TOKEN_MAX_TTL_SECONDS`, with the `sub` `*` so the page can
+/// mint each tab a presence member of its own: only ever made under the local development
+/// config, whose secret is public anyway.
 fn dev_token(env: &Env, config: &Config) -> Result<String, Error> {
     let now = now_s();
     let claims = Claims {
         exp: Some(now + config.token_max_ttl_seconds),
         iat: Some(now),
         nbf: None,
-        sub: Some("demo-page".into()),
+        sub: Some(crate::auth::delegate::ANY_SUB.into()),
         edgehub: Rights {
             publish: vec!["*".into()],
             subscribe: vec!["*".into()],

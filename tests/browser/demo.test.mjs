@@ -317,3 +317,33 @@ it('5. several channels ride one request, one EventSource and one WebSocket', { 
   await screenshot(page, 'demo-multi.png');
   await page.close();
 });
+
+it('6. two tabs see each other in "Who is here", and a closed tab leaves', { timeout: 180_000 }, async () => {
+  const channel = 'public:presence';
+  const tabs = [];
+  for (const name of ['Ada', 'Bo']) {
+    const tab = await openPage();
+    await tab.page.fill('#name', name);
+    await connect(tab.page, channel);
+    tabs.push(tab);
+  }
+  const who = (page) => page.$$eval('#who li', (items) => items.map((li) => li.textContent).sort());
+  const waitWho = async (page, want) => {
+    await page.waitForFunction((want) => [...document.querySelectorAll('#who li')].map((li) => li.textContent).sort().join() === want.join(),
+      [...want].sort(), { timeout: DELIVERY_TIMEOUT_MS }).catch(() => {});
+    assert.deepEqual(await who(page), [...want].sort());
+  };
+  await waitWho(tabs[0].page, ['Ada (you)', 'Bo']);
+  await waitWho(tabs[1].page, ['Ada', 'Bo (you)']);
+  // The WebSocket pane carries presence; its pings keep it there past a heartbeat.
+  await tabs[0].page.waitForTimeout(4000);
+  await waitWho(tabs[1].page, ['Ada', 'Bo (you)']);
+  await screenshot(tabs[0].page, 'demo-presence.png');
+  await tabs[1].page.close();
+  await waitWho(tabs[0].page, ['Ada (you)']);
+  const listing = await (await fetch(`${hub.base}/channels/${encodeURIComponent(channel)}/presence`)).json();
+  assert.deepEqual(listing.members.map((m) => m.info), [{ name: 'Ada' }]);
+  assert.deepEqual(tabs[0].problems, []);
+  assert.deepEqual(tabs[1].problems, []);
+  await tabs[0].page.close();
+});
