@@ -11,21 +11,26 @@
 //! what happened after that, and never its own member's join.
 
 use crate::auth::Info;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-/// One member: its info (from the token of the connection that made it join), its connections
-/// (ids its sockets carry, so a connection counted twice is still one), and since when it is
-/// present (unix milliseconds).
+/// One member: its info (from the token of the connection that made it join) and its
+/// connections (the ids its sockets carry, so a connection counted twice is still one), each
+/// with when it entered (unix milliseconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub info: Option<Info>,
-    conns: BTreeSet<u64>,
-    pub since_ms: i64,
+    conns: BTreeMap<u64, i64>,
 }
 
 impl Member {
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// When its earliest open connection entered: what the sockets' tickets say too, so the
+    /// same after a rebuild.
+    pub fn since_ms(&self) -> i64 {
+        self.conns.values().copied().min().unwrap_or_default()
     }
 }
 
@@ -66,20 +71,17 @@ impl Roster {
         self.members.contains_key(sub) || self.members.len() < max_members
     }
 
-    /// Connection `conn` of `sub` enters, at `now_ms`. A new member keeps `info`; a member's
-    /// `since` is its earliest connection's.
+    /// Connection `conn` of `sub` enters, at `now_ms`. A new member keeps `info`.
     pub fn connect(&mut self, sub: &str, conn: u64, info: Option<Info>, now_ms: i64) -> Change {
         match self.members.get_mut(sub) {
             Some(member) => {
-                member.conns.insert(conn);
-                member.since_ms = member.since_ms.min(now_ms);
+                member.conns.entry(conn).or_insert(now_ms);
                 Change::Unchanged
             }
             None => {
                 let member = Member {
                     info,
-                    conns: BTreeSet::from([conn]),
-                    since_ms: now_ms,
+                    conns: BTreeMap::from([(conn, now_ms)]),
                 };
                 self.members.insert(sub.to_string(), member);
                 Change::Joined
@@ -93,7 +95,7 @@ impl Roster {
         let Some(member) = self.members.get_mut(sub) else {
             return Change::Unchanged;
         };
-        if !member.conns.remove(&conn) || !member.conns.is_empty() {
+        if member.conns.remove(&conn).is_none() || !member.conns.is_empty() {
             return Change::Unchanged;
         }
         self.members.remove(sub);
@@ -130,7 +132,7 @@ impl Roster {
     pub fn counts(&self, sub: &str, conn: u64) -> bool {
         self.members
             .get(sub)
-            .is_some_and(|m| m.conns.contains(&conn))
+            .is_some_and(|m| m.conns.contains_key(&conn))
     }
 }
 
@@ -275,6 +277,7 @@ impl Batch {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
     fn info(name: &str) -> Option<Info> {
         Info::parse(&format!(r#"{{"name":"{name}"}}"#)).ok()
@@ -292,16 +295,21 @@ mod tests {
         let mut r = Roster::default();
         assert_eq!(r.connect("ada", 1, info("Ada"), 10), Change::Joined);
         assert_eq!(r.connect("ada", 2, info("Other"), 20), Change::Unchanged);
-        assert_eq!(r.connect("ada", 2, info("Other"), 5), Change::Unchanged);
+        assert_eq!(r.connect("ada", 2, info("Other"), 25), Change::Unchanged);
         assert_eq!(r.connect("bo", 7, None, 30), Change::Joined);
         let ada = r.get("ada").unwrap();
         assert_eq!(
-            (ada.connections(), ada.since_ms, &ada.info),
-            (2, 5, &info("Ada")),
+            (ada.connections(), ada.since_ms(), &ada.info),
+            (2, 10, &info("Ada")),
             "counted once; since is the earliest; info the first"
         );
         assert_eq!(r.disconnect("ada", 9), Change::Unchanged, "not counted");
         assert_eq!(r.disconnect("ada", 1), Change::Unchanged);
+        assert_eq!(
+            r.get("ada").unwrap().since_ms(),
+            20,
+            "the earliest still open"
+        );
         assert_eq!(r.disconnect("ada", 1), Change::Unchanged, "reported twice");
         assert!(r.counts("ada", 2) && !r.counts("ada", 1));
         assert_eq!(r.disconnect("ada", 2), Change::Left);

@@ -190,7 +190,7 @@ impl Presence {
             sub,
             info: m.info.as_ref(),
             connections: u32::try_from(m.connections()).unwrap_or(u32::MAX),
-            since_ms: m.since_ms,
+            since_ms: m.since_ms(),
         });
         wire::listing(channel, book.roster.len(), members)
     }
