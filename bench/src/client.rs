@@ -1,12 +1,12 @@
 //! The bench's HTTP side: one pooled client for requests (plain HTTP to 127.0.0.1, never a
-//! proxy from the environment), one unpooled client for SSE streams, the bench's token, unique
-//! channel names, and the few hub calls the scenarios share.
+//! proxy from the environment), one unpooled client for SSE streams, the bench's token and
+//! presence members' tokens, unique channel names, and the few hub calls the scenarios share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use edgehub::auth::{sign, Claims, Rights};
+use edgehub::auth::{sign, Claims, Info, Rights};
 use serde_json::Value;
 
 use crate::runtime::SECRET;
@@ -62,6 +62,25 @@ pub fn token() -> &'static str {
         };
         sign(&claims, SECRET)
     })
+}
+
+/// A presence member's token (docs/API.md#presence): `sub` is who it is and `info` (one JSON
+/// object) what it shows; it may subscribe everywhere and publish nowhere.
+pub fn member_token(sub: &str, info: &str) -> Result<String, String> {
+    let info = Info::parse(info).map_err(|e| format!("info {info}: {}", e.problem().detail))?;
+    let now = now_unix();
+    let claims = Claims {
+        exp: Some(now + TOKEN_TTL_SECONDS),
+        iat: Some(now),
+        nbf: None,
+        sub: Some(sub.into()),
+        edgehub: Rights {
+            publish: Vec::new(),
+            subscribe: vec!["*".into()],
+            info: Some(info),
+        },
+    };
+    Ok(sign(&claims, SECRET))
 }
 
 /// `Bearer <token>`, for the `Authorization` header.
@@ -138,6 +157,27 @@ pub async fn info(base: &str, channel: &str) -> Result<Value, String> {
         200 => serde_json::from_slice(&bytes).map_err(|e| format!("GET /channels/{channel}: {e}")),
         s => Err(format!("GET /channels/{channel}: {s}")),
     }
+}
+
+/// `GET /channels/{c}/presence`: how many presence members the channel has
+/// (docs/API.md#presence-listing).
+pub async fn presence_count(base: &str, channel: &str) -> Result<u64, String> {
+    let url = format!("{base}/channels/{channel}/presence");
+    let r = http()
+        .get(&url)
+        .header("authorization", bearer())
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET {url}: {status}"));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: {e}"))?;
+    v["count"]
+        .as_u64()
+        .ok_or(format!("GET {url}: no count in {v}"))
 }
 
 /// Subscriber counts `(sse, ws)` of a channel.

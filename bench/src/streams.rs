@@ -4,7 +4,9 @@
 //! also hold many channels on one connection (`GET /sse?channel=a&channel=b…`, `GET /ws?…`,
 //! docs/API.md#streams): there an SSE `id:` is the whole stream cursor (`a=1,b=2`), `data:` is
 //! the whole envelope, and the first block is an `id:`-only one; a WebSocket confirms each
-//! channel it read. Both yield `Event`s; every read is bounded by the caller's deadline.
+//! channel it read. Both yield `Event`s; every read is bounded by the caller's deadline. A
+//! `WsSub` may also be a presence member (`open_member`, its own token): it reads `presence`
+//! frames, pings, and closes.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -255,7 +257,19 @@ impl WsSub {
             Some(s) => format!("ws://127.0.0.1:{port}/ws/{channel}?since={s}"),
             None => format!("ws://127.0.0.1:{port}/ws/{channel}"),
         };
-        WsSub::open_url(port, url, false).await
+        WsSub::open_url(port, url, false, client::bearer()).await
+    }
+
+    /// Opens `/ws/{channel}?presence=1` with `token` (a member's: its `sub` and `info` are who
+    /// enters, docs/API.md#presence) and reads its `ready` frame; the `sync` follows.
+    pub async fn open_member(port: u16, channel: &str, token: &str) -> Result<WsSub, String> {
+        let p = if std::env::var("PB_PLAIN").is_ok() {
+            0
+        } else {
+            1
+        };
+        let url = format!("ws://127.0.0.1:{port}/ws/{channel}?presence={p}");
+        WsSub::open_url(port, url, false, &format!("Bearer {token}")).await
     }
 
     /// Opens `/ws?channel=…` over `channels` (from `since`, `0` or a stream cursor, when given)
@@ -269,10 +283,10 @@ impl WsSub {
         if let Some(s) = since {
             url.push_str(&format!("&since={}", client::encode(s)));
         }
-        WsSub::open_url(port, url, true).await
+        WsSub::open_url(port, url, true, client::bearer()).await
     }
 
-    async fn open_url(port: u16, url: String, many: bool) -> Result<WsSub, String> {
+    async fn open_url(port: u16, url: String, many: bool, bearer: &str) -> Result<WsSub, String> {
         let opening = async {
             let stream = TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -282,7 +296,7 @@ impl WsSub {
                 .as_str()
                 .into_client_request()
                 .map_err(|e| format!("{url}: {e}"))?;
-            let auth = HeaderValue::from_str(client::bearer()).map_err(|e| e.to_string())?;
+            let auth = HeaderValue::from_str(bearer).map_err(|e| e.to_string())?;
             req.headers_mut().insert("authorization", auth);
             let config = WebSocketConfig::default()
                 .read_buffer_size(WS_BUFFER)
@@ -350,6 +364,45 @@ impl WsSub {
         }
     }
 
+    /// The next `presence` frame (docs/API.md#presence-events) and its size in bytes; events
+    /// in between are confirmed as `next_event` confirms them, other frames skipped. `Ok(None)`
+    /// when the deadline passes first.
+    pub async fn next_presence(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<(Value, usize)>, String> {
+        loop {
+            let Some((v, bytes)) = self.next_sized(deadline).await? else {
+                return Ok(None);
+            };
+            match v["op"].as_str() {
+                Some("presence") => return Ok(Some((v, bytes))),
+                Some("event") => {
+                    self.confirm(v["channel"].as_str(), v["id"].as_u64())
+                        .await?
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends the text `ping`, as a presence member must (docs/API.md#presence-liveness); the
+    /// runtime answers `pong`, which `next_frame` skips.
+    pub async fn ping(&mut self) -> Result<(), String> {
+        self.socket
+            .send(Message::text("ping"))
+            .await
+            .map_err(|e| format!("sending ping: {e}"))
+    }
+
+    /// Closes the socket (1000) and reads until the server's close, bounded by `deadline`.
+    pub async fn close(mut self, deadline: Instant) {
+        if self.socket.close(None).await.is_err() {
+            return;
+        }
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.socket.next()).await {}
+    }
+
     /// Notes an event read (its frame already counted in `unreported`) and, once a quarter of
     /// the window is unreported, confirms it: one cursor, or one per channel read since the
     /// last report.
@@ -387,6 +440,11 @@ impl WsSub {
 
     /// The next JSON text frame; `Ok(None)` on timeout.
     async fn next_frame(&mut self, deadline: Instant) -> Result<Option<Value>, String> {
+        Ok(self.next_sized(deadline).await?.map(|(v, _)| v))
+    }
+
+    /// The next JSON text frame and its length in bytes; `Ok(None)` on timeout.
+    async fn next_sized(&mut self, deadline: Instant) -> Result<Option<(Value, usize)>, String> {
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.socket.next()).await {
                 Err(_) => return Ok(None),
@@ -400,7 +458,7 @@ impl WsSub {
                         if v["op"] == "event" {
                             self.unreported += t.len() as u64;
                         }
-                        return Ok(Some(v));
+                        return Ok(Some((v, t.len())));
                     }
                 }
                 Message::Close(f) => return Err(format!("closed by the server: {f:?}")),

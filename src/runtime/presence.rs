@@ -263,9 +263,15 @@ impl Presence {
                     frame(transport, &object)
                 })
                 .collect();
-            if !frames.is_empty() {
-                // A socket that fails to take them is closing: its close event follows.
-                deliver_js(&sockets, &frames);
+            if frames.is_empty() {
+                continue;
+            }
+            // A socket that fails to take them would miss changes: close it, as a publish's
+            // fan-out does, so its client reconnects and is sent a fresh `sync`.
+            for failed in deliver_js(&sockets, &frames) {
+                if let Some(socket) = sockets.get(failed) {
+                    self.close(socket, CloseCode::Reconnect);
+                }
             }
         }
     }

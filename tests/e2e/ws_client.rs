@@ -52,6 +52,9 @@ pub struct WsClient {
     /// Multi-channel mode (`/ws?channel=…`): each channel's last event id read, and whether it
     /// moved since the last report; reports then name their channel. `None`: one channel.
     channels: Option<Vec<(String, u64, bool)>>,
+    /// Text frames come back as `Frame::Text`, neither parsed nor counted (no cursor reports):
+    /// for crowds of clients whose frames nobody reads, to spare the test's own CPU.
+    raw: bool,
 }
 
 /// The window assumed until a `ready` frame says otherwise (the hub's smallest).
@@ -84,6 +87,7 @@ impl WsClient {
             reporting: true,
             reports: 0,
             channels: None,
+            raw: false,
         })
     }
 
@@ -149,6 +153,11 @@ impl WsClient {
         }
         self.reports += 1;
         self.unreported = 0;
+    }
+
+    /// Turns raw mode (see `raw`) on or off.
+    pub fn set_raw(&mut self, on: bool) {
+        self.raw = on;
     }
 
     /// Stops (or resumes) sending `cursor` reports.
@@ -228,6 +237,7 @@ impl WsClient {
                 }
             };
             let frame = match msg {
+                Message::Text(t) if self.raw => Frame::Text(t.to_string()),
                 Message::Text(t) => match serde_json::from_str::<Value>(t.as_str()) {
                     Ok(v) => {
                         self.account(&v, t.len()).await;

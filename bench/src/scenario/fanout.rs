@@ -202,7 +202,7 @@ async fn measure(
 }
 
 /// CPU seconds so far of the hub's processes by role, then of this bench (the load generator).
-fn cpu_now(setup: &Setup) -> Vec<(&'static str, f64)> {
+pub(super) fn cpu_now(setup: &Setup) -> Vec<(&'static str, f64)> {
     let mut roles: Vec<(&'static str, f64)> =
         procfs::ROLES.iter().map(|role| (*role, 0.0)).collect();
     for (role, secs) in procfs::cpu_by_role(setup.hub_pgid, setup.hub_port) {

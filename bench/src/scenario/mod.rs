@@ -1,4 +1,4 @@
-//! The five scenarios, their sizes (`Plan`: full or `--quick`) and the order they run in. Each
+//! The six scenarios, their sizes (`Plan`: full or `--quick`) and the order they run in. Each
 //! scenario runs `plan.runs` times on fresh channels and adds one value per run to each of its
 //! figures; a failed run is noted and the others go on.
 
@@ -6,6 +6,7 @@ mod fanout;
 mod idle;
 mod latency;
 mod polling;
+mod presence;
 mod publish;
 
 use std::time::{Duration, Instant};
@@ -21,23 +22,26 @@ pub enum Scenario {
     Idle,
     Polling,
     Publish,
+    Presence,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Latency,
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Polling,
         Scenario::Publish,
+        Scenario::Presence,
     ];
     /// The order they run in: publishing last, so that its D1 mirror backlog cannot weigh on
     /// another scenario; polling early, on a quiet hub.
-    pub const RUN_ORDER: [Scenario; 5] = [
+    pub const RUN_ORDER: [Scenario; 6] = [
         Scenario::Latency,
         Scenario::Polling,
         Scenario::Fanout,
         Scenario::Idle,
+        Scenario::Presence,
         Scenario::Publish,
     ];
 
@@ -48,6 +52,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Polling => "polling",
             Scenario::Publish => "publish",
+            Scenario::Presence => "presence",
         }
     }
 
@@ -58,6 +63,7 @@ impl Scenario {
             Scenario::Idle => "3. Idle connections: memory and hibernation",
             Scenario::Polling => "4. Polling throughput",
             Scenario::Publish => "5. Publish throughput",
+            Scenario::Presence => "6. Presence: a join storm of members on one channel",
         }
     }
 
@@ -101,6 +107,10 @@ pub struct Plan {
     pub publish_concurrency: usize,
     pub publish_seconds: f64,
     pub publish_channels: usize,
+    /// Presence members in the join storm.
+    pub presence_members: usize,
+    /// Publishing with no members, before the storm: the baseline the storm is compared with.
+    pub presence_baseline: Duration,
     /// The fd soft limit the bench and the runtimes run with.
     pub fd_limit: u64,
     /// No run starts after this much time has gone: the ones left are skipped, with a note.
@@ -125,6 +135,8 @@ impl Plan {
             publish_concurrency: 10,
             publish_seconds: if quick { 2.0 } else { 5.0 },
             publish_channels: if quick { 10 } else { 100 },
+            presence_members: if quick { 100 } else { 1000 },
+            presence_baseline: Duration::from_secs(if quick { 3 } else { 10 }),
             fd_limit,
             budget: Duration::from_secs(if quick { 8 * 60 } else { 25 * 60 }),
         }
@@ -199,6 +211,7 @@ pub async fn run_all(plan: &Plan, only: &[Scenario], setup: &Setup) -> Figures {
                 Scenario::Idle => idle::run(plan, setup).await,
                 Scenario::Polling => polling::run(plan, setup).await,
                 Scenario::Publish => publish::run(plan, setup).await,
+                Scenario::Presence => presence::run(plan, setup).await,
             };
             match result {
                 Ok(figures) => {
