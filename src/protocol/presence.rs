@@ -1,8 +1,8 @@
 //! Presence on the wire (DESIGN.md "Presence", issue 15): the `?presence=` flag, the `sync`,
 //! `join` and `leave` objects, framed for SSE (`event: presence` with no `id:`, so the cursor
 //! does not move) and for WebSocket (`op` `presence`), and the `GET /channels/{c}/presence`
-//! listing. A resync (a storm coalesced, `channel::presence::Outbox`) goes out as a `sync`.
-//! Also who may enter (`Entrant`).
+//! listing. A batch of several changes for one subscriber goes out as one `diff`. Also who may
+//! enter (`Entrant`).
 
 use super::envelope::format_time;
 use super::names::ChannelName;
@@ -95,6 +95,36 @@ pub fn change(channel: &ChannelName, joined: bool, sub: &str, info: Option<&Info
 }
 
 /// The SSE form: no `id:` line, so `Last-Event-ID` (the cursor) does not move.
+/// What a batch tells one subscriber, as one object: `join` or `leave` for a single change,
+/// else `{"action":"diff","channel","joins":[members],"leaves":[members]}` (apply the leaves,
+/// then the joins); `None` for nothing.
+pub fn changes(
+    channel: &ChannelName,
+    joins: &[(String, Option<Info>)],
+    leaves: &[(String, Option<Info>)],
+) -> Option<String> {
+    match (joins, leaves) {
+        ([], []) => None,
+        ([(sub, info)], []) => Some(change(channel, true, sub, info.as_ref())),
+        ([], [(sub, info)]) => Some(change(channel, false, sub, info.as_ref())),
+        _ => {
+            let list = |members: &[(String, Option<Info>)]| -> String {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|(sub, info)| member(sub, info.as_ref()))
+                    .collect();
+                members.join(",")
+            };
+            Some(format!(
+                "{{\"action\":\"diff\",\"channel\":{},\"joins\":[{}],\"leaves\":[{}]}}",
+                quote(channel.as_str()),
+                list(joins),
+                list(leaves)
+            ))
+        }
+    }
+}
+
 pub fn sse(object: &str) -> String {
     format!("event: {PRESENCE_EVENT}\ndata: {object}\n\n")
 }
@@ -210,6 +240,34 @@ mod tests {
         assert_eq!(
             listed,
             r#"{"channel":"room:1","count":3,"members":[{"sub":"ada","info":{"name":"Ada"},"connections":2,"since":"1970-01-01T00:00:00.000Z"}]}"#
+        );
+    }
+
+    #[test]
+    fn a_batch_is_one_object() {
+        let ada = Info::parse(r#"{"name":"Ada"}"#).ok();
+        let one = [("ada".to_string(), ada.clone())];
+        assert_eq!(changes(&c(), &[], &[]), None);
+        assert_eq!(
+            changes(&c(), &one, &[]),
+            Some(change(&c(), true, "ada", ada.as_ref()))
+        );
+        assert_eq!(
+            changes(&c(), &[], &one),
+            Some(change(&c(), false, "ada", ada.as_ref()))
+        );
+        let two = [("bo".to_string(), None), ("cy".to_string(), None)];
+        assert_eq!(
+            changes(&c(), &two, &one).as_deref(),
+            Some(
+                r#"{"action":"diff","channel":"room:1","joins":[{"sub":"bo","info":null},{"sub":"cy","info":null}],"leaves":[{"sub":"ada","info":{"name":"Ada"}}]}"#
+            )
+        );
+        assert_eq!(
+            changes(&c(), &two, &[]).as_deref(),
+            Some(
+                r#"{"action":"diff","channel":"room:1","joins":[{"sub":"bo","info":null},{"sub":"cy","info":null}],"leaves":[]}"#
+            )
         );
     }
 

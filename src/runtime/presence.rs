@@ -9,7 +9,7 @@ use super::alarm;
 use super::subscribers::{self, attachment, deliver_js, PRESENCE_TAG};
 use crate::auth::Info;
 use crate::channel::fanout::Transport;
-use crate::channel::presence::{Notice, Outbox, Roster};
+use crate::channel::presence::{interval_ms, Outbox, Roster};
 use crate::channel::subscriber::Ticket;
 use crate::config::Config;
 use crate::error::Error;
@@ -25,11 +25,6 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::DurableObjectState;
 use worker::{Date, Delay, WebSocket};
 
-/// Presence changes go out at most once per interval: the first after a quiet spell at once,
-/// the rest of a storm in one batch per interval.
-pub const INTERVAL_MS: i64 = 250;
-/// A subscriber that one batch would tell more than this many changes gets a fresh `sync`.
-pub const MAX_NOTICES: usize = 32;
 /// The most members `GET /channels/{c}/presence` lists.
 pub const LISTING_MAX: usize = 1000;
 
@@ -195,10 +190,16 @@ impl Presence {
         wire::listing(channel, book.roster.len(), members)
     }
 
-    /// Sends the batch if it is due, else makes sure the timer will.
+    /// Sends the batch if it is due, else makes sure the timer will. Batches go out at most
+    /// once per interval (`channel::presence::interval_ms`): the first change after a quiet
+    /// spell at once, the rest of a storm in one batch per interval.
     fn send_due(&self) {
         let now = now_ms();
-        let Some(due) = self.book().outbox.due_at(INTERVAL_MS) else {
+        let due = {
+            let book = self.book();
+            book.outbox.due_at(interval_ms(book.roster.connections()))
+        };
+        let Some(due) = due else {
             return;
         };
         if due <= now {
@@ -217,12 +218,13 @@ impl Presence {
         });
     }
 
-    /// Sends the pending changes to every presence socket: each is told what happened after
-    /// its `sync` (sockets with the same start share the frames, made once).
+    /// Sends the pending changes to every presence socket, one frame each: what happened after
+    /// its `sync` (sockets with the same start share the frame, made once).
     fn send(&self, now: i64) {
         let (batch, channel) = {
             let mut book = self.book();
-            match (book.outbox.flush(now, INTERVAL_MS), book.channel.clone()) {
+            let interval = interval_ms(book.roster.connections());
+            match (book.outbox.flush(now, interval), book.channel.clone()) {
                 (Some(batch), Some(channel)) => (batch, channel),
                 _ => return,
             }
@@ -243,29 +245,12 @@ impl Presence {
                 .1
                 .push(ws);
         }
-        let mut resync: Option<String> = None;
         for ((_, start), (transport, sockets)) in groups {
-            let frames: Vec<String> = batch
-                .notices(start, MAX_NOTICES)
-                .into_iter()
-                .map(|notice| {
-                    let object = match notice {
-                        Notice::Join { sub, info } => {
-                            wire::change(&channel, true, &sub, info.as_ref())
-                        }
-                        Notice::Leave { sub, info } => {
-                            wire::change(&channel, false, &sub, info.as_ref())
-                        }
-                        Notice::Resync => resync
-                            .get_or_insert_with(|| sync(&channel, &self.book().roster))
-                            .clone(),
-                    };
-                    frame(transport, &object)
-                })
-                .collect();
-            if frames.is_empty() {
+            let told = batch.told(start);
+            let Some(object) = wire::changes(&channel, &told.joins, &told.leaves) else {
                 continue;
-            }
+            };
+            let frames = [frame(transport, &object)];
             // A socket that fails to take them would miss changes: close it, as a publish's
             // fan-out does, so its client reconnects and is sent a fresh `sync`.
             for failed in deliver_js(&sockets, &frames) {
