@@ -260,15 +260,17 @@ impl WsSub {
         WsSub::open_url(port, url, false, client::bearer()).await
     }
 
-    /// Opens `/ws/{channel}?presence=1` with `token` (a member's: its `sub` and `info` are who
-    /// enters, docs/API.md#presence) and reads its `ready` frame; the `sync` follows.
-    pub async fn open_member(port: u16, channel: &str, token: &str) -> Result<WsSub, String> {
-        let p = if std::env::var("PB_PLAIN").is_ok() {
-            0
-        } else {
-            1
-        };
-        let url = format!("ws://127.0.0.1:{port}/ws/{channel}?presence={p}");
+    /// Opens `/ws/{channel}?presence=1` (`presence`) or `?presence=0` with `token` (a member's:
+    /// its `sub` and `info` are who enters, docs/API.md#presence) and reads its `ready` frame;
+    /// a member's `sync` follows.
+    pub async fn open_member(
+        port: u16,
+        channel: &str,
+        token: &str,
+        presence: bool,
+    ) -> Result<WsSub, String> {
+        let flag = u8::from(presence);
+        let url = format!("ws://127.0.0.1:{port}/ws/{channel}?presence={flag}");
         WsSub::open_url(port, url, false, &format!("Bearer {token}")).await
     }
 

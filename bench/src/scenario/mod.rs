@@ -111,6 +111,8 @@ pub struct Plan {
     pub presence_members: usize,
     /// Publishing with no members, before the storm: the baseline the storm is compared with.
     pub presence_baseline: Duration,
+    /// The pace of the events published throughout, one at a time: every member gets each.
+    pub presence_publish_every: Duration,
     /// The fd soft limit the bench and the runtimes run with.
     pub fd_limit: u64,
     /// No run starts after this much time has gone: the ones left are skipped, with a note.
@@ -137,6 +139,7 @@ impl Plan {
             publish_channels: if quick { 10 } else { 100 },
             presence_members: if quick { 100 } else { 1000 },
             presence_baseline: Duration::from_secs(if quick { 3 } else { 10 }),
+            presence_publish_every: Duration::from_millis(20),
             fd_limit,
             budget: Duration::from_secs(if quick { 8 * 60 } else { 25 * 60 }),
         }
