@@ -302,7 +302,10 @@ mod tests {
 
     fn joins(subs: &[(&str, Option<Info>)]) -> Told {
         Told {
-            joins: subs.iter().map(|(s, i)| (s.to_string(), i.clone())).collect(),
+            joins: subs
+                .iter()
+                .map(|(s, i)| (s.to_string(), i.clone()))
+                .collect(),
             leaves: Vec::new(),
         }
     }
@@ -395,8 +398,15 @@ mod tests {
         o.record("ada", Change::Left, info("Ada"));
         let batch = o.flush(1200, 100).unwrap();
         let all = batch.told(0);
-        assert_eq!(all.joins, joins(&[("m1", None), ("m2", None), ("m3", None)]).joins);
-        assert_eq!(all.leaves, vec![("ada".into(), info("Ada"))], "sorted, in one");
+        assert_eq!(
+            all.joins,
+            joins(&[("m1", None), ("m2", None), ("m3", None)]).joins
+        );
+        assert_eq!(
+            all.leaves,
+            vec![("ada".into(), info("Ada"))],
+            "sorted, in one"
+        );
         assert_eq!(batch.told(3).joins, vec![], "synced after the joins");
     }
 
@@ -412,7 +422,10 @@ mod tests {
         r.disconnect("a", 1);
         r.disconnect("z", 1);
         assert_eq!(r.connections(), 2);
-        assert_eq!((interval_ms(0), interval_ms(500), interval_ms(1000)), (250, 250, 500));
+        assert_eq!(
+            (interval_ms(0), interval_ms(500), interval_ms(1000)),
+            (250, 250, 500)
+        );
         assert_eq!(interval_ms(10_000), 5000);
     }
 
@@ -447,7 +460,7 @@ mod tests {
             let names = |roster: &Roster| -> BTreeSet<String> {
                 roster.list(usize::MAX).map(|(s, _)| s.to_string()).collect()
             };
-            let deliver = |batch: Option<Batch>, roster: &Roster, subscribers: &mut Vec<(u64, BTreeSet<String>)>| {
+            let deliver = |batch: Option<Batch>, subscribers: &mut Vec<(u64, BTreeSet<String>)>| {
                 let Some(batch) = batch else { return Ok(()) };
                 for (position, known) in subscribers.iter_mut() {
                     let told = batch.told(batch.start(*position));
@@ -471,9 +484,9 @@ mod tests {
                 if arrive && who % 2 == 0 {
                     subscribers.push((outbox.position(), names(&roster)));
                 }
-                deliver(outbox.flush(now, INTERVAL), &roster, &mut subscribers)?;
+                deliver(outbox.flush(now, INTERVAL), &mut subscribers)?;
             }
-            deliver(outbox.flush(now + INTERVAL, INTERVAL), &roster, &mut subscribers)?;
+            deliver(outbox.flush(now + INTERVAL, INTERVAL), &mut subscribers)?;
             for (_, known) in &subscribers {
                 prop_assert_eq!(known, &names(&roster));
             }

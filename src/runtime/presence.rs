@@ -23,7 +23,7 @@ use std::time::Duration;
 use worker::js_sys::{Date as JsDate, Function, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::DurableObjectState;
-use worker::{Date, Delay, WebSocket};
+use worker::{console_error, Date, Delay, WebSocket};
 
 /// The most members `GET /channels/{c}/presence` lists.
 pub const LISTING_MAX: usize = 1000;
@@ -167,6 +167,11 @@ impl Presence {
                 book.roster
                     .connect(&ticket.sub, ticket.conn, info.clone(), ticket.since);
             }
+            // The member's info is that of the connection that made it join.
+            let info = book
+                .roster
+                .get(&ticket.sub)
+                .map_or(info, |m| m.info.clone());
             let change = book.roster.disconnect(&ticket.sub, ticket.conn);
             book.outbox.record(&ticket.sub, change, info);
         }
@@ -253,7 +258,15 @@ impl Presence {
             let frames = [frame(transport, &object)];
             // A socket that fails to take them would miss changes: close it, as a publish's
             // fan-out does, so its client reconnects and is sent a fresh `sync`.
-            for failed in deliver_js(&sockets, &frames) {
+            let failed = deliver_js(&sockets, &frames);
+            if !failed.is_empty() {
+                console_error!(
+                    "edgehub: presence: {} of {} sockets refused a batch; closing them",
+                    failed.len(),
+                    sockets.len()
+                );
+            }
+            for failed in failed {
                 if let Some(socket) = sockets.get(failed) {
                     self.close(socket, CloseCode::Reconnect);
                 }
