@@ -113,8 +113,11 @@ impl Presence {
         let conn = connection_id();
         let Entrant { sub, info } = entrant;
         let change = book.roster.connect(&sub, conn, info.clone(), now_ms);
-        book.outbox.record(&sub, change, info.clone());
+        book.outbox.record(&sub, change, info);
         let sync = sync(channel, &book.roster);
+        // Every connection of a member carries the member's info (its joining connection's),
+        // so a roster rebuilt from any of them shows the same.
+        let info = book.roster.get(&sub).and_then(|m| m.info.clone());
         let ticket = Ticket {
             sub,
             info: info.map(|i| i.as_json().to_string()),
