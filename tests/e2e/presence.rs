@@ -35,6 +35,7 @@ pub fn cases() -> Vec<Case> {
         case!(presence_flag_is_1_or_0_and_anything_else_is_400_on_every_route),
         case!(presence_is_401_or_403_first_then_400_without_a_usable_sub),
         case!(presence_ws_gets_ready_then_a_sorted_sync_then_replay_then_live),
+        case!(presence_the_largest_member_fits_its_socket_attachment),
         case!(presence_sse_events_carry_no_id_and_leave_the_cursor_alone),
         case!(presence_a_member_is_one_sub_across_sse_and_ws_and_leaves_with_its_last),
         case!(presence_others_see_join_then_leave_in_order_and_a_blink_goes_unannounced),
@@ -462,6 +463,30 @@ async fn pump(
 async fn live_ws(api: &Api, path: &str, tok: Option<&str>) -> (LiveWs, Value) {
     let opened = LiveWs::open(api, path, tok, PING_EVERY, true).await;
     opened.unwrap_or_else(|r| panic!("upgrade {path}: {} {}", r.status, r.text()))
+}
+
+/// The largest member the rules allow, a `sub` of 256 characters and an `info` of about 1 KiB,
+/// both of characters the runtime stores as two bytes each, still fits the 2 KiB the runtime
+/// allows a socket's attachment: on a v1 WebSocket and on a lane of a multi-channel one.
+async fn presence_the_largest_member_fits_its_socket_attachment(api: Api) {
+    let c = channel("pbig");
+    let sub = "ā".repeat(256);
+    let info = json!({"n": "ā".repeat(505)});
+    assert!((1000..=1024).contains(&info.to_string().len()), "{info}");
+    let t = member_token(&sub, Some(&info));
+    let me = json!({"sub": sub, "info": info});
+    for path in [
+        format!("/ws/{c}?presence=1"),
+        format!("/ws?channel={c}&channel={c}-b&presence=1"),
+    ] {
+        let (mut ws, _) = live_ws(&api, &path, Some(&t)).await;
+        let sync = ws.next_json(WAIT).await;
+        assert_eq!(sync["members"], json!([me]), "{path}: {sync}");
+        let got = listing(&api, &c).await;
+        assert_eq!(got["members"][0]["sub"], json!(sub), "{path}");
+        ws.close().await;
+        listing_becomes(&api, &c, &listed(&c, &[]), WAIT).await;
+    }
 }
 
 /// Opens `/ws/{c}?presence=1` as `sub` (`tok(sub)`): the client and its first frame after
