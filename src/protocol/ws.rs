@@ -36,7 +36,7 @@ pub enum CloseCode {
     /// 4001: the subscriber fell too far behind (more than its window unconfirmed, see
     /// `channel::flow`) and was dropped: reconnect with its cursor.
     TooSlow,
-    /// 4002: a presence WebSocket sent nothing, not even `ping`, for `HEARTBEAT_SECONDS`: it is
+    /// 4002: a presence WebSocket sent nothing, not even `ping`, for two `HEARTBEAT_SECONDS`: it is
     /// taken for gone and its member leaves; reconnect (and ping more often).
     Silent,
     /// 4101: the token expired: get a fresh one, then reconnect.

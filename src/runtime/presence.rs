@@ -46,7 +46,8 @@ pub struct Presence {
     timer: Rc<Cell<bool>>,
     state: Rc<DurableObjectState>,
     max_members: usize,
-    /// A presence WebSocket silent for longer than this is taken for gone (`HEARTBEAT_SECONDS`).
+    /// A presence WebSocket silent for longer than this is taken for gone: two heartbeats, so
+    /// that pings which reach the object late on a swamped runtime are not taken for silence.
     silent_ms: i64,
 }
 
@@ -57,7 +58,7 @@ impl Presence {
             timer: Rc::new(Cell::new(false)),
             state: Rc::new(JsValue::from(state).unchecked_into()),
             max_members: config.presence_max_members,
-            silent_ms: i64::try_from(config.heartbeat_seconds.saturating_mul(1000))
+            silent_ms: i64::try_from(config.heartbeat_seconds.saturating_mul(2000))
                 .unwrap_or(i64::MAX),
         }
     }
@@ -277,12 +278,13 @@ impl Presence {
         }
     }
 
-    /// Closes presence WebSockets that have sent nothing (not even `ping`) for longer than
+    /// Closes presence WebSockets that have sent nothing (not even `ping`) for longer than two
     /// `HEARTBEAT_SECONDS`, and settles the roster with the open sockets (a connection whose
     /// close event never came leaves here). Returns when to sweep next: one heartbeat on,
     /// while presence WebSockets remain (a sweep per heartbeat leaves the object idle long
     /// enough between to hibernate).
     pub fn sweep(&self, now: i64) -> Option<i64> {
+        let period = self.silent_ms / 2;
         let mut live = Roster::default();
         let mut watched = false;
         for ws in self.sockets() {
@@ -311,7 +313,7 @@ impl Presence {
             book.roster = live;
         }
         self.send_due();
-        watched.then(|| now.saturating_add(self.silent_ms))
+        watched.then(|| now.saturating_add(period))
     }
 
     /// When the runtime last answered a `ping` on `ws` for this object (unix milliseconds).

@@ -440,7 +440,7 @@ async fn refusal(mut answer: Response) -> Error {
 /// SSE: heartbeats when the client has been sent nothing for `period_ms`; both faces: the
 /// end at `deadline_ms` (token expiry, SSE lifetime), and the stall rule when nothing comes.
 /// A presence connection also pings its lanes every period, so that their objects know it is
-/// there, and a presence WebSocket client silent for `HEARTBEAT_SECONDS` ends it (4002).
+/// there, and a presence WebSocket client silent for two `HEARTBEAT_SECONDS` ends it (4002).
 async fn pace(
     conn: Rc<Conn>,
     heartbeats: Option<UnboundedSender<Item>>,
@@ -448,8 +448,9 @@ async fn pace(
     deadline_ms: i64,
 ) {
     let presence = conn.permits.member.is_some();
+    // As the objects judge their own presence WebSockets (`runtime::presence`): two heartbeats.
     let silent_ms =
-        i64::try_from(conn.config.heartbeat_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        i64::try_from(conn.config.heartbeat_seconds.saturating_mul(2000)).unwrap_or(i64::MAX);
     let mut pinged = now_ms();
     loop {
         if conn.merge.borrow().ended() {
