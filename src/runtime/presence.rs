@@ -6,6 +6,7 @@
 //! that lets go of WebSockets gone silent.
 
 use super::alarm;
+use super::sse::now_ms;
 use super::subscribers::{self, attachment, deliver_js, PRESENCE_TAG};
 use crate::auth::Info;
 use crate::channel::fanout::Transport;
@@ -349,10 +350,6 @@ pub fn frame(transport: Transport, object: &str) -> String {
         Transport::Sse => wire::sse(object),
         Transport::Ws => wire::ws(object),
     }
-}
-
-fn now_ms() -> i64 {
-    Date::now().as_millis() as i64
 }
 
 /// A connection's id among its member's: random, within a JavaScript number's exact range.
