@@ -4,7 +4,6 @@
 
 use super::poll::StoredEvent;
 use super::Replay;
-use crate::protocol::envelope::encode_envelope;
 use crate::protocol::{sse, ws, ChannelName, EventType};
 
 /// The largest SSE text sent to a bridge in one WebSocket message (the runtime caps messages
@@ -56,7 +55,7 @@ impl Frames {
         let mut frames = Frames::default();
         let mut sse_chunk = String::new();
         for e in events {
-            let envelope = encode_envelope(e.id, channel, &e.event_type, &e.data, e.time_ms);
+            let envelope = e.envelope(channel);
             frames.ws.push(ws::event_frame(&envelope));
             let event_type = EventType::parse(&e.event_type).unwrap_or_default();
             push_sse(
@@ -148,6 +147,7 @@ mod tests {
             event_type: t.into(),
             data: data.into(),
             time_ms: 0,
+            topics: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use super::{plan_replay, Replay, Window};
 use crate::protocol::envelope::encode_envelope;
+use crate::protocol::topics::Topics;
 use crate::protocol::ChannelName;
 use std::collections::HashMap;
 
@@ -15,6 +16,21 @@ pub struct StoredEvent {
     pub event_type: String,
     pub data: String,
     pub time_ms: i64,
+    pub topics: Option<Topics>,
+}
+
+impl StoredEvent {
+    /// Its envelope's JSON text on `channel`.
+    pub fn envelope(&self, channel: &ChannelName) -> String {
+        encode_envelope(
+            self.id,
+            channel,
+            &self.event_type,
+            self.topics.as_ref(),
+            &self.data,
+            self.time_ms,
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +92,7 @@ pub fn cut_page(
     let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
     let (mut ids, mut envelopes, mut bytes) = (Vec::new(), Vec::new(), 0usize);
     for e in rows.into_iter().take(limit) {
-        let envelope = encode_envelope(e.id, channel, &e.event_type, &e.data, e.time_ms);
+        let envelope = e.envelope(channel);
         // One more event and its comma; the first always goes in.
         bytes = bytes.saturating_add(envelope.len() + 1);
         if bytes > req.max_bytes && !ids.is_empty() {
@@ -153,6 +169,7 @@ mod tests {
             event_type: "message".into(),
             data: id.to_string(),
             time_ms: 0,
+            topics: None,
         }
     }
 
@@ -294,7 +311,7 @@ mod tests {
     #[test]
     fn pages_are_cut_by_bytes_and_hold_at_least_one_event() {
         let c = channel();
-        let one = encode_envelope(1, &c, "message", &sized(1, 1000).data, 0).len() + 1;
+        let one = sized(1, 1000).envelope(&c).len() + 1;
         let budget = |n: usize| PollRequest {
             cursor: Some(0),
             limit: 100,

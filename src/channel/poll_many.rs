@@ -6,7 +6,6 @@
 
 use super::poll::StoredEvent;
 use super::{plan_replay, Replay, Window};
-use crate::protocol::envelope::encode_envelope;
 use crate::protocol::stream::{ChannelSet, StreamCursor, StreamSince};
 use crate::protocol::ChannelName;
 
@@ -126,7 +125,7 @@ pub fn cut_many(req: &ManyRequest, windows: &[Window], rows: Vec<ManyRow>) -> Ma
         if e.id != *after + 1 {
             continue;
         }
-        let envelope = encode_envelope(e.id, channel, &e.event_type, &e.data, e.time_ms);
+        let envelope = e.envelope(channel);
         // One more event and its comma; the first always goes in.
         bytes = bytes.saturating_add(envelope.len() + 1);
         if bytes > req.max_bytes && !envelopes.is_empty() {
@@ -223,6 +222,7 @@ mod tests {
             event_type: "message".into(),
             data: id.to_string(),
             time_ms: 0,
+            topics: None,
         }
     }
 

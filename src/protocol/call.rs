@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::protocol::names::ChannelName;
 use crate::protocol::presence::Entrant;
 use crate::protocol::query::{parse_cursor, percent_decode, percent_encode, query_param};
+use crate::protocol::topics::Topics;
 use serde::{Deserialize, Serialize};
 
 /// The channel's name travels with every call: the object learns it on first use.
@@ -38,6 +39,8 @@ pub struct BatchItem {
     #[serde(rename = "type")]
     pub event_type: String,
     pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Topics>,
 }
 
 /// What the Worker asks of a channel's object.
@@ -214,10 +217,12 @@ mod tests {
                     BatchItem {
                         event_type: "message".into(),
                         data: r#"{"a":[1,"\n"]}"#.into(),
+                        topics: None,
                     },
                     BatchItem {
                         event_type: "x.y".into(),
                         data: "null".into(),
+                        topics: Topics::parse(vec!["https://a/b".into(), "c".into()]).ok(),
                     },
                 ],
                 key,

@@ -15,6 +15,7 @@ pub mod query;
 pub mod route;
 pub mod sse;
 pub mod stream;
+pub mod topics;
 pub mod ws;
 
 pub use names::{ChannelName, EventType};

@@ -5,6 +5,7 @@
 
 use super::json;
 use super::names::EventType;
+use super::topics::Topics;
 use crate::error::Error;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -15,6 +16,7 @@ use serde_json::value::RawValue;
 pub struct NewEvent {
     pub event_type: EventType,
     pub data: String,
+    pub topics: Option<Topics>,
 }
 
 /// The limits a publish body is held to (see `Config`).
@@ -65,6 +67,15 @@ struct Item<'a> {
     event_type: Option<String>,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(default, deserialize_with = "present_list")]
+    topics: Option<Vec<String>>,
+}
+
+/// For optional list members: absent is `None`, an explicit `null` is refused.
+pub fn present_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    Vec::<String>::deserialize(d).map(Some)
 }
 
 /// For optional string members: absent is `None`, but an explicit `null` is refused like any
@@ -130,7 +141,7 @@ pub fn parse_publish(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>
 fn parse_item(item: &RawValue, limits: PublishLimits) -> Result<NewEvent, Error> {
     let parsed: Item<'_> = serde_json::from_str(item.get()).map_err(|e| {
         Error::bad_request(format!(
-            "an event is {{\"type\"?: string, \"data\": any JSON}}: {e}"
+            "an event is {{\"type\"?: string, \"data\": any JSON, \"topics\"?: [string]}}: {e}"
         ))
     })?;
     let event_type = match parsed.event_type {
@@ -139,7 +150,12 @@ fn parse_item(item: &RawValue, limits: PublishLimits) -> Result<NewEvent, Error>
     };
     let data = compact(parsed.data.get());
     limits.check_data(&data)?;
-    Ok(NewEvent { event_type, data })
+    let topics = parsed.topics.map(Topics::parse).transpose()?;
+    Ok(NewEvent {
+        event_type,
+        data,
+        topics,
+    })
 }
 
 /// The longest `Idempotency-Key`.
@@ -160,15 +176,26 @@ pub fn parse_idempotency_key(s: &str) -> Result<String, Error> {
     }
 }
 
-/// A digest of a batch's types and data, to tell a retry (same body) from a reuse of the key
-/// with another body. Each part is length-prefixed, so no two batches share an input.
-pub fn fingerprint<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+/// A digest of a batch's types, data and topics, to tell a retry (same body) from a reuse of
+/// the key with another body. Each part is length-prefixed, so no two batches share an input;
+/// topics are marked by a length no part can have, so an event without them hashes as it did
+/// before topics existed.
+pub fn fingerprint<'a>(
+    items: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a Topics>)>,
+) -> String {
     use sha2::{Digest, Sha256};
+    fn part(hash: &mut Sha256, len: u64, text: &str) {
+        hash.update(len.to_be_bytes());
+        hash.update(text.as_bytes());
+    }
     let mut hash = Sha256::new();
-    for (event_type, data) in items {
-        for part in [event_type, data] {
-            hash.update((part.len() as u64).to_be_bytes());
-            hash.update(part.as_bytes());
+    for (event_type, data, topics) in items {
+        part(&mut hash, event_type.len() as u64, event_type);
+        part(&mut hash, data.len() as u64, data);
+        if let Some(topics) = topics {
+            part(&mut hash, u64::MAX, "");
+            let json = topics.to_json();
+            part(&mut hash, json.len() as u64, &json);
         }
     }
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -299,13 +326,28 @@ mod tests {
         for bad in ["", "has space", "tab\t", "é", &"k".repeat(256)] {
             assert!(parse_idempotency_key(bad).is_err(), "{bad:?}");
         }
-        let a = fingerprint([("message", "1")]);
-        assert_eq!(a, fingerprint([("message", "1")]));
-        assert_ne!(a, fingerprint([("message", "2")]));
-        assert_ne!(fingerprint([("ab", "c")]), fingerprint([("a", "bc")]));
+        let a = fingerprint([("message", "1", None)]);
+        assert_eq!(a, fingerprint([("message", "1", None)]));
+        assert_ne!(a, fingerprint([("message", "2", None)]));
         assert_ne!(
-            fingerprint([("a", "1"), ("a", "2")]),
-            fingerprint([("a", "2"), ("a", "1")])
+            fingerprint([("ab", "c", None)]),
+            fingerprint([("a", "bc", None)])
+        );
+        assert_ne!(
+            fingerprint([("a", "1", None), ("a", "2", None)]),
+            fingerprint([("a", "2", None), ("a", "1", None)])
+        );
+        // Without topics, the digest is what it was before topics existed.
+        assert_eq!(
+            a, "ce6b6b28587e3484e61b0bfc66e461cdf7d73b6cf817e5cd5b8a5c276573610c",
+            "without topics, the digest stored keys were made with"
+        );
+        let t = Topics::parse(vec!["a".into()]).unwrap();
+        let u = Topics::parse(vec!["b".into()]).unwrap();
+        assert_ne!(a, fingerprint([("message", "1", Some(&t))]));
+        assert_ne!(
+            fingerprint([("message", "1", Some(&t))]),
+            fingerprint([("message", "1", Some(&u))])
         );
     }
 

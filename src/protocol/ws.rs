@@ -4,7 +4,10 @@
 //! See `docs/API.md#websocket` and `docs/API.md#close-codes`.
 
 use super::names::EventType;
-use super::publish::{compact, parse_idempotency_key, present, NewEvent, PublishLimits};
+use super::publish::{
+    compact, parse_idempotency_key, present, present_list, NewEvent, PublishLimits,
+};
+use super::topics::Topics;
 use crate::error::Error;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -163,6 +166,8 @@ struct PublishFrame<'a> {
     _reference: Option<serde::de::IgnoredAny>,
     #[serde(default, deserialize_with = "present")]
     idempotency_key: Option<String>,
+    #[serde(default, deserialize_with = "present_list")]
+    topics: Option<Vec<String>>,
 }
 
 /// What a client may send (besides the text `ping`).
@@ -242,7 +247,7 @@ fn parse_publish(
     let refused = |err: Error| Refusal::answering(err, reference.clone());
     let frame: PublishFrame<'_> = serde_json::from_str(text).map_err(|e| {
         refused(Error::bad_request(format!(
-            "publish is {{\"op\",\"type\"?,\"data\",\"ref\"?}}: {e}"
+            "publish is {{\"op\",\"type\"?,\"data\",\"topics\"?,\"ref\"?}}: {e}"
         )))
     })?;
     let event_type = match frame.event_type {
@@ -256,8 +261,17 @@ fn parse_publish(
         .map(|k| parse_idempotency_key(&k))
         .transpose()
         .map_err(refused)?;
+    let topics = frame
+        .topics
+        .map(Topics::parse)
+        .transpose()
+        .map_err(refused)?;
     Ok(ClientPublish {
-        event: NewEvent { event_type, data },
+        event: NewEvent {
+            event_type,
+            data,
+            topics,
+        },
         reference,
         idempotency_key,
     })

@@ -45,6 +45,7 @@ impl Hub {
             .map(|e| BatchItem {
                 event_type: e.event_type.as_str().to_string(),
                 data: e.data.clone(),
+                topics: e.topics.clone(),
             })
             .collect();
         self.call(Call::Publish {

@@ -9,6 +9,7 @@
 use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::channel::Window;
+use crate::protocol::topics::Topics;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -22,7 +23,7 @@ pub const KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 
 const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, \
-     data TEXT NOT NULL, time_ms INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT 0)",
+     data TEXT NOT NULL, time_ms INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT 0, topics TEXT)",
     "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), \
      channel TEXT NOT NULL, head INTEGER NOT NULL, mirrored INTEGER NOT NULL, \
      mirrored_earliest INTEGER NOT NULL DEFAULT 1, bytes INTEGER NOT NULL DEFAULT 0)",
@@ -33,7 +34,7 @@ const SCHEMA: [&str; 4] = [
 
 /// Columns added after the first schema: a log made before them gets them on open. (The probe
 /// is a query that fails when the column is missing.)
-const UPGRADES: [(&str, &str); 2] = [
+const UPGRADES: [(&str, &str); 3] = [
     (
         "SELECT start FROM events LIMIT 0",
         "ALTER TABLE events ADD COLUMN start INTEGER NOT NULL DEFAULT 0",
@@ -42,14 +43,19 @@ const UPGRADES: [(&str, &str); 2] = [
         "SELECT bytes FROM state LIMIT 0",
         "ALTER TABLE state ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        "SELECT topics FROM events LIMIT 0",
+        "ALTER TABLE events ADD COLUMN topics TEXT",
+    ),
 ];
 
 /// `?1` is the new head's predecessor, `?2` the time, `?3` a JSON array of
-/// `{"type", "data", "start"}` with `data` as a string of compact JSON: one statement for any
-/// batch. `start` is the event frame's position in the channel's stream (`channel::flow`).
-const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms, start) \
+/// `{"type", "data", "start", "topics"}` with `data` (compact JSON) and `topics` (a JSON array,
+/// or null) as strings: one statement for any batch. `start` is the event frame's position in
+/// the channel's stream (`channel::flow`).
+const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms, start, topics) \
      SELECT ?1 + key + 1, json_extract(value, '$.type'), json_extract(value, '$.data'), ?2, \
-     json_extract(value, '$.start') FROM json_each(?3)";
+     json_extract(value, '$.start'), json_extract(value, '$.topics') FROM json_each(?3)";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogState {
@@ -85,6 +91,8 @@ pub struct NewRow<'a> {
     #[serde(rename = "type")]
     pub event_type: &'a str,
     pub data: &'a str,
+    /// The event's topics as their JSON array's text.
+    pub topics: Option<String>,
     pub start: u64,
 }
 
@@ -111,6 +119,8 @@ struct Row {
     event_type: String,
     data: String,
     time_ms: i64,
+    #[serde(default)]
+    topics: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,7 +389,7 @@ impl ChannelLog {
         let rows: Vec<Row> = self
             .sql
             .exec(
-                "SELECT seq, type, data, time_ms FROM events WHERE seq > ?1 AND start < ?3 \
+                "SELECT seq, type, data, time_ms, topics FROM events WHERE seq > ?1 AND start < ?3 \
                  ORDER BY seq LIMIT ?2",
                 vec![int(after), int(limit), int(below)],
             )?
@@ -391,6 +401,7 @@ impl ChannelLog {
                 event_type: r.event_type,
                 data: r.data,
                 time_ms: r.time_ms,
+                topics: r.topics.as_deref().and_then(Topics::from_json),
             })
             .collect())
     }

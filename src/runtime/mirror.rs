@@ -7,6 +7,7 @@ use crate::channel::poll::{PollRequest, StoredEvent};
 use crate::channel::poll_many::{ManyRequest, ManyRow};
 use crate::channel::Window;
 use crate::protocol::query::MAX_CURSOR;
+use crate::protocol::topics::Topics;
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
 use worker::wasm_bindgen::JsValue;
@@ -17,10 +18,11 @@ pub const BINDING: &str = "DB";
 /// Rows go to D1 as one JSON parameter expanded by `json_each`: two statements per write
 /// whatever the batch size, under D1's 100-parameter limit.
 const INSERT_EVENTS: &str = "INSERT OR IGNORE INTO events \
-       (channel, seq, type, data, time_ms, size) \
+       (channel, seq, type, data, time_ms, size, topics) \
      SELECT ?1, json_extract(value, '$.id'), json_extract(value, '$.type'), \
             json_extract(value, '$.data'), json_extract(value, '$.time'), \
-            length(CAST(json_extract(value, '$.data') AS BLOB)) \
+            length(CAST(json_extract(value, '$.data') AS BLOB)), \
+            json_extract(value, '$.topics') \
      FROM json_each(?2)";
 
 /// `head` only moves forward, so a retried older batch can never move it back.
@@ -42,7 +44,7 @@ const SELECT_PAGE: &str = "WITH page AS ( \
                AND e.seq >= h.earliest AND e.seq <= h.head \
              ORDER BY e.seq LIMIT ?3)) \
      SELECT c.head AS head, c.earliest AS earliest, e.seq AS seq, e.type AS type, \
-       e.data AS data, e.time_ms AS time_ms \
+       e.data AS data, e.time_ms AS time_ms, e.topics AS topics \
      FROM channels c \
        LEFT JOIN page p ON coalesce(p.before, 0) < ?4 \
        LEFT JOIN events e ON e.channel = c.channel AND e.seq = p.seq \
@@ -55,6 +57,9 @@ struct MirrorRow<'a> {
     event_type: &'a str,
     data: &'a str,
     time: i64,
+    /// The topics' JSON array as text (so `json_extract` gives the text, not an array).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topics: Option<String>,
 }
 
 /// Drops what the channel no longer retains, in the same batch as the window moves.
@@ -79,6 +84,7 @@ pub async fn write(
                 event_type: &e.event_type,
                 data: &e.data,
                 time: e.time_ms,
+                topics: e.topics.as_ref().map(Topics::to_json),
             })
             .collect();
         let rows =
@@ -165,6 +171,8 @@ struct PageRow {
     event_type: Option<String>,
     data: Option<String>,
     time_ms: Option<i64>,
+    #[serde(default)]
+    topics: Option<String>,
 }
 
 /// The mirror's window for `channel` and the rows a poll needs (at most `limit + 1`).
@@ -198,6 +206,7 @@ pub async fn read_page(
                 event_type: r.event_type?,
                 data: r.data?,
                 time_ms: r.time_ms?,
+                topics: r.topics.as_deref().and_then(Topics::from_json),
             })
         })
         .collect();
@@ -232,7 +241,7 @@ const SELECT_MANY: &str = "WITH want AS ( \
               row_number() OVER (ORDER BY n, pos) AS rank \
        FROM cand) \
      SELECT w.pos AS pos, w.head AS head, w.earliest AS earliest, e.seq AS seq, \
-       e.type AS type, e.data AS data, e.time_ms AS time_ms \
+       e.type AS type, e.data AS data, e.time_ms AS time_ms, e.topics AS topics \
      FROM win w \
        LEFT JOIN page p ON p.pos = w.pos AND coalesce(p.before, 0) < ?3 AND p.rank <= ?2 \
        LEFT JOIN events e ON e.channel = w.channel AND e.seq = p.seq \
@@ -278,6 +287,7 @@ pub async fn read_many(
                     event_type,
                     data,
                     time_ms,
+                    topics: row.topics.as_deref().and_then(Topics::from_json),
                 },
             });
         }

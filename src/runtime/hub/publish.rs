@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::protocol::call::BatchItem;
 use crate::protocol::envelope::format_time;
 use crate::protocol::publish::fingerprint;
+use crate::protocol::topics::Topics;
 use crate::protocol::ws::{ack_frame, ClientPublish, CloseCode, Refusal};
 use crate::protocol::ChannelName;
 use worker::{Date, Response, WebSocket};
@@ -57,7 +58,7 @@ impl ChannelHub {
             fingerprint(
                 items
                     .iter()
-                    .map(|i| (i.event_type.as_str(), i.data.as_str())),
+                    .map(|i| (i.event_type.as_str(), i.data.as_str(), i.topics.as_ref())),
             )
         });
         let key = stored_key
@@ -158,6 +159,7 @@ impl ChannelHub {
         let item = BatchItem {
             event_type: publish.event.event_type.as_str().to_string(),
             data: publish.event.data,
+            topics: publish.event.topics,
         };
         let publisher = subscribers::tagged(self.state.as_raw(), ws).publisher;
         let key = publish
@@ -188,6 +190,7 @@ fn prepare(
             event_type: item.event_type,
             data: item.data,
             time_ms: now,
+            topics: item.topics,
         })
         .collect();
     let frames = Frames::encode(channel, &stored);
@@ -198,6 +201,7 @@ fn prepare(
         .map(|(e, start)| NewRow {
             event_type: &e.event_type,
             data: &e.data,
+            topics: e.topics.as_ref().map(Topics::to_json),
             start,
         })
         .collect();
