@@ -37,6 +37,34 @@ pub async fn publish_keyed(api: &Api, c: &str, body: &str, key: &str, tok: &str)
     api.send(req).await
 }
 
+/// What `wrangler dev`'s proxy answers a POST when its connection to the runtime drops
+/// mid-request: its fetch fails with "Network connection lost", and the proxy (which only
+/// requeues GET and HEAD) answers this 503 whatever the cause. It happens under heavy local load
+/// (1,000 sockets, 1,000 channel objects on a busy machine); see issue 18.
+pub const DEV_PROXY_503: &str = "Your worker restarted mid-request";
+/// How often a publish retries that answer, with the same idempotency key.
+pub const DEV_PROXY_RETRIES: usize = 5;
+
+/// `publish_keyed`, retried with the same key while the dev proxy answers `DEV_PROXY_503`, as a
+/// client would: the key makes the retry store the event once. Returns the last answer and how
+/// many retries it took.
+pub async fn publish_keyed_retrying(
+    api: &Api,
+    c: &str,
+    body: &str,
+    key: &str,
+    tok: &str,
+) -> (Resp, usize) {
+    let mut r = publish_keyed(api, c, body, key, tok).await;
+    for retry in 0..DEV_PROXY_RETRIES {
+        if !(r.status == 503 && r.text().contains(DEV_PROXY_503)) {
+            return (r, retry);
+        }
+        r = publish_keyed(api, c, body, key, tok).await;
+    }
+    (r, DEV_PROXY_RETRIES)
+}
+
 /// Every retained event of `c` once the mirror holds `n`.
 async fn mirrored_events(api: &Api, c: &str, n: u64) -> Vec<Value> {
     assert_eq!(

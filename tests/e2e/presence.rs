@@ -20,7 +20,7 @@ use crate::api::{
     admin, backend, channel, claims, client, ids, is_utc_millis, now_secs, Api, Resp,
 };
 use crate::harness::{SECRET, SHARED_HEARTBEAT_SECONDS};
-use crate::idempotency::publish_keyed;
+use crate::idempotency::publish_keyed_retrying;
 use crate::live::info;
 use crate::publish::assert_problem;
 use crate::retention::own_hub;
@@ -51,10 +51,6 @@ pub fn cases() -> Vec<Case> {
 }
 
 const WAIT: Duration = Duration::from_secs(30);
-/// What `wrangler dev`'s proxy answers when it loses a request on its way to the Worker.
-const DEV_PROXY_503: &str = "Your worker restarted mid-request";
-/// How often the storm's publisher retries that answer (with the same idempotency key).
-const DEV_PROXY_RETRIES: usize = 5;
 /// Well past the 250 ms a presence change may be held back to be coalesced with others.
 const QUIET: Duration = Duration::from_millis(1000);
 /// An SSE member leaves within about a heartbeat (2 s on the shared hub) of going away.
@@ -1564,14 +1560,8 @@ async fn presence_join_storm_of_1000_members_while_events_flow(_: Api) {
                     // `wrangler dev`'s own proxy answers this 503 when it loses the request on
                     // its way in (it does under 1,000-socket loads, with or without presence:
                     // docs/benchmarks.md); a client retries it with the same key, stored once.
-                    let mut r = publish_keyed(&api, &c, &body, &key, &tok).await;
-                    for _ in 0..DEV_PROXY_RETRIES {
-                        if !(r.status == 503 && r.text().contains(DEV_PROXY_503)) {
-                            break;
-                        }
-                        proxy_retries.fetch_add(1, Ordering::SeqCst);
-                        r = publish_keyed(&api, &c, &body, &key, &tok).await;
-                    }
+                    let (r, retries) = publish_keyed_retrying(&api, &c, &body, &key, &tok).await;
+                    proxy_retries.fetch_add(retries as u64, Ordering::SeqCst);
                     (at.elapsed(), r)
                 }));
             }
