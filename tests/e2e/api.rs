@@ -168,13 +168,30 @@ impl Api {
         }
     }
 
-    /// `GET {base}{path_and_query}` with an optional bearer token.
+    /// `GET {base}{path_and_query}` with an optional bearer token. A GET whose connection
+    /// dropped before any answer is sent again (twice at most, and said so): under the heaviest
+    /// local loads `wrangler dev`'s proxy loses a request now and then (issue 18), and a GET is
+    /// safe to repeat.
     pub async fn get(&self, path_and_query: &str, token: Option<&str>) -> Resp {
-        let mut req = client().get(format!("{}{path_and_query}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+        let mut answer = Resp {
+            status: 0,
+            headers: reqwest::header::HeaderMap::new(),
+            body: Vec::new(),
+        };
+        for attempt in 0..3 {
+            if attempt > 0 {
+                eprintln!("e2e: GET {path_and_query} again: {}", answer.text());
+            }
+            let mut req = client().get(format!("{}{path_and_query}", self.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            answer = self.send(req).await;
+            if answer.status != 0 {
+                break;
+            }
         }
-        self.send(req).await
+        answer
     }
 
     /// `POST /channels/{channel}/events` with a JSON body and a bearer token.
