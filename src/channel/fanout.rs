@@ -4,6 +4,7 @@
 
 use super::poll::StoredEvent;
 use super::Replay;
+use crate::protocol::topics::Topics;
 use crate::protocol::{sse, ws, ChannelName, EventType};
 
 /// The largest SSE text sent to a bridge in one WebSocket message (the runtime caps messages
@@ -42,11 +43,15 @@ pub trait Sink<F> {
     fn send(&self, frame: &F) -> bool;
 }
 
-/// A batch of events encoded for both transports.
+/// A batch of events encoded for both transports: `ws` holds one frame per event, `sse` the
+/// events' text in chunks. For subscribers that filter by topic, each event's own SSE text and
+/// its topics are kept too (`select`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frames {
     pub ws: Vec<String>,
     pub sse: Vec<String>,
+    sse_each: Vec<String>,
+    pub topics: Vec<Option<Topics>>,
 }
 
 impl Frames {
@@ -58,16 +63,41 @@ impl Frames {
             let envelope = e.envelope(channel);
             frames.ws.push(ws::event_frame(&envelope));
             let event_type = EventType::parse(&e.event_type).unwrap_or_default();
-            push_sse(
-                &mut frames.sse,
-                &mut sse_chunk,
-                &sse::event(e.id, &event_type, &e.data),
-            );
+            let text = sse::event(e.id, &event_type, &e.data);
+            push_sse(&mut frames.sse, &mut sse_chunk, &text);
+            frames.sse_each.push(text);
+            frames.topics.push(e.topics.clone());
         }
         if !sse_chunk.is_empty() {
             frames.sse.push(sse_chunk);
         }
         frames
+    }
+
+    /// The frames of the events `keep` lets through (one flag per event, in order), for one
+    /// transport: the same strings `encode` made, SSE text chunked again.
+    pub fn select(&self, transport: Transport, keep: &[bool]) -> Vec<String> {
+        let kept = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .zip(keep)
+                .filter(|(_, k)| **k)
+                .map(|(f, _)| f.clone())
+                .collect()
+        };
+        match transport {
+            Transport::Ws => kept(&self.ws),
+            Transport::Sse => {
+                let mut chunks = Vec::new();
+                let mut chunk = String::new();
+                for text in kept(&self.sse_each) {
+                    push_sse(&mut chunks, &mut chunk, &text);
+                }
+                if !chunk.is_empty() {
+                    chunks.push(chunk);
+                }
+                chunks
+            }
+        }
     }
 
     /// What a new subscriber with this replay plan gets before live events: the gap notice if
@@ -196,6 +226,26 @@ mod tests {
             .iter()
             .all(|s| s.len() <= SSE_CHUNK_BYTES && s.starts_with("id: ")));
         assert_eq!(frames.sse.concat().matches("\n\n").count(), 10);
+    }
+
+    #[test]
+    fn a_selection_keeps_the_chosen_events_frames() {
+        let c = ChannelName::parse("c").unwrap();
+        let events: Vec<StoredEvent> = (1..=3).map(|i| ev(i, "message", "1")).collect();
+        let frames = Frames::encode(&c, &events);
+        let keep = [true, false, true];
+        let ws = frames.select(Transport::Ws, &keep);
+        assert_eq!(ws, vec![frames.ws[0].clone(), frames.ws[2].clone()]);
+        assert_eq!(
+            frames.select(Transport::Sse, &keep),
+            vec!["id: 1\ndata: 1\n\nid: 3\ndata: 1\n\n".to_string()]
+        );
+        assert!(frames.select(Transport::Sse, &[false; 3]).is_empty());
+        assert_eq!(
+            frames.select(Transport::Sse, &[true; 3]),
+            frames.sse,
+            "all of it is what every unfiltered subscriber gets"
+        );
     }
 
     #[test]

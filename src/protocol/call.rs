@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::protocol::names::ChannelName;
 use crate::protocol::presence::Entrant;
 use crate::protocol::query::{parse_cursor, percent_decode, percent_encode, query_param};
-use crate::protocol::topics::Topics;
+use crate::protocol::topics::{FilterSpec, Topics};
 use serde::{Deserialize, Serialize};
 
 /// The channel's name travels with every call: the object learns it on first use.
@@ -67,6 +67,8 @@ pub enum Call {
         publisher: Option<Publisher>,
         /// Enters the channel's presence as this member.
         member: Option<Entrant>,
+        /// Only events with topics this filter lets through (validated by the Worker).
+        filter: Option<FilterSpec>,
     },
     /// `GET /channels/{c}/presence`.
     Presence,
@@ -112,6 +114,7 @@ impl Call {
                 expires,
                 publisher,
                 member,
+                filter,
             } => {
                 if let Some(member) = member {
                     let json = serde_json::to_string(member)
@@ -124,7 +127,13 @@ impl Call {
                     headers.extend(publisher.map(|p| (PUBLISHER_HEADER, p.hex())));
                 }
                 let since = cursor.map_or_else(String::new, |c| format!("&since={c}"));
-                let path = format!("{PATH_SUBSCRIBE}?transport={}{since}", transport.tag());
+                let filter = filter
+                    .as_ref()
+                    .map_or_else(String::new, FilterSpec::to_query);
+                let path = format!(
+                    "{PATH_SUBSCRIBE}?transport={}{since}{filter}",
+                    transport.tag()
+                );
                 encoded(false, path, headers, None)
             }
         })
@@ -173,6 +182,7 @@ impl Call {
                     expires: header(EXPIRES_HEADER).and_then(|v| v.parse().ok()),
                     publisher: publisher.filter(|_| publish),
                     member: header(MEMBER_HEADER).map(|h| member(&h)).transpose()?,
+                    filter: Some(FilterSpec::from_query(query)?).filter(|f| !f.is_empty()),
                 }
             }
             _ => return Err(Error::NotFound),
@@ -241,6 +251,10 @@ mod tests {
                         sub: "Zoë \"z\" %2F".into(),
                         info: crate::auth::Info::parse(r#"{"name": "Zoë", "n": [1]}"#).ok(),
                     }),
+                    filter: Some(FilterSpec {
+                        topic: vec!["https://e.com/a b&c=d".into(), "é".into()],
+                        topic_pattern: vec!["https://e.com/:id".into()],
+                    }),
                 });
                 round_trip(Call::Subscribe {
                     transport,
@@ -249,6 +263,7 @@ mod tests {
                     expires: None,
                     publisher: None,
                     member: None,
+                    filter: None,
                 });
             }
         }
@@ -264,6 +279,7 @@ mod tests {
             expires: None,
             publisher: Some(Publisher::of(None, "t")),
             member: None,
+            filter: None,
         };
         let e = call.encode(&channel).unwrap();
         assert!(e.headers.iter().all(|(k, _)| *k != PUBLISHER_HEADER));

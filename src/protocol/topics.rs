@@ -17,6 +17,9 @@ pub const MAX_TOPICS: usize = 16;
 pub const MAX_TOPIC_BYTES: usize = 1024;
 /// The most matchers (`topic=` and `topic_pattern=` together) one subscription holds.
 pub const MAX_MATCHERS: usize = 32;
+/// The most bytes all of one subscription's matchers hold together: they travel in its URL,
+/// which Cloudflare caps at 16 KiB.
+pub const MAX_FILTER_BYTES: usize = 8 * 1024;
 /// Query parameters of a subscription or poll.
 pub const TOPIC_PARAM: &str = "topic";
 pub const PATTERN_PARAM: &str = "topic_pattern";
@@ -183,6 +186,18 @@ impl Filter {
                  (got {count})"
             )));
         }
+        let bytes: usize = spec
+            .topic
+            .iter()
+            .chain(&spec.topic_pattern)
+            .map(String::len)
+            .sum();
+        if bytes > MAX_FILTER_BYTES {
+            return Err(Error::bad_request(format!(
+                "a subscription's topic and topic_pattern matchers hold at most \
+                 {MAX_FILTER_BYTES} bytes together (got {bytes})"
+            )));
+        }
         let mut exact = spec.topic.clone();
         for topic in &exact {
             check_topic(topic, "topic")?;
@@ -201,6 +216,14 @@ impl Filter {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Some(Filter { exact, patterns }))
+    }
+
+    /// A filter that lets nothing through (for a socket whose filter cannot be read).
+    pub fn nothing() -> Filter {
+        Filter {
+            exact: Vec::new(),
+            patterns: Vec::new(),
+        }
     }
 
     /// The canonical spec: sorted, without repeats.

@@ -8,6 +8,7 @@ use crate::error::{Error, TokenFault};
 use crate::protocol::presence::Entrant;
 use crate::protocol::query::query_param;
 use crate::protocol::stream::ChannelSet;
+use crate::protocol::topics::FilterSpec;
 use crate::protocol::ChannelName;
 use worker::{Date, Env, Request};
 
@@ -93,6 +94,7 @@ impl Credentials {
         };
         Ok(Permits {
             member: None,
+            filter: None,
             publisher: grant
                 .as_ref()
                 .zip(self.token_text())
@@ -109,6 +111,8 @@ pub struct Permits {
     publisher: Option<Publisher>,
     /// The presence member a stream's channels enter as (`?presence=1`).
     pub member: Option<Entrant>,
+    /// The topics a stream's channels send (`?topic=…&topic_pattern=…`), validated.
+    pub filter: Option<FilterSpec>,
 }
 
 impl Permits {
@@ -125,6 +129,11 @@ impl Permits {
     /// These permits, entering every channel they open as `member`.
     pub fn entering(self, member: Option<Entrant>) -> Permits {
         Permits { member, ..self }
+    }
+
+    /// These permits, subscribing every channel they open with `filter`.
+    pub fn filtering(self, filter: Option<FilterSpec>) -> Permits {
+        Permits { filter, ..self }
     }
 
     /// When the token stops being accepted (as `Access::expires`); `None` when anonymous.

@@ -10,6 +10,7 @@ use crate::error::Error;
 use crate::protocol::call::{BatchItem, Call};
 use crate::protocol::presence::Entrant;
 use crate::protocol::publish::NewEvent;
+use crate::protocol::topics::FilterSpec;
 use crate::protocol::ChannelName;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
@@ -73,6 +74,7 @@ impl Hub {
         cursor: Option<u64>,
         access: Access,
         member: Option<Entrant>,
+        filter: Option<FilterSpec>,
     ) -> Result<Response, Error> {
         self.call(Call::Subscribe {
             transport,
@@ -81,6 +83,7 @@ impl Hub {
             expires: access.expires,
             publisher: access.publisher,
             member,
+            filter,
         })
         .await
     }

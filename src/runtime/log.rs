@@ -9,7 +9,7 @@
 use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::channel::Window;
-use crate::protocol::topics::Topics;
+use crate::protocol::topics::{EventTopics, Filter, Topics};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -317,6 +317,41 @@ impl ChannelLog {
             vec![int(after)],
         )?;
         Ok(at)
+    }
+
+    /// When the first event after id `after` that `filter` lets through was stored, if one is
+    /// held. Reads topics only, a page at a time.
+    pub fn time_after_matching(&self, after: u64, filter: &Filter) -> worker::Result<Option<i64>> {
+        #[derive(Deserialize)]
+        struct Tagged {
+            seq: u64,
+            time_ms: i64,
+            topics: String,
+        }
+        if !self.born.get() {
+            return Ok(None);
+        }
+        let mut after = after;
+        loop {
+            let rows: Vec<Tagged> = self
+                .sql
+                .exec(
+                    "SELECT seq, time_ms, topics FROM events WHERE seq > ?1 \
+                     AND topics IS NOT NULL ORDER BY seq LIMIT 500",
+                    vec![int(after)],
+                )?
+                .to_array()?;
+            for row in &rows {
+                let topics = Topics::from_json(&row.topics);
+                if filter.matches(&EventTopics::new(topics.as_ref())) {
+                    return Ok(Some(row.time_ms));
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == 500 => after = last.seq,
+                _ => return Ok(None),
+            }
+        }
     }
 
     fn key(&self, key: &str) -> worker::Result<Option<Fingerprinted>> {

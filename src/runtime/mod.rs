@@ -9,6 +9,7 @@ mod alarm;
 mod client;
 mod cors;
 mod demo;
+mod filters;
 mod http;
 mod hub;
 mod log;

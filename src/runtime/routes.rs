@@ -19,6 +19,7 @@ use crate::protocol::presence::{parse_flag, Entrant};
 use crate::protocol::publish::{parse_idempotency_key, parse_publish};
 use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
 use crate::protocol::stream::{ChannelSet, StreamSince};
+use crate::protocol::topics::{Filter, FilterSpec};
 use crate::protocol::ChannelName;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -97,9 +98,10 @@ pub async fn ws(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     let permits = at.credentials.permits(at.env, at.config)?;
     let access = permits.check(at.config, Action::Subscribe, channel)?;
     let member = member(&at.query, &permits)?;
+    let filter = topic_filter(&at.query)?;
     let cursor = since(&at.query)?;
     Hub::get(at.env, channel)?
-        .subscribe(Transport::Ws, cursor, access, member)
+        .subscribe(Transport::Ws, cursor, access, member, filter)
         .await
 }
 
@@ -108,13 +110,14 @@ pub async fn sse(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     let permits = at.credentials.permits(at.env, at.config)?;
     let access = permits.check(at.config, Action::Subscribe, channel)?;
     let member = member(&at.query, &permits)?;
+    let filter = topic_filter(&at.query)?;
     // EventSource resumes with Last-Event-ID; it wins over the URL's original `since`.
     let cursor = match at.req.headers().get("last-event-id").ok().flatten() {
         Some(id) if !id.trim().is_empty() => Some(parse_cursor(id.trim())?),
         _ => since(&at.query)?,
     };
     let upstream = Hub::get(at.env, channel)?
-        .subscribe(Transport::Sse, cursor, access, member)
+        .subscribe(Transport::Sse, cursor, access, member, filter)
         .await?;
     if upstream.status_code() != 101 {
         return Ok(upstream);
@@ -156,7 +159,8 @@ fn stream_set(at: &Incoming<'_>) -> Result<(ChannelSet, Permits, Vec<Access>), E
     let permits = at.credentials.permits(at.env, at.config)?;
     let accesses = permits.check_all(at.config, Action::Subscribe, &set)?;
     let member = member(&at.query, &permits)?;
-    let permits = permits.entering(member);
+    let filter = topic_filter(&at.query)?;
+    let permits = permits.entering(member).filtering(filter);
     Ok((set, permits, accesses))
 }
 
@@ -167,6 +171,13 @@ fn member(query: &str, permits: &Permits) -> Result<Option<Entrant>, Error> {
         true => permits.entrant().map(Some),
         false => Ok(None),
     }
+}
+
+/// The subscription's `topic=` and `topic_pattern=` matchers, checked at the door (a bad
+/// pattern, too many matchers: 400); `None` without any.
+fn topic_filter(query: &str) -> Result<Option<FilterSpec>, Error> {
+    let spec = FilterSpec::from_query(query)?;
+    Ok(Filter::parse(&spec)?.map(|filter| filter.spec()))
 }
 
 fn stream_opening(

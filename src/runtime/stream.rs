@@ -17,6 +17,7 @@ use crate::protocol::many::{channel_error, parse_many_client, ManyClientFrame};
 use crate::protocol::presence::Entrant;
 use crate::protocol::sse;
 use crate::protocol::stream::{ChannelSet, StreamSince};
+use crate::protocol::topics::FilterSpec;
 use crate::protocol::ws::{CloseCode, Refusal, PING, PONG};
 use crate::protocol::ChannelName;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
@@ -103,6 +104,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 *since,
                 *access,
                 permits.member.clone(),
+                permits.filter.clone(),
             )),
             _ => None,
         });
@@ -183,9 +185,10 @@ async fn subscribe(
     since: Option<u64>,
     access: Access,
     member: Option<Entrant>,
+    filter: Option<FilterSpec>,
 ) -> Result<Result<(LaneId, WebSocket), Response>, Error> {
     let answer = Hub::get(env, channel)?
-        .subscribe(Transport::Ws, since, access, member)
+        .subscribe(Transport::Ws, since, access, member, filter)
         .await?;
     if answer.status_code() != 101 {
         return Ok(Err(answer));
@@ -396,8 +399,8 @@ async fn open_later(conn: Rc<Conn>, lane: LaneId, channel: ChannelName, since: O
         .check(&conn.config, Action::Subscribe, &channel)
     {
         Ok(access) => {
-            let member = conn.permits.member.clone();
-            subscribe(&conn.env, lane, &channel, since, access, member).await
+            let (member, filter) = (conn.permits.member.clone(), conn.permits.filter.clone());
+            subscribe(&conn.env, lane, &channel, since, access, member, filter).await
         }
         Err(e) => Err(e),
     };

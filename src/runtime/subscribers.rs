@@ -6,18 +6,23 @@
 //! replay is paced by that window: what does not fit waits for their reports
 //! (`resume_replay`), and until they have caught up they get no live events.
 
+use super::filters::{self, Filters, Selection, FILTER_TAG};
 use super::log::ChannelLog;
 use super::presence::{self, Presence};
 use crate::auth::Publisher;
 use crate::channel::fanout::{deliver, Frames, Sink, Transport};
+use crate::channel::flow::Credit;
 use crate::channel::flow::Floor;
 use crate::channel::subscriber::{held_at, Attachment, FloorScan, Verdict, ATTACHMENT_VERSION};
 use crate::channel::{plan_replay, Replay, Window};
 use crate::error::Error;
 use crate::protocol::bridge::Downstream;
+use crate::protocol::topics::{EventTopics, Filter};
 use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use worker::js_sys::{Function, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::worker_sys::DurableObjectState;
@@ -83,15 +88,19 @@ pub fn deliver_js(sockets: &[WebSocket], frames: &[String]) -> Vec<usize> {
 /// A socket the object has closed stays in that list until its client answers the close (a
 /// client that stopped reading never does), so only `OPEN` sockets count.
 pub fn sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
-    open(state.as_raw().get_websockets_with_tag(transport.tag()))
+    let raw = state.as_raw();
+    let mut all = open(raw.get_websockets_with_tag(transport.tag()));
+    all.extend(open(
+        raw.get_websockets_with_tag(filters::transport_tag(transport)),
+    ));
+    all
 }
 
-/// Every socket of one transport, closing ones included: a publish sends to these without
-/// asking each for its state (a send to a closing one fails and is ignored).
-fn any_sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
+/// Every socket with `tag`, closing ones included: a publish sends to these without asking
+/// each for its state (a send to a closing one fails and is ignored).
+pub fn any_with_tag(state: &DurableObjectState, tag: &str) -> Vec<WebSocket> {
     state
-        .as_raw()
-        .get_websockets_with_tag(transport.tag())
+        .get_websockets_with_tag(tag)
         .map(|list| list.into_iter().map(WebSocket::from).collect())
         .unwrap_or_default()
 }
@@ -154,6 +163,8 @@ pub struct Join<'a> {
     pub now_ms: i64,
     /// A presence connection's `sync` object: sent after `ready`, before any event.
     pub greeting: Option<String>,
+    /// The subscriber's topic filter and its key (`runtime::filters`).
+    pub filter: Option<(String, Rc<Filter>)>,
 }
 
 /// A subscriber just accepted: the client end of its socket, and when it would stall if a
@@ -194,7 +205,16 @@ pub fn accept(
     }
     let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
     let server = pair.server;
-    hibernate(state, &server, &attachment, channel, join.publisher)?;
+    let filter_key = join.filter.as_ref().map(|(key, _)| key.as_str());
+    let filter = join.filter.as_ref().map(|(_, f)| f.as_ref());
+    hibernate(
+        state,
+        &server,
+        &attachment,
+        channel,
+        join.publisher,
+        filter_key,
+    )?;
     let sink = SocketSink(server.clone());
     if attachment.transport == Transport::Ws {
         deliver(
@@ -210,7 +230,8 @@ pub fn accept(
         &sink,
         log,
         channel,
-        &attachment,
+        &mut attachment,
+        filter,
         plan,
         window.head,
         join.flow_window,
@@ -228,17 +249,23 @@ pub fn accept(
     })
 }
 
-/// Hands the socket to the runtime as hibernatable, tagged with its transport, its channel, its
-/// publisher, and whether it is a presence connection.
+/// Hands the socket to the runtime as hibernatable, tagged with its transport (filtered or
+/// not), its channel, its publisher, whether it is a presence connection, and its filter.
 fn hibernate(
     state: &State,
     server: &WebSocket,
     attachment: &Attachment,
     channel: &ChannelName,
     publisher: Option<Publisher>,
+    filter_key: Option<&str>,
 ) -> Result<(), Error> {
-    let tags = [attachment.transport.tag().to_string()]
+    let transport = match filter_key {
+        Some(_) => filters::transport_tag(attachment.transport),
+        None => attachment.transport.tag(),
+    };
+    let tags = [transport.to_string()]
         .into_iter()
+        .chain(filter_key.map(|key| format!("{FILTER_TAG}{key}")))
         .chain([format!("{CHANNEL_TAG}{channel}")])
         .chain(publisher.map(|p| format!("{PUBLISHER_TAG}{}", p.hex())))
         .chain(attachment.member.as_ref().map(|_| PRESENCE_TAG.to_string()))
@@ -254,17 +281,54 @@ fn hibernate(
 /// one: a WebSocket client up to its window (it reports every quarter of it); an SSE bridge a
 /// quarter window at a time, followed by a `held` notice, because it reports only once its
 /// client has taken everything before that notice. Returns the last id sent if short of `head`.
+///
+/// A filtered WebSocket client can only report what it was sent: a step that its filter left
+/// empty moves its credit past what it skipped (it owes nothing for events it never got), and
+/// the next step follows at once, so it is never held waiting for a report it cannot make.
+#[allow(clippy::too_many_arguments)]
 fn paced_replay(
     sink: &SocketSink,
     log: &ChannelLog,
     channel: &ChannelName,
-    attachment: &Attachment,
-    plan: Replay,
+    attachment: &mut Attachment,
+    filter: Option<&Filter>,
+    mut plan: Replay,
     head: u64,
     flow_window: u64,
 ) -> Result<Option<u64>, Error> {
-    let limit = attachment.step_limit(flow_window);
-    let sent = replay(sink, log, channel, attachment.transport, plan, head, limit)?;
+    let mut sent;
+    loop {
+        let limit = attachment.step_limit(flow_window);
+        let step = replay(
+            sink,
+            log,
+            channel,
+            attachment.transport,
+            filter,
+            plan,
+            head,
+            limit,
+        )?;
+        sent = step.held_at;
+        let (Some(at), Some(_), 0) = (sent, filter, step.delivered) else {
+            break;
+        };
+        let Some(credit) = attachment.credit else {
+            break;
+        };
+        let progressed = match plan {
+            Replay::After(before) => at > before,
+            _ => true,
+        };
+        if attachment.transport == Transport::Sse || !progressed {
+            break;
+        }
+        let bytes = log
+            .bytes_at(at)
+            .map_err(|e| Error::Internal(format!("reading a position: {e}")))?;
+        attachment.credit = Some(Credit::new(at, bytes, credit.at_ms));
+        plan = Replay::After(at);
+    }
     if let Some(sent) = attachment.notice_after_step(sent) {
         deliver(
             std::slice::from_ref(sink),
@@ -274,41 +338,64 @@ fn paced_replay(
     Ok(sent)
 }
 
+/// Where a replay step left a subscriber: held after an id (short of the head) or live, and
+/// how many events it was sent.
+struct Step {
+    held_at: Option<u64>,
+    delivered: usize,
+}
+
 /// Sends `sink` the replay `plan` asks for, page by page: the gap notice if any, then the
-/// events. With `limit` (a WebSocket client's `Credit::replay_limit`), only the events whose
-/// frames start before it: returns the last id sent when that stops it short of `head`.
+/// events (those `filter` lets through, if it has one). With `limit` (a WebSocket client's
+/// `Credit::replay_limit`), only the events whose frames start before it: the step is then held
+/// after the last id it looked at when that stops it short of `head`.
+#[allow(clippy::too_many_arguments)]
 fn replay(
     sink: &SocketSink,
     log: &ChannelLog,
     channel: &ChannelName,
     transport: Transport,
+    filter: Option<&Filter>,
     plan: Replay,
     head: u64,
     limit: Option<u64>,
-) -> Result<Option<u64>, Error> {
+) -> Result<Step, Error> {
     let mut after = match plan {
-        Replay::Live => return Ok(None),
+        Replay::Live => {
+            return Ok(Step {
+                held_at: None,
+                delivered: 0,
+            })
+        }
         Replay::After(n) => n,
         Replay::Gap { earliest, .. } => earliest.saturating_sub(1),
     };
+    let mut delivered = 0;
     for page in 0.. {
-        let events = log
+        let mut events = log
             .after(after, REPLAY_PAGE, limit)
             .map_err(|e| Error::Internal(format!("reading the replay: {e}")))?;
+        let full = events.len() as u64 == REPLAY_PAGE;
+        if let Some(last) = events.last() {
+            after = last.id;
+        }
+        if let Some(filter) = filter {
+            events.retain(|e| filter.matches(&EventTopics::new(e.topics.as_ref())));
+        }
+        delivered += events.len();
         let frames = match page {
             0 => Frames::replay(channel, plan, &events),
             _ => Frames::encode(channel, &events),
         };
         deliver(std::slice::from_ref(sink), frames.for_transport(transport));
-        let full = events.len() as u64 == REPLAY_PAGE;
-        if let Some(last) = events.last() {
-            after = last.id;
-        }
         if !full {
             break;
         }
     }
-    Ok(held_at(after, head))
+    Ok(Step {
+        held_at: held_at(after, head),
+        delivered,
+    })
 }
 
 /// A subscriber held by a paced replay reported its cursor (`attachment.credit` is updated):
@@ -321,6 +408,7 @@ pub fn resume_replay(
     channel: &ChannelName,
     sent: u64,
     attachment: &mut Attachment,
+    filter: Option<&Filter>,
     flow_window: u64,
 ) -> Result<(), Error> {
     let window = log
@@ -333,6 +421,7 @@ pub fn resume_replay(
         log,
         channel,
         attachment,
+        filter,
         plan,
         window.head,
         flow_window,
@@ -365,6 +454,10 @@ pub struct FlowCheck<'a> {
     pub floor: &'a Cell<Floor>,
     /// When the first event after a cursor was sent (its publish time), if it is still held.
     pub sent_after: &'a dyn Fn(u64) -> Option<i64>,
+    /// The same for the first event after a cursor that a filter lets through.
+    pub matched_after: &'a dyn Fn(u64, &Filter) -> Option<i64>,
+    /// The channel's head after this publish.
+    pub head: u64,
 }
 
 /// Sends a publish's frames to every live subscriber; sockets that fail are closed so their
@@ -374,11 +467,17 @@ pub struct FlowCheck<'a> {
 ///
 /// Subscribers held by a paced replay get nothing here: their replay brings these events in
 /// order. The floor says when one may be held, and the attachments are read then.
-pub fn fan_out(state: &State, presence: &Presence, frames: &Frames, flow: FlowCheck<'_>) {
+pub fn fan_out(
+    state: &State,
+    presence: &Presence,
+    filters: &Filters,
+    frames: &Frames,
+    flow: FlowCheck<'_>,
+) {
     let check = flow.floor.get().must_check(flow.end, flow.window);
     let mut scan = FloorScan::new(flow.end);
     for transport in [Transport::Ws, Transport::Sse] {
-        let mut sockets = any_sockets(state, transport);
+        let mut sockets = any_with_tag(state.as_raw(), transport.tag());
         if check {
             sockets.retain(|ws| {
                 let Some(attachment) = attachment(ws) else {
@@ -405,9 +504,95 @@ pub fn fan_out(state: &State, presence: &Presence, frames: &Frames, flow: FlowCh
                 presence.close(socket, CloseCode::Reconnect);
             }
         }
+        fan_out_filtered(
+            state, presence, filters, frames, transport, &flow, check, &mut scan,
+        );
     }
     if check {
         flow.floor.set(scan.floor());
+    }
+}
+
+/// The filtered subscribers' part of a publish: each gets the events its filter lets through
+/// (sockets that share a filter share one selection and one send list). Flow control is the
+/// unfiltered rule, except that a socket owes nothing for events its filter kept from it: one
+/// over its window with no matching event after its cursor has its credit moved to the head.
+#[allow(clippy::too_many_arguments)]
+fn fan_out_filtered(
+    state: &State,
+    presence: &Presence,
+    filters: &Filters,
+    frames: &Frames,
+    transport: Transport,
+    flow: &FlowCheck<'_>,
+    check: bool,
+    scan: &mut FloorScan,
+) {
+    let raw = state.as_raw();
+    let sockets = any_with_tag(raw, filters::transport_tag(transport));
+    if sockets.is_empty() {
+        return;
+    }
+    let mut selection = Selection::new(frames);
+    let mut groups: HashMap<String, (Rc<Filter>, Vec<WebSocket>)> = HashMap::new();
+    for ws in sockets {
+        let key = filters::key_of(raw, &ws).unwrap_or_default();
+        let Some(filter) = filters.of(raw, &ws) else {
+            continue;
+        };
+        if check && !filtered_verdict(presence, &ws, &filter, flow, scan) {
+            continue;
+        }
+        groups
+            .entry(key)
+            .or_insert_with(|| (filter, Vec::new()))
+            .1
+            .push(ws);
+    }
+    for (key, (filter, sockets)) in groups {
+        let chosen = frames.select(transport, selection.keep(&key, &filter));
+        for failed in deliver_js(&sockets, &chosen) {
+            if let Some(socket) = sockets.get(failed) {
+                presence.close(socket, CloseCode::Reconnect);
+            }
+        }
+    }
+}
+
+/// Whether a filtered socket gets this publish (`Verdict::Deliver`); closes it when too slow.
+fn filtered_verdict(
+    presence: &Presence,
+    ws: &WebSocket,
+    filter: &Filter,
+    flow: &FlowCheck<'_>,
+    scan: &mut FloorScan,
+) -> bool {
+    let Some(mut attachment) = attachment(ws) else {
+        return true;
+    };
+    if let Some(credit) = attachment.credit {
+        let owed = credit.unconfirmed(flow.end) > flow.window
+            && (flow.matched_after)(credit.cursor, filter).is_none();
+        if owed && attachment.sent.is_none() {
+            // Nothing it could confirm: it is level with the head.
+            attachment.credit = Some(Credit::new(flow.head, flow.end, flow.now_ms));
+            let _ = ws.serialize_attachment(&attachment);
+        }
+    }
+    let matched = |cursor| (flow.matched_after)(cursor, filter);
+    match attachment.verdict(flow.end, flow.window, flow.now_ms, matched) {
+        Verdict::TooSlow => {
+            presence.close(ws, CloseCode::TooSlow);
+            false
+        }
+        Verdict::Skip => {
+            scan.kept(&attachment);
+            false
+        }
+        Verdict::Deliver => {
+            scan.kept(&attachment);
+            true
+        }
     }
 }
 

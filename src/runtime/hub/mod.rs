@@ -8,6 +8,7 @@ mod sockets;
 mod upkeep;
 
 use super::alarm::Alarm;
+use super::filters::Filters;
 use super::http::{internal, json, log_failure, problem};
 use super::log::ChannelLog;
 use super::presence::Presence;
@@ -51,6 +52,8 @@ pub struct ChannelHub {
     config: Config,
     /// Who is on the channel (`runtime::presence`).
     presence: Presence,
+    /// Subscribers' topic filters (`runtime::filters`).
+    filters: Filters,
 }
 
 impl DurableObject for ChannelHub {
@@ -64,6 +67,7 @@ impl DurableObject for ChannelHub {
         }
         let config = Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()));
         let presence = Presence::new(state.as_raw(), &config);
+        let filters = Filters::new(state.storage().sql());
         let hub = ChannelHub {
             state,
             env,
@@ -76,6 +80,7 @@ impl DurableObject for ChannelHub {
             floor: Cell::new(Floor::default()),
             config,
             presence,
+            filters,
         };
         // A crash between an answer and its D1 write leaves the mirror behind: catch up on wake.
         hub.start_mirror();
@@ -224,9 +229,14 @@ impl ChannelHub {
                 expires,
                 publisher,
                 member,
+                filter,
             } => {
                 let attachment = Attachment::new(transport, publish, expires);
-                self.subscribe(&channel, attachment, cursor, publisher, member)
+                let filter = match filter {
+                    Some(spec) => self.filters.keep(self.state.as_raw(), &spec)?,
+                    None => None,
+                };
+                self.subscribe(&channel, attachment, cursor, publisher, member, filter)
                     .await
             }
         }

@@ -93,7 +93,7 @@ impl ChannelHub {
             self.policy(),
         )
         .map_err(internal("storing events"))?;
-        self.deliver(log, &frames, end, now, first_write);
+        self.deliver(log, &frames, (head + count, end), now, first_write);
         let published = Published {
             first_id: head + 1,
             count,
@@ -109,7 +109,15 @@ impl ChannelHub {
     /// the upkeep alarm. On a channel's first write, subscribers that joined before it had
     /// storage got no expiry alarm (it would have stored one): the expired are closed now,
     /// before they are sent anything, and the alarm is set.
-    fn deliver(&self, log: &ChannelLog, frames: &Frames, end: u64, now: i64, first_write: bool) {
+    /// `(head, end)`: the new head and the stream position after its event frame.
+    fn deliver(
+        &self,
+        log: &ChannelLog,
+        frames: &Frames,
+        (head, end): (u64, u64),
+        now: i64,
+        first_write: bool,
+    ) {
         if first_write {
             if let Some(exp) = subscribers::close_expired(&self.state, &self.presence, now / 1000) {
                 let (alarm, storage) = (self.alarm.clone(), self.state.storage());
@@ -124,8 +132,10 @@ impl ChannelHub {
             now_ms: now,
             floor: &self.floor,
             sent_after: &|cursor| log.time_after(cursor).ok().flatten(),
+            matched_after: &|cursor, filter| log.time_after_matching(cursor, filter).ok().flatten(),
+            head,
         };
-        subscribers::fan_out(&self.state, &self.presence, frames, check);
+        subscribers::fan_out(&self.state, &self.presence, &self.filters, frames, check);
         self.start_mirror();
         self.schedule_upkeep();
     }

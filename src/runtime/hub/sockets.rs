@@ -10,7 +10,9 @@ use crate::channel::fanout::Transport;
 use crate::channel::subscriber::{Attachment, Reported};
 use crate::error::Error;
 use crate::protocol::presence::Entrant;
+use crate::protocol::topics::Filter;
 use crate::protocol::ChannelName;
+use std::rc::Rc;
 use worker::{Date, Response, WebSocket};
 
 impl ChannelHub {
@@ -43,7 +45,9 @@ impl ChannelHub {
         if let Some(sent) = attachment.sent {
             let channel = self.socket_channel(ws, state)?;
             let window = self.flow_window();
-            subscribers::resume_replay(ws, log, &channel, sent, &mut attachment, window)?;
+            let filter = self.filters.of(self.state.as_raw(), ws);
+            let filter = filter.as_deref();
+            subscribers::resume_replay(ws, log, &channel, sent, &mut attachment, filter, window)?;
             if attachment.sent.is_some() {
                 self.floor.set(self.floor.get().holding());
             }
@@ -76,6 +80,7 @@ impl ChannelHub {
         cursor: Option<u64>,
         publisher: Option<Publisher>,
         member: Option<Entrant>,
+        filter: Option<(String, Rc<Filter>)>,
     ) -> Result<Response, Error> {
         let log = self.log()?;
         let exp = attachment.exp;
@@ -99,6 +104,7 @@ impl ChannelHub {
             flow_window: self.flow_window(),
             now_ms,
             greeting,
+            filter,
         };
         let accepted = match subscribers::accept(&self.state, log, join, &self.floor) {
             Ok(accepted) => accepted,
