@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod flow;
 pub mod merge;
 pub mod poll;
+pub mod poll_filtered;
 pub mod poll_many;
 pub mod presence;
 pub mod retention;

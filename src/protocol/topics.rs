@@ -226,6 +226,11 @@ impl Filter {
         }
     }
 
+    /// The exact topics when the filter has no pattern (a store can then filter by itself).
+    pub fn exact_only(&self) -> Option<&[String]> {
+        self.patterns.is_empty().then_some(self.exact.as_slice())
+    }
+
     /// The canonical spec: sorted, without repeats.
     pub fn spec(&self) -> FilterSpec {
         FilterSpec {

@@ -4,10 +4,11 @@
 
 use super::log::ChannelLog;
 use crate::channel::poll::{PollRequest, StoredEvent};
+use crate::channel::poll_filtered::{Scanned, SCAN_ROWS};
 use crate::channel::poll_many::{ManyRequest, ManyRow};
 use crate::channel::Window;
 use crate::protocol::query::MAX_CURSOR;
-use crate::protocol::topics::Topics;
+use crate::protocol::topics::{Filter, Topics};
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
 use worker::wasm_bindgen::JsValue;
@@ -164,7 +165,9 @@ pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker:
 struct PageRow {
     #[serde(default)]
     pos: usize,
+    #[serde(default)]
     head: u64,
+    #[serde(default)]
     earliest: u64,
     seq: Option<u64>,
     #[serde(rename = "type")]
@@ -293,4 +296,118 @@ pub async fn read_many(
         }
     }
     Ok((windows, events))
+}
+
+/// The first step of a filtered poll (`channel::poll_filtered`), in one query: every channel's
+/// mirrored window and its candidate rows after its position, without their data: rows with
+/// topics, and when the filter has only exact matchers (`?2`, a JSON array; null otherwise),
+/// only rows with one of those topics, so D1 does that filtering itself. `?1` is the set as for
+/// `SELECT_MANY`; at most `?3` rows per channel.
+const SCAN_FILTERED: &str = "WITH want AS ( \
+       SELECT CAST(key AS INTEGER) AS pos, json_extract(value, '$[0]') AS channel, \
+              json_extract(value, '$[1]') AS after FROM json_each(?1)), \
+     win AS ( \
+       SELECT w.pos AS pos, w.channel AS channel, coalesce(c.head, 0) AS head, \
+              coalesce(c.earliest, 1) AS earliest, \
+              max(w.after, coalesce(c.earliest, 1) - 1) AS start \
+       FROM want w LEFT JOIN channels c ON c.channel = w.channel), \
+     cand AS ( \
+       SELECT w.pos AS pos, e.seq AS seq, e.size AS size, e.topics AS topics, \
+              row_number() OVER (PARTITION BY w.pos ORDER BY e.seq) AS n \
+       FROM win w JOIN events e ON e.channel = w.channel AND e.seq > w.start \
+         AND e.seq <= w.head AND e.topics IS NOT NULL \
+         AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(e.topics) t \
+                                    WHERE t.value IN (SELECT value FROM json_each(?2))))) \
+     SELECT w.pos AS pos, w.head AS head, w.earliest AS earliest, c.seq AS seq, \
+       c.size AS size, c.topics AS topics \
+     FROM win w LEFT JOIN cand c ON c.pos = w.pos AND c.n <= ?3 \
+     ORDER BY w.pos, c.seq";
+
+/// The second step: the picked rows, `?1` as `[[pos, channel, seq], …]`.
+const SELECT_PICKED: &str = "SELECT CAST(json_extract(p.value, '$[0]') AS INTEGER) AS pos, \
+       e.seq AS seq, e.type AS type, e.data AS data, e.time_ms AS time_ms, e.topics AS topics \
+     FROM json_each(?1) p JOIN events e ON e.channel = json_extract(p.value, '$[1]') \
+       AND e.seq = json_extract(p.value, '$[2]')";
+
+#[derive(Deserialize)]
+struct ScanRow {
+    pos: usize,
+    head: u64,
+    earliest: u64,
+    seq: Option<u64>,
+    size: Option<u64>,
+    topics: Option<String>,
+}
+
+/// Each channel's mirrored window (in the set's order) and its candidate rows after `after`
+/// (`MAX_CURSOR` for "from now on"), for a filtered poll.
+pub async fn scan_filtered(
+    db: &D1Database,
+    lanes: &[(&ChannelName, u64)],
+    filter: &Filter,
+) -> worker::Result<(Vec<Window>, Vec<Vec<Scanned>>)> {
+    let want: Vec<(&str, u64)> = lanes.iter().map(|(c, a)| (c.as_str(), *a)).collect();
+    let want = serde_json::to_string(&want).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let exact = match filter.exact_only() {
+        Some(topics) => JsValue::from_str(
+            &serde_json::to_string(topics).map_err(|e| worker::Error::RustError(e.to_string()))?,
+        ),
+        None => JsValue::NULL,
+    };
+    let statement = db.prepare(SCAN_FILTERED).bind(&[
+        JsValue::from_str(&want),
+        exact,
+        JsValue::from_f64(SCAN_ROWS as f64),
+    ])?;
+    let rows: Vec<ScanRow> = statement.all().await?.results()?;
+    let mut windows = vec![Window::EMPTY; lanes.len()];
+    let mut scans: Vec<Vec<Scanned>> = vec![Vec::new(); lanes.len()];
+    for row in rows {
+        if let Some(window) = windows.get_mut(row.pos) {
+            *window = Window {
+                head: row.head,
+                earliest: row.earliest,
+            };
+        }
+        if let (Some(id), Some(scan)) = (row.seq, scans.get_mut(row.pos)) {
+            scan.push(Scanned {
+                id,
+                size: row.size.unwrap_or(0),
+                topics: row.topics.as_deref().and_then(Topics::from_json),
+            });
+        }
+    }
+    Ok((windows, scans))
+}
+
+/// The events of the picked `(lane, channel, id)` rows, each with its lane.
+pub async fn read_picked(
+    db: &D1Database,
+    picked: &[(usize, &ChannelName, u64)],
+) -> worker::Result<Vec<(usize, StoredEvent)>> {
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<(usize, &str, u64)> = picked
+        .iter()
+        .map(|(l, c, id)| (*l, c.as_str(), *id))
+        .collect();
+    let list = serde_json::to_string(&list).map_err(|e| worker::Error::RustError(e.to_string()))?;
+    let statement = db
+        .prepare(SELECT_PICKED)
+        .bind(&[JsValue::from_str(&list)])?;
+    let rows: Vec<PageRow> = statement.all().await?.results()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let event = StoredEvent {
+                id: r.seq?,
+                event_type: r.event_type?,
+                data: r.data?,
+                time_ms: r.time_ms?,
+                topics: r.topics.as_deref().and_then(Topics::from_json),
+            };
+            Some((r.pos, event))
+        })
+        .collect())
 }

@@ -19,6 +19,7 @@ mod routes;
 mod sse;
 mod stream;
 mod subscribers;
+mod topic_poll;
 
 use crate::config::Config;
 use crate::error::Error;

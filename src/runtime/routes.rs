@@ -4,7 +4,7 @@
 use super::access::{self, Access, Credentials, Permits};
 use super::client::Hub;
 use super::http::{internal, is_json, json, read_body};
-use super::{mirror, sse, stream};
+use super::{mirror, sse, stream, topic_poll};
 use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
@@ -237,21 +237,40 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
         limit: limit(at)?,
         max_bytes: at.config.max_page_bytes,
     };
+    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
+    let tag = |window: Window| {
+        let etag = request.etag(window);
+        filter
+            .as_ref()
+            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
+    };
     let now = now_ms();
     let cached = WINDOWS.with(|w| {
         w.borrow()
             .fresh(channel.as_str(), now, at.config.poll_cache_ms)
     });
-    if let Some(etag) = cached.map(|w| request.etag(w)) {
+    if let Some(etag) = cached.map(tag) {
         if unchanged(at, &etag) {
             return not_modified(etag);
         }
     }
-    let (window, rows) = mirror::read_page(&mirror_db(at)?, channel, &request)
+    let db = mirror_db(at)?;
+    if let Some(filter) = &filter {
+        let lanes = [(channel, request.cursor)];
+        let read = topic_poll::read(&db, &lanes, filter, request.limit, request.max_bytes).await?;
+        let window = read.windows.first().copied().unwrap_or(Window::EMPTY);
+        WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
+        let etag = tag(window);
+        if unchanged(at, &etag) {
+            return not_modified(etag);
+        }
+        return page_answer(etag, read.page().encode(channel));
+    }
+    let (window, rows) = mirror::read_page(&db, channel, &request)
         .await
         .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
     WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
-    let etag = request.etag(window);
+    let etag = tag(window);
     if unchanged(at, &etag) {
         return not_modified(etag);
     }
@@ -268,6 +287,13 @@ pub async fn poll_many(at: &Incoming<'_>) -> Answer {
         .check_all(at.config, Action::Subscribe, &set)?;
     let since = stream_since(&at.query, &set)?;
     let request = ManyRequest::new(set, since.as_ref(), limit(at)?, at.config.max_page_bytes);
+    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
+    let tag = |windows: &[Window]| {
+        let etag = request.etag(windows);
+        filter
+            .as_ref()
+            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
+    };
     let now = now_ms();
     let cached: Option<Vec<Window>> = WINDOWS.with(|w| {
         let w = w.borrow();
@@ -278,21 +304,40 @@ pub async fn poll_many(at: &Incoming<'_>) -> Answer {
             .map(|c| w.fresh(c.as_str(), now, at.config.poll_cache_ms))
             .collect()
     });
-    if let Some(etag) = cached.map(|w| request.etag(&w)) {
+    if let Some(etag) = cached.map(|w| tag(&w)) {
         if unchanged(at, &etag) {
             return not_modified(etag);
         }
     }
-    let (windows, rows) = mirror::read_many(&mirror_db(at)?, &request)
+    let remember = |windows: &[Window]| {
+        WINDOWS.with(|w| {
+            let mut w = w.borrow_mut();
+            for (c, window) in request.set.channels().iter().zip(windows) {
+                w.put(c.as_str(), *window, now);
+            }
+        })
+    };
+    let db = mirror_db(at)?;
+    if let Some(filter) = &filter {
+        let channels = request.set.channels();
+        let lanes: Vec<(&ChannelName, Option<u64>)> = channels
+            .iter()
+            .zip(request.cursors().iter().copied())
+            .collect();
+        let limit = request.limit;
+        let read = topic_poll::read(&db, &lanes, filter, limit, request.max_bytes).await?;
+        remember(&read.windows);
+        let etag = tag(&read.windows);
+        if unchanged(at, &etag) {
+            return not_modified(etag);
+        }
+        return page_answer(etag, read.many_page(channels).encode());
+    }
+    let (windows, rows) = mirror::read_many(&db, &request)
         .await
         .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-    WINDOWS.with(|w| {
-        let mut w = w.borrow_mut();
-        for (c, window) in request.set.channels().iter().zip(&windows) {
-            w.put(c.as_str(), *window, now);
-        }
-    });
-    let etag = request.etag(&windows);
+    remember(&windows);
+    let etag = tag(&windows);
     if unchanged(at, &etag) {
         return not_modified(etag);
     }
