@@ -110,6 +110,21 @@ pub fn query_values(query: &str, name: &str) -> Result<Vec<String>, Error> {
         .collect()
 }
 
+/// One topic matcher as a protocol names it (Mercure's selectors and matchers, the native
+/// `topic=`/`topic_pattern=`): what it is and its text, not yet compiled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum MatcherSpec {
+    /// `*`: every topic.
+    Any,
+    /// Byte for byte.
+    Exact(String),
+    /// A WHATWG URL Pattern.
+    UrlPattern(String),
+    /// An RFC 6570 URI template: a topic matches when some expansion of it gives the topic.
+    UriTemplate(String),
+}
+
 /// A compiled WHATWG URL Pattern and the text it came from.
 #[derive(Debug)]
 struct Pattern {
