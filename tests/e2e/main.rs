@@ -34,6 +34,7 @@ mod sse;
 mod sse_client;
 mod sse_parser;
 mod streams;
+mod topics;
 mod ws;
 mod ws_client;
 
@@ -147,6 +148,7 @@ fn main() {
         streams::cases(),
         // Presence (issue 15).
         presence::cases(),
+        topics::cases(),
         // Security and hostile input (issue 4): auth matrix, minting, CORS, limits, hostile
         // WebSocket frames, schemathesis against docs/openapi.yaml, the docs' curl examples.
         security::cases(),
