@@ -54,4 +54,15 @@ fi
 if [ ! -f .dev.vars ]; then
   cp .dev.vars.example .dev.vars
   echo "setup: wrote .dev.vars from .dev.vars.example"
+else
+  # A .dev.vars from an older clone keeps its values, and gets every setting the example has
+  # gained since (with the example's value), so it never silently lacks one.
+  while IFS= read -r line; do
+    case "$line" in ''|'#'*) continue ;; esac
+    name="${line%%=*}"
+    if ! grep -q "^${name}=" .dev.vars; then
+      printf '%s\n' "$line" >> .dev.vars
+      echo "setup: added ${name} to .dev.vars from .dev.vars.example"
+    fi
+  done < .dev.vars.example
 fi

@@ -5,6 +5,7 @@
 use crate::auth::{patterns, Pattern};
 use crate::protocol::publish::PublishLimits;
 use crate::protocol::stream::DEFAULT_MAX_STREAM_CHANNELS;
+use crate::protocol::ChannelName;
 
 /// The deepest `MAX_DATA_DEPTH` may be set. An event's data sits at most three levels down in
 /// anything the hub sends (a poll page's object, its `events` array, the envelope), so data at
@@ -46,6 +47,8 @@ pub struct Config {
     pub presence_max_members: usize,
     pub public_channels: Vec<Pattern>,
     pub cors_origins: Vec<String>,
+    /// The Mercure face (`/.well-known/mercure`, docs/mercure.md).
+    pub mercure: MercureConfig,
     /// True only under the local development config (`.dev.vars`).
     pub development: bool,
     /// Fault switch for tests: every D1 mirror write fails. Honoured only in development.
@@ -99,10 +102,35 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect(),
+            mercure: MercureConfig {
+                channel: var("MERCURE_CHANNEL")
+                    .and_then(|c| ChannelName::parse(c.trim()).ok())
+                    .unwrap_or_else(ChannelName::mercure),
+                anonymous: flag("MERCURE_ANONYMOUS"),
+                audience: var("MERCURE_AUDIENCE")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                issuer: var("MERCURE_ISSUER").unwrap_or_default().trim().to_string(),
+            },
             development,
             fault_d1_writes: development && flag("EDGEHUB_FAULT_D1_WRITES"),
         }
     }
+}
+
+/// The Mercure face's settings (its JWT keys are secrets, read apart).
+#[derive(Debug, Clone)]
+pub struct MercureConfig {
+    /// The channel that is the Mercure hub (`MERCURE_CHANNEL`, default `mercure`).
+    pub channel: ChannelName,
+    /// Subscribers without a token get public updates (`MERCURE_ANONYMOUS=1`).
+    pub anonymous: bool,
+    /// The resource identifier a Mercure 1.0 token's `aud` must hold (`MERCURE_AUDIENCE`);
+    /// empty: 1.0 tokens are refused.
+    pub audience: String,
+    /// The trusted `iss` of Mercure 1.0 tokens (`MERCURE_ISSUER`).
+    pub issuer: String,
 }
 
 impl Config {
@@ -125,7 +153,6 @@ impl Default for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ChannelName;
 
     #[test]
     fn defaults_follow_the_design_table() {
@@ -147,6 +174,9 @@ mod tests {
         assert!(c.public_channels.is_empty());
         assert!(!c.development);
         assert!(!c.fault_d1_writes);
+        assert_eq!(c.mercure.channel.as_str(), "mercure");
+        assert!(!c.mercure.anonymous);
+        assert!(c.mercure.audience.is_empty() && c.mercure.issuer.is_empty());
     }
 
     #[test]

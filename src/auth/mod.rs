@@ -5,6 +5,7 @@
 
 pub mod delegate;
 pub mod info;
+pub mod mercure;
 
 pub use info::Info;
 

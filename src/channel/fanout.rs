@@ -4,8 +4,9 @@
 
 use super::poll::StoredEvent;
 use super::Replay;
+use crate::protocol::names::DEFAULT_EVENT_TYPE;
 use crate::protocol::topics::Topics;
-use crate::protocol::{sse, ws, ChannelName, EventType};
+use crate::protocol::{mercure, sse, ws, ChannelName, EventType};
 
 /// The largest SSE text sent to a bridge in one WebSocket message (the runtime caps messages
 /// at 1 MiB; one event's data is at most 64 KiB by default).
@@ -51,7 +52,11 @@ pub struct Frames {
     pub ws: Vec<String>,
     pub sse: Vec<String>,
     sse_each: Vec<String>,
+    /// Each event as a Mercure update's SSE text (`mercure_text`).
+    mercure_each: Vec<String>,
     pub topics: Vec<Option<Topics>>,
+    /// Which events are private Mercure updates.
+    pub private: Vec<bool>,
 }
 
 impl Frames {
@@ -66,7 +71,9 @@ impl Frames {
             let text = sse::event(e.id, &event_type, &e.data);
             push_sse(&mut frames.sse, &mut sse_chunk, &text);
             frames.sse_each.push(text);
+            frames.mercure_each.push(mercure_text(e));
             frames.topics.push(e.topics.clone());
+            frames.private.push(e.is_private());
         }
         if !sse_chunk.is_empty() {
             frames.sse.push(sse_chunk);
@@ -75,8 +82,9 @@ impl Frames {
     }
 
     /// The frames of the events `keep` lets through (one flag per event, in order), for one
-    /// transport: the same strings `encode` made, SSE text chunked again.
-    pub fn select(&self, transport: Transport, keep: &[bool]) -> Vec<String> {
+    /// transport, or as Mercure updates (`mercure`, SSE only): the same strings `encode` made,
+    /// SSE text chunked again.
+    pub fn select(&self, transport: Transport, keep: &[bool], mercure: bool) -> Vec<String> {
         let kept = |list: &[String]| -> Vec<String> {
             list.iter()
                 .zip(keep)
@@ -84,19 +92,10 @@ impl Frames {
                 .map(|(f, _)| f.clone())
                 .collect()
         };
-        match transport {
-            Transport::Ws => kept(&self.ws),
-            Transport::Sse => {
-                let mut chunks = Vec::new();
-                let mut chunk = String::new();
-                for text in kept(&self.sse_each) {
-                    push_sse(&mut chunks, &mut chunk, &text);
-                }
-                if !chunk.is_empty() {
-                    chunks.push(chunk);
-                }
-                chunks
-            }
+        match (transport, mercure) {
+            (Transport::Ws, _) => kept(&self.ws),
+            (Transport::Sse, false) => chunked(kept(&self.sse_each)),
+            (Transport::Sse, true) => chunked(kept(&self.mercure_each)),
         }
     }
 
@@ -121,6 +120,36 @@ impl Frames {
             Transport::Ws => &self.ws,
         }
     }
+}
+
+/// An event as a Mercure update (`protocol::mercure`): its publisher's id, type and retry, and
+/// its data sent raw; an event published natively into a Mercure channel gets its own id and
+/// its data's JSON text.
+fn mercure_text(e: &StoredEvent) -> String {
+    match &e.update {
+        Some(u) => {
+            let data: Option<String> = serde_json::from_str(&e.data).ok();
+            let data = data.unwrap_or_else(|| e.data.clone());
+            mercure::sse_event(&u.id, u.event_type.as_deref(), u.retry, &data)
+        }
+        None => {
+            let event_type = (e.event_type != DEFAULT_EVENT_TYPE).then_some(e.event_type.as_str());
+            mercure::sse_event(&e.id.to_string(), event_type, None, &e.data)
+        }
+    }
+}
+
+/// SSE texts joined into chunks of at most `SSE_CHUNK_BYTES` (or one text, when larger).
+fn chunked(texts: Vec<String>) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut chunk = String::new();
+    for text in texts {
+        push_sse(&mut chunks, &mut chunk, &text);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
 }
 
 fn push_sse(chunks: &mut Vec<String>, chunk: &mut String, text: &str) {
@@ -178,6 +207,7 @@ mod tests {
             data: data.into(),
             time_ms: 0,
             topics: None,
+            update: None,
         }
     }
 
@@ -234,15 +264,15 @@ mod tests {
         let events: Vec<StoredEvent> = (1..=3).map(|i| ev(i, "message", "1")).collect();
         let frames = Frames::encode(&c, &events);
         let keep = [true, false, true];
-        let ws = frames.select(Transport::Ws, &keep);
+        let ws = frames.select(Transport::Ws, &keep, false);
         assert_eq!(ws, vec![frames.ws[0].clone(), frames.ws[2].clone()]);
         assert_eq!(
-            frames.select(Transport::Sse, &keep),
+            frames.select(Transport::Sse, &keep, false),
             vec!["id: 1\ndata: 1\n\nid: 3\ndata: 1\n\n".to_string()]
         );
-        assert!(frames.select(Transport::Sse, &[false; 3]).is_empty());
+        assert!(frames.select(Transport::Sse, &[false; 3], false).is_empty());
         assert_eq!(
-            frames.select(Transport::Sse, &[true; 3]),
+            frames.select(Transport::Sse, &[true; 3], false),
             frames.sse,
             "all of it is what every unfiltered subscriber gets"
         );

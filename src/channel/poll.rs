@@ -5,7 +5,9 @@
 
 use super::{plan_replay, Replay, Window};
 use crate::protocol::envelope::encode_envelope;
+use crate::protocol::filter::EventTopics;
 use crate::protocol::topics::Topics;
+use crate::protocol::update::UpdateMeta;
 use crate::protocol::ChannelName;
 use std::collections::HashMap;
 
@@ -17,9 +19,21 @@ pub struct StoredEvent {
     pub data: String,
     pub time_ms: i64,
     pub topics: Option<Topics>,
+    /// A Mercure update's own fields (`None` for every other event).
+    pub update: Option<UpdateMeta>,
 }
 
 impl StoredEvent {
+    /// Its topics as filters read them (a private Mercure update says so).
+    pub fn filtered_as(&self) -> EventTopics<'_> {
+        EventTopics::new(self.topics.as_ref()).private(self.is_private())
+    }
+
+    /// True for a private Mercure update.
+    pub fn is_private(&self) -> bool {
+        self.update.as_ref().is_some_and(|u| u.private)
+    }
+
     /// Its envelope's JSON text on `channel`.
     pub fn envelope(&self, channel: &ChannelName) -> String {
         encode_envelope(
@@ -170,6 +184,7 @@ mod tests {
             data: id.to_string(),
             time_ms: 0,
             topics: None,
+            update: None,
         }
     }
 

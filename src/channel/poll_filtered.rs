@@ -10,7 +10,8 @@
 
 use super::poll::StoredEvent;
 use super::{plan_replay, Replay, Window};
-use crate::protocol::topics::{EventTopics, Filter, Topics};
+use crate::protocol::filter::{EventTopics, Filter};
+use crate::protocol::topics::Topics;
 
 /// The most candidate rows a filtered poll examines per channel: bounds D1's work when few
 /// events match (the page then ends below the head with `more`, and the next poll goes on).
@@ -194,12 +195,13 @@ pub fn cut(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::topics::FilterSpec;
+    use crate::protocol::filter::FilterSpec;
 
     fn filter(exact: &[&str]) -> Filter {
         let spec = FilterSpec {
             topic: exact.iter().map(|s| s.to_string()).collect(),
             topic_pattern: Vec::new(),
+            ..FilterSpec::default()
         };
         Filter::parse(&spec).unwrap().unwrap()
     }
@@ -219,6 +221,7 @@ mod tests {
             data: "1".into(),
             time_ms: 0,
             topics: None,
+            update: None,
         }
     }
 

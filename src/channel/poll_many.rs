@@ -223,6 +223,7 @@ mod tests {
             data: id.to_string(),
             time_ms: 0,
             topics: None,
+            update: None,
         }
     }
 

@@ -7,10 +7,12 @@
 use crate::auth::Publisher;
 use crate::channel::fanout::Transport;
 use crate::error::Error;
+use crate::protocol::filter::FilterSpec;
 use crate::protocol::names::ChannelName;
 use crate::protocol::presence::Entrant;
 use crate::protocol::query::{parse_cursor, percent_decode, percent_encode, query_param};
-use crate::protocol::topics::{FilterSpec, Topics};
+use crate::protocol::topics::Topics;
+use crate::protocol::update::UpdateMeta;
 use serde::{Deserialize, Serialize};
 
 /// The channel's name travels with every call: the object learns it on first use.
@@ -26,6 +28,12 @@ pub const PUBLISHER_HEADER: &str = "x-edgehub-publisher";
 /// A subscribe that enters presence: its `Entrant` as percent-encoded JSON (header values are
 /// bytes, a `sub` is any text).
 pub const MEMBER_HEADER: &str = "x-edgehub-member";
+/// A Mercure subscribe's last event id (percent-encoded: any text): the object resumes after
+/// the update with that id.
+pub const RESUME_HEADER: &str = "x-edgehub-resume";
+/// The object's answer to `RESUME_HEADER`: the id of the update its replay starts after, or
+/// `earliest` (Mercure's `Last-Event-ID` response header).
+pub const RESUMED_HEADER: &str = "x-edgehub-resumed";
 
 const PATH_PUBLISH: &str = "/publish";
 const PATH_PURGE: &str = "/purge";
@@ -41,6 +49,9 @@ pub struct BatchItem {
     pub data: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topics: Option<Topics>,
+    /// A Mercure update's own fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateMeta>,
 }
 
 /// What the Worker asks of a channel's object.
@@ -69,6 +80,8 @@ pub enum Call {
         member: Option<Entrant>,
         /// Only events with topics this filter lets through (validated by the Worker).
         filter: Option<FilterSpec>,
+        /// A Mercure last event id to resume after (then `cursor` is `None`).
+        resume: Option<String>,
     },
     /// `GET /channels/{c}/presence`.
     Presence,
@@ -115,7 +128,11 @@ impl Call {
                 publisher,
                 member,
                 filter,
+                resume,
             } => {
+                if let Some(resume) = resume {
+                    headers.push((RESUME_HEADER, percent_encode(resume)));
+                }
                 if let Some(member) = member {
                     let json = serde_json::to_string(member)
                         .map_err(|e| Error::Internal(format!("encoding a member: {e}")))?;
@@ -182,7 +199,14 @@ impl Call {
                     expires: header(EXPIRES_HEADER).and_then(|v| v.parse().ok()),
                     publisher: publisher.filter(|_| publish),
                     member: header(MEMBER_HEADER).map(|h| member(&h)).transpose()?,
-                    filter: Some(FilterSpec::from_query(query)?).filter(|f| !f.is_empty()),
+                    filter: FilterSpec::from_call(query)?,
+                    resume: header(RESUME_HEADER)
+                        .map(|h| {
+                            percent_decode(&h).ok_or_else(|| {
+                                Error::bad_request("internal subscribe with a bad resume")
+                            })
+                        })
+                        .transpose()?,
                 }
             }
             _ => return Err(Error::NotFound),
@@ -228,11 +252,18 @@ mod tests {
                         event_type: "message".into(),
                         data: r#"{"a":[1,"\n"]}"#.into(),
                         topics: None,
+                        update: None,
                     },
                     BatchItem {
                         event_type: "x.y".into(),
                         data: "null".into(),
                         topics: Topics::parse(vec!["https://a/b".into(), "c".into()]).ok(),
+                        update: Some(UpdateMeta {
+                            id: "urn:uuid:x".into(),
+                            event_type: Some("t y".into()),
+                            retry: Some(5),
+                            private: true,
+                        }),
                     },
                 ],
                 key,
@@ -254,7 +285,9 @@ mod tests {
                     filter: Some(FilterSpec {
                         topic: vec!["https://e.com/a b&c=d".into(), "é".into()],
                         topic_pattern: vec!["https://e.com/:id".into()],
+                        ..FilterSpec::default()
                     }),
+                    resume: Some("urn:uuid:é 1".into()),
                 });
                 round_trip(Call::Subscribe {
                     transport,
@@ -264,6 +297,7 @@ mod tests {
                     publisher: None,
                     member: None,
                     filter: None,
+                    resume: None,
                 });
             }
         }
@@ -280,6 +314,7 @@ mod tests {
             publisher: Some(Publisher::of(None, "t")),
             member: None,
             filter: None,
+            resume: None,
         };
         let e = call.encode(&channel).unwrap();
         assert!(e.headers.iter().all(|(k, _)| *k != PUBLISHER_HEADER));

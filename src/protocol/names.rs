@@ -9,6 +9,8 @@ use std::fmt;
 pub const CHANNEL_MAX_LEN: usize = 128;
 /// The longest event type (`^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$`).
 pub const EVENT_TYPE_MAX_LEN: usize = 64;
+/// The default channel of the Mercure face.
+const DEFAULT_MERCURE_CHANNEL: &str = "mercure";
 /// The type an event gets when the publisher names none; left out of SSE frames.
 pub const DEFAULT_EVENT_TYPE: &str = "message";
 
@@ -42,6 +44,11 @@ impl ChannelName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// `mercure`: the Mercure face's channel unless `MERCURE_CHANNEL` names another.
+    pub fn mercure() -> ChannelName {
+        ChannelName(DEFAULT_MERCURE_CHANNEL.to_string())
     }
 }
 
@@ -106,6 +113,14 @@ mod tests {
         ] {
             assert_eq!(ChannelName::parse(name).is_ok(), ok, "{name:?}");
         }
+    }
+
+    #[test]
+    fn the_mercure_channel_follows_the_grammar() {
+        assert_eq!(
+            ChannelName::parse(DEFAULT_MERCURE_CHANNEL),
+            Ok(ChannelName::mercure())
+        );
     }
 
     #[test]

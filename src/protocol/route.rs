@@ -24,6 +24,10 @@ pub enum Route {
     SseMany,
     WsMany,
     MintToken,
+    /// `GET /.well-known/mercure`: a Mercure subscription (docs/mercure.md).
+    MercureSubscribe,
+    /// `POST /.well-known/mercure`: a Mercure publish.
+    MercurePublish,
 }
 
 impl Route {
@@ -56,6 +60,7 @@ const POST: &[&str] = &["POST"];
 const POST_DELETE: &[&str] = &["POST", "DELETE"];
 /// Streams have no meaningful HEAD.
 const GET_ONLY: &[&str] = &["GET"];
+const GET_POST: &[&str] = &["GET", "POST"];
 
 /// Every route as (method, path template), as `docs/openapi.yaml` lists them.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -78,6 +83,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/sse"),
     ("GET", "/ws"),
     ("POST", "/tokens"),
+    ("GET", "/.well-known/mercure"),
+    ("POST", "/.well-known/mercure"),
 ];
 
 /// The path alone: which route it is and which methods it takes.
@@ -102,6 +109,13 @@ pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], 
         ["poll"] => (GET, Route::PollMany),
         ["sse"] => (GET_ONLY, Route::SseMany),
         ["ws"] => (GET_ONLY, Route::WsMany),
+        [".well-known", "mercure"] => (
+            GET_POST,
+            match method {
+                "POST" => Route::MercurePublish,
+                _ => Route::MercureSubscribe,
+            },
+        ),
         _ => return Err(Error::NotFound),
     })
 }
@@ -156,6 +170,14 @@ mod tests {
         assert_eq!(route("GET", "/poll"), Ok(Route::PollMany));
         assert_eq!(route("GET", "/sse"), Ok(Route::SseMany));
         assert_eq!(route("GET", "/ws"), Ok(Route::WsMany));
+        assert_eq!(
+            route("GET", "/.well-known/mercure"),
+            Ok(Route::MercureSubscribe)
+        );
+        assert_eq!(
+            route("POST", "/.well-known/mercure"),
+            Ok(Route::MercurePublish)
+        );
         assert!(route("GET", "/sse").unwrap().takes_query_token());
         assert_eq!(
             route("DELETE", "/channels/c/events"),
@@ -186,6 +208,7 @@ mod tests {
             "/poll",
             "/sse",
             "/ws",
+            "/.well-known/mercure",
         ] {
             for method in ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"] {
                 let ok = route(method, &template.replace("{channel}", "c")).is_ok();

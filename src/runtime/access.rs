@@ -5,10 +5,10 @@
 use crate::auth::{self, Action, Grant, Publisher, TokenSource};
 use crate::config::Config;
 use crate::error::{Error, TokenFault};
+use crate::protocol::filter::FilterSpec;
 use crate::protocol::presence::Entrant;
 use crate::protocol::query::query_param;
 use crate::protocol::stream::ChannelSet;
-use crate::protocol::topics::FilterSpec;
 use crate::protocol::ChannelName;
 use worker::{Date, Env, Request};
 

@@ -8,9 +8,9 @@ use crate::auth::Publisher;
 use crate::channel::fanout::Transport;
 use crate::error::Error;
 use crate::protocol::call::{BatchItem, Call};
+use crate::protocol::filter::FilterSpec;
 use crate::protocol::presence::Entrant;
 use crate::protocol::publish::NewEvent;
-use crate::protocol::topics::FilterSpec;
 use crate::protocol::ChannelName;
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
@@ -47,6 +47,7 @@ impl Hub {
                 event_type: e.event_type.as_str().to_string(),
                 data: e.data.clone(),
                 topics: e.topics.clone(),
+                update: None,
             })
             .collect();
         self.call(Call::Publish {
@@ -84,6 +85,39 @@ impl Hub {
             publisher: access.publisher,
             member,
             filter,
+            resume: None,
+        })
+        .await
+    }
+
+    /// Opens a Mercure subscriber's bridge socket: updates `filter` lets through, framed as
+    /// Mercure updates, after the update with id `resume` if given (the answer's
+    /// `RESUMED_HEADER` says where it starts).
+    pub async fn subscribe_mercure(
+        &self,
+        access: Access,
+        filter: FilterSpec,
+        resume: Option<String>,
+    ) -> Result<Response, Error> {
+        self.call(Call::Subscribe {
+            transport: Transport::Sse,
+            cursor: None,
+            publish: false,
+            expires: access.expires,
+            publisher: None,
+            member: None,
+            filter: Some(filter),
+            resume,
+        })
+        .await
+    }
+
+    /// Stores a Mercure update (one event, already validated and authorised).
+    pub async fn publish_update(&self, item: BatchItem) -> Result<Response, Error> {
+        self.call(Call::Publish {
+            items: vec![item],
+            key: None,
+            publisher: None,
         })
         .await
     }

@@ -8,7 +8,7 @@
 use super::subscribers::any_with_tag;
 use crate::channel::fanout::{Frames, Transport};
 use crate::error::Error;
-use crate::protocol::topics::{EventTopics, Filter, FilterSpec};
+use crate::protocol::filter::{EventTopics, Filter, FilterSpec};
 use serde::Deserialize;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -153,7 +153,8 @@ impl<'a> Selection<'a> {
             topics: frames
                 .topics
                 .iter()
-                .map(|t| EventTopics::new(t.as_ref()))
+                .zip(&frames.private)
+                .map(|(t, private)| EventTopics::new(t.as_ref()).private(*private))
                 .collect(),
             by_key: HashMap::new(),
         }

@@ -9,7 +9,9 @@
 use crate::channel::poll::StoredEvent;
 use crate::channel::retention::Policy;
 use crate::channel::Window;
-use crate::protocol::topics::{EventTopics, Filter, Topics};
+use crate::protocol::filter::{EventTopics, Filter};
+use crate::protocol::topics::Topics;
+use crate::protocol::update::UpdateMeta;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -23,7 +25,8 @@ pub const KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 
 const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, \
-     data TEXT NOT NULL, time_ms INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT 0, topics TEXT)",
+     data TEXT NOT NULL, time_ms INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT 0, topics TEXT, \
+     mid TEXT, meta TEXT)",
     "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), \
      channel TEXT NOT NULL, head INTEGER NOT NULL, mirrored INTEGER NOT NULL, \
      mirrored_earliest INTEGER NOT NULL DEFAULT 1, bytes INTEGER NOT NULL DEFAULT 0)",
@@ -32,9 +35,13 @@ const SCHEMA: [&str; 4] = [
     "CREATE INDEX IF NOT EXISTS idempotency_time ON idempotency (time_ms)",
 ];
 
+/// Indexes on columns that `UPGRADES` may add: made after them.
+const INDEXES: [&str; 1] =
+    ["CREATE INDEX IF NOT EXISTS events_mid ON events (mid, seq) WHERE mid IS NOT NULL"];
+
 /// Columns added after the first schema: a log made before them gets them on open. (The probe
 /// is a query that fails when the column is missing.)
-const UPGRADES: [(&str, &str); 3] = [
+const UPGRADES: [(&str, &str); 5] = [
     (
         "SELECT start FROM events LIMIT 0",
         "ALTER TABLE events ADD COLUMN start INTEGER NOT NULL DEFAULT 0",
@@ -47,15 +54,24 @@ const UPGRADES: [(&str, &str); 3] = [
         "SELECT topics FROM events LIMIT 0",
         "ALTER TABLE events ADD COLUMN topics TEXT",
     ),
+    (
+        "SELECT mid FROM events LIMIT 0",
+        "ALTER TABLE events ADD COLUMN mid TEXT",
+    ),
+    (
+        "SELECT meta FROM events LIMIT 0",
+        "ALTER TABLE events ADD COLUMN meta TEXT",
+    ),
 ];
 
 /// `?1` is the new head's predecessor, `?2` the time, `?3` a JSON array of
 /// `{"type", "data", "start", "topics"}` with `data` (compact JSON) and `topics` (a JSON array,
 /// or null) as strings: one statement for any batch. `start` is the event frame's position in
 /// the channel's stream (`channel::flow`).
-const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms, start, topics) \
+const INSERT_BATCH: &str = "INSERT INTO events (seq, type, data, time_ms, start, topics, mid, meta) \
      SELECT ?1 + key + 1, json_extract(value, '$.type'), json_extract(value, '$.data'), ?2, \
-     json_extract(value, '$.start'), json_extract(value, '$.topics') FROM json_each(?3)";
+     json_extract(value, '$.start'), json_extract(value, '$.topics'), json_extract(value, '$.mid'), \
+     json_extract(value, '$.meta') FROM json_each(?3)";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogState {
@@ -93,6 +109,9 @@ pub struct NewRow<'a> {
     pub data: &'a str,
     /// The event's topics as their JSON array's text.
     pub topics: Option<String>,
+    /// A Mercure update's id, and its fields as JSON text (`UpdateMeta`).
+    pub mid: Option<&'a str>,
+    pub meta: Option<String>,
     pub start: u64,
 }
 
@@ -121,6 +140,8 @@ struct Row {
     time_ms: i64,
     #[serde(default)]
     topics: Option<String>,
+    #[serde(default)]
+    meta: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -175,11 +196,6 @@ impl ChannelLog {
         };
         if tables.first().and_then(|t| t.value).unwrap_or(0) > 0 {
             log.create()?;
-            for (probe, upgrade) in UPGRADES {
-                if log.sql.exec(probe, None).is_err() {
-                    log.sql.exec(upgrade, None)?;
-                }
-            }
         }
         Ok(log)
     }
@@ -189,10 +205,19 @@ impl ChannelLog {
         self.born.get()
     }
 
-    /// Creates the tables (the first write of this object's storage).
+    /// Creates the tables (the first write of this object's storage), or brings those of an
+    /// earlier version up to date: missing columns, then indexes.
     fn create(&self) -> worker::Result<()> {
         if !self.born.get() {
             for statement in SCHEMA {
+                self.sql.exec(statement, None)?;
+            }
+            for (probe, upgrade) in UPGRADES {
+                if self.sql.exec(probe, None).is_err() {
+                    self.sql.exec(upgrade, None)?;
+                }
+            }
+            for statement in INDEXES {
                 self.sql.exec(statement, None)?;
             }
             self.born.set(true);
@@ -327,6 +352,7 @@ impl ChannelLog {
             seq: u64,
             time_ms: i64,
             topics: String,
+            meta: Option<String>,
         }
         if !self.born.get() {
             return Ok(None);
@@ -336,14 +362,19 @@ impl ChannelLog {
             let rows: Vec<Tagged> = self
                 .sql
                 .exec(
-                    "SELECT seq, time_ms, topics FROM events WHERE seq > ?1 \
+                    "SELECT seq, time_ms, topics, meta FROM events WHERE seq > ?1 \
                      AND topics IS NOT NULL ORDER BY seq LIMIT 500",
                     vec![int(after)],
                 )?
                 .to_array()?;
             for row in &rows {
                 let topics = Topics::from_json(&row.topics);
-                if filter.matches(&EventTopics::new(topics.as_ref())) {
+                let private = row
+                    .meta
+                    .as_deref()
+                    .and_then(UpdateMeta::from_json)
+                    .is_some_and(|u| u.private);
+                if filter.matches(&EventTopics::new(topics.as_ref()).private(private)) {
                     return Ok(Some(row.time_ms));
                 }
             }
@@ -352,6 +383,28 @@ impl ChannelLog {
                 _ => return Ok(None),
             }
         }
+    }
+
+    /// Where a Mercure subscriber resuming after `id` starts: after the earliest update with
+    /// that id (Mercure 1.0: a reused id resolves to its earliest update), or after the event
+    /// with that number (one published natively, whose Mercure id is its number). `None` when
+    /// no retained event has it: the caller then starts from the earliest.
+    pub fn seq_of_update(&self, id: &str) -> worker::Result<Option<u64>> {
+        let by_id = self.single(
+            "SELECT min(seq) AS value FROM events WHERE mid = ?1",
+            vec![id.to_string().into()],
+        )?;
+        if let Some(seq) = by_id {
+            return Ok(Some(seq.max(0) as u64));
+        }
+        let Ok(number) = id.parse::<u64>() else {
+            return Ok(None);
+        };
+        let native = self.single(
+            "SELECT seq AS value FROM events WHERE seq = ?1 AND mid IS NULL",
+            vec![int(number)],
+        )?;
+        Ok(native.map(|seq| seq.max(0) as u64))
     }
 
     fn key(&self, key: &str) -> worker::Result<Option<Fingerprinted>> {
@@ -424,7 +477,7 @@ impl ChannelLog {
         let rows: Vec<Row> = self
             .sql
             .exec(
-                "SELECT seq, type, data, time_ms, topics FROM events WHERE seq > ?1 AND start < ?3 \
+                "SELECT seq, type, data, time_ms, topics, meta FROM events WHERE seq > ?1 AND start < ?3 \
                  ORDER BY seq LIMIT ?2",
                 vec![int(after), int(limit), int(below)],
             )?
@@ -437,6 +490,7 @@ impl ChannelLog {
                 data: r.data,
                 time_ms: r.time_ms,
                 topics: r.topics.as_deref().and_then(Topics::from_json),
+                update: r.meta.as_deref().and_then(UpdateMeta::from_json),
             })
             .collect())
     }

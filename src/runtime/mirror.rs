@@ -7,8 +7,9 @@ use crate::channel::poll::{PollRequest, StoredEvent};
 use crate::channel::poll_filtered::{Scanned, SCAN_ROWS};
 use crate::channel::poll_many::{ManyRequest, ManyRow};
 use crate::channel::Window;
+use crate::protocol::filter::Filter;
 use crate::protocol::query::MAX_CURSOR;
-use crate::protocol::topics::{Filter, Topics};
+use crate::protocol::topics::Topics;
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
 use worker::wasm_bindgen::JsValue;
@@ -210,6 +211,7 @@ pub async fn read_page(
                 data: r.data?,
                 time_ms: r.time_ms?,
                 topics: r.topics.as_deref().and_then(Topics::from_json),
+                update: None,
             })
         })
         .collect();
@@ -291,6 +293,7 @@ pub async fn read_many(
                     data,
                     time_ms,
                     topics: row.topics.as_deref().and_then(Topics::from_json),
+                    update: None,
                 },
             });
         }
@@ -406,6 +409,7 @@ pub async fn read_picked(
                 data: r.data?,
                 time_ms: r.time_ms?,
                 topics: r.topics.as_deref().and_then(Topics::from_json),
+                update: None,
             };
             Some((r.pos, event))
         })

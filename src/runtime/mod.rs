@@ -13,6 +13,7 @@ mod filters;
 mod http;
 mod hub;
 mod log;
+mod mercure;
 mod mirror;
 mod presence;
 mod routes;
@@ -105,5 +106,7 @@ async fn handle(
         Route::SseMany => routes::sse_many(&incoming).await,
         Route::WsMany => routes::ws_many(&incoming).await,
         Route::MintToken => routes::mint_token(&mut incoming).await,
+        Route::MercureSubscribe => mercure::subscribe(&incoming).await,
+        Route::MercurePublish => mercure::publish(&mut incoming).await,
     }
 }

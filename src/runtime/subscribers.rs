@@ -17,7 +17,7 @@ use crate::channel::subscriber::{held_at, Attachment, FloorScan, Verdict, ATTACH
 use crate::channel::{plan_replay, Replay, Window};
 use crate::error::Error;
 use crate::protocol::bridge::Downstream;
-use crate::protocol::topics::{EventTopics, Filter};
+use crate::protocol::filter::Filter;
 use crate::protocol::ws::{ready_frame, CloseCode};
 use crate::protocol::ChannelName;
 use std::cell::Cell;
@@ -380,14 +380,23 @@ fn replay(
             after = last.id;
         }
         if let Some(filter) = filter {
-            events.retain(|e| filter.matches(&EventTopics::new(e.topics.as_ref())));
+            events.retain(|e| filter.matches(&e.filtered_as()));
         }
         delivered += events.len();
         let frames = match page {
             0 => Frames::replay(channel, plan, &events),
             _ => Frames::encode(channel, &events),
         };
-        deliver(std::slice::from_ref(sink), frames.for_transport(transport));
+        if filter.is_some_and(Filter::mercure) {
+            // Mercure updates: no gap notice (the protocol has none), the update's own framing.
+            let all = vec![true; events.len()];
+            deliver(
+                std::slice::from_ref(sink),
+                &frames.select(transport, &all, true),
+            );
+        } else {
+            deliver(std::slice::from_ref(sink), frames.for_transport(transport));
+        }
         if !full {
             break;
         }
@@ -550,7 +559,7 @@ fn fan_out_filtered(
             .push(ws);
     }
     for (key, (filter, sockets)) in groups {
-        let chosen = frames.select(transport, selection.keep(&key, &filter));
+        let chosen = frames.select(transport, selection.keep(&key, &filter), filter.mercure());
         for failed in deliver_js(&sockets, &chosen) {
             if let Some(socket) = sockets.get(failed) {
                 presence.close(socket, CloseCode::Reconnect);

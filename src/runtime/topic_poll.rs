@@ -9,9 +9,9 @@ use crate::channel::poll_filtered::{cut, pick, position, Cut, LaneScan};
 use crate::channel::poll_many::{ChannelGap, ManyPage};
 use crate::channel::Window;
 use crate::error::Error;
+use crate::protocol::filter::Filter;
 use crate::protocol::query::MAX_CURSOR;
 use crate::protocol::stream::StreamCursor;
-use crate::protocol::topics::Filter;
 use crate::protocol::ChannelName;
 use worker::D1Database;
 

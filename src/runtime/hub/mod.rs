@@ -19,8 +19,10 @@ use crate::channel::retention::Policy;
 use crate::channel::subscriber::Attachment;
 use crate::config::Config;
 use crate::error::Error;
-use crate::protocol::call::Call;
+use crate::protocol::call::{Call, RESUMED_HEADER};
+use crate::protocol::mercure::EARLIEST;
 use crate::protocol::publish::PublishLimits;
+use crate::protocol::query::percent_encode;
 use crate::protocol::ws::{parse_client, ClientFrame, CloseCode, Refusal, PING, PONG};
 use crate::protocol::ChannelName;
 use publish::{published, Scoped};
@@ -230,16 +232,48 @@ impl ChannelHub {
                 publisher,
                 member,
                 filter,
+                resume,
             } => {
                 let attachment = Attachment::new(transport, publish, expires);
                 let filter = match filter {
                     Some(spec) => self.filters.keep(self.state.as_raw(), &spec)?,
                     None => None,
                 };
-                self.subscribe(&channel, attachment, cursor, publisher, member, filter)
-                    .await
+                let (cursor, resumed) = match resume {
+                    Some(id) => {
+                        let (cursor, resumed) = self.resume_after(id)?;
+                        (Some(cursor), Some(resumed))
+                    }
+                    None => (cursor, None),
+                };
+                let mut answer = self
+                    .subscribe(&channel, attachment, cursor, publisher, member, filter)
+                    .await?;
+                if let Some(resumed) = resumed {
+                    answer
+                        .headers_mut()
+                        .set(RESUMED_HEADER, &percent_encode(&resumed))
+                        .map_err(internal("answering"))?;
+                }
+                Ok(answer)
             }
         }
+    }
+
+    /// A Mercure last event id as a cursor, and what the subscriber is told it resumed after:
+    /// that id, or `earliest` (asked for, or not found: everything retained is sent).
+    fn resume_after(&self, id: String) -> std::result::Result<(u64, String), Error> {
+        if id == EARLIEST {
+            return Ok((0, id));
+        }
+        let seq = self
+            .log()?
+            .seq_of_update(&id)
+            .map_err(internal("finding an update"))?;
+        Ok(match seq {
+            Some(seq) => (seq, id),
+            None => (0, EARLIEST.to_string()),
+        })
     }
 
     fn heartbeat_ms(&self) -> i64 {

@@ -16,6 +16,7 @@ use crate::protocol::call::BatchItem;
 use crate::protocol::envelope::format_time;
 use crate::protocol::publish::fingerprint;
 use crate::protocol::topics::Topics;
+use crate::protocol::update::UpdateMeta;
 use crate::protocol::ws::{ack_frame, ClientPublish, CloseCode, Refusal};
 use crate::protocol::ChannelName;
 use worker::{Date, Response, WebSocket};
@@ -170,6 +171,7 @@ impl ChannelHub {
             event_type: publish.event.event_type.as_str().to_string(),
             data: publish.event.data,
             topics: publish.event.topics,
+            update: None,
         };
         let publisher = subscribers::tagged(self.state.as_raw(), ws).publisher;
         let key = publish
@@ -201,6 +203,7 @@ fn prepare(
             data: item.data,
             time_ms: now,
             topics: item.topics,
+            update: item.update,
         })
         .collect();
     let frames = Frames::encode(channel, &stored);
@@ -212,6 +215,8 @@ fn prepare(
             event_type: &e.event_type,
             data: &e.data,
             topics: e.topics.as_ref().map(Topics::to_json),
+            mid: e.update.as_ref().map(|u| u.id.as_str()),
+            meta: e.update.as_ref().map(UpdateMeta::to_json),
             start,
         })
         .collect();
