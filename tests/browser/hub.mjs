@@ -16,6 +16,14 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const SECRET = 'edgehub-browser-secret-not-for-production';
 /** `PUBLIC_CHANNELS` of the hubs under test. */
 export const PUBLIC_CHANNELS = 'public:*';
+/** The Mercure face: Mercure's own development values, as `.dev.vars.example` has them. */
+export const MERCURE = {
+  MERCURE_PUBLISHER_JWT_KEY: '!ChangeThisMercureHubJWTSecretKey!',
+  MERCURE_SUBSCRIBER_JWT_KEY: '!ChangeThisMercureHubJWTSecretKey!',
+  MERCURE_ANONYMOUS: '1',
+  MERCURE_AUDIENCE: 'https://localhost/.well-known/mercure',
+  MERCURE_ISSUER: 'https://localhost',
+};
 
 const LAUNCHER = path.join(ROOT, 'target/debug/edgehub-launch');
 const BUNDLE = path.join(ROOT, 'build/worker/shim.mjs');
@@ -29,7 +37,7 @@ export class Hub {
   /** Makes a fresh persist dir, applies the D1 migrations to it and starts the hub. */
   static async start({ vars = {} } = {}) {
     checkBundle();
-    const all = { AUTH_SECRET: SECRET, PUBLIC_CHANNELS, EDGEHUB_DEV: '1', HEARTBEAT_SECONDS: '2', ...vars };
+    const all = { AUTH_SECRET: SECRET, PUBLIC_CHANNELS, EDGEHUB_DEV: '1', HEARTBEAT_SECONDS: '2', ...MERCURE, ...vars };
     const args = ['--under', 'browser-tmp', '--label', 'hub'];
     for (const [k, v] of Object.entries(all)) args.push('--var', `${k}=${v}`);
     if (!fs.existsSync(LAUNCHER)) throw new Error(`no launcher at ${LAUNCHER}: run \`make test\` (it builds it)`);

@@ -10,6 +10,11 @@ use edgehub_launch::{Options, Runtime, HUB};
 pub const SECRET: &[u8] = b"edgehub-e2e-secret-not-for-production";
 /// `PUBLIC_CHANNELS` of the hubs under test: anyone may subscribe to these without a token.
 pub const PUBLIC_CHANNELS: &str = "public:*";
+/// The Mercure face of the hubs under test: Mercure's own development values (one key for
+/// publishers and subscribers), anonymous subscribers on, as `.dev.vars.example` has them.
+pub const MERCURE_KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+pub const MERCURE_AUDIENCE: &str = "https://localhost/.well-known/mercure";
+pub const MERCURE_ISSUER: &str = "https://localhost";
 
 const LOG_TAIL_LINES: usize = 60;
 
@@ -47,6 +52,11 @@ impl HubOptions {
         let mut vars = vec![
             ("AUTH_SECRET".to_string(), secret),
             ("PUBLIC_CHANNELS".to_string(), PUBLIC_CHANNELS.to_string()),
+            ("MERCURE_PUBLISHER_JWT_KEY".to_string(), MERCURE_KEY.to_string()),
+            ("MERCURE_SUBSCRIBER_JWT_KEY".to_string(), MERCURE_KEY.to_string()),
+            ("MERCURE_ANONYMOUS".to_string(), "1".to_string()),
+            ("MERCURE_AUDIENCE".to_string(), MERCURE_AUDIENCE.to_string()),
+            ("MERCURE_ISSUER".to_string(), MERCURE_ISSUER.to_string()),
         ];
         vars.extend(self.vars.iter().cloned());
         vars
