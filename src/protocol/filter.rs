@@ -156,8 +156,30 @@ impl Matchers {
     }
 }
 
+/// The most groups (`:name`, `*`, `(…)`) one URL pattern may hold: testing a topic captures
+/// every group, so its cost grows with groups × topic length, and a pattern made of hundreds of
+/// wildcards would make every publish slow for everyone.
+pub const MAX_PATTERN_GROUPS: usize = 16;
+
 /// A URL pattern, absolute or (with a base) relative to `base`.
 fn compile_pattern(source: &str, base: Option<&Url>) -> Result<UrlPattern, Error> {
+    let groups = source
+        .char_indices()
+        .filter(|&(i, c)| {
+            let named = c == ':'
+                && source
+                    .get(i + 1..)
+                    .and_then(|rest| rest.chars().next())
+                    .is_some_and(|n| n.is_alphabetic() || n == '_' || n == '$');
+            named || c == '*' || c == '('
+        })
+        .count();
+    if groups > MAX_PATTERN_GROUPS {
+        return Err(Error::bad_request(format!(
+            "{source:?} holds {groups} groups and wildcards; a URL pattern may hold at most \
+             {MAX_PATTERN_GROUPS}"
+        )));
+    }
     let bad =
         |e: urlpattern::Error| Error::bad_request(format!("{source:?} is not a URL pattern: {e}"));
     let init = UrlPatternInit::parse_constructor_string::<regex::Regex>(source, base.cloned())
@@ -462,6 +484,17 @@ mod tests {
         assert_eq!((native.topic.len(), native.topic_pattern.len()), (1, 1));
         assert!(FilterSpec::from_query("topic=%zz").is_err());
         assert!(FilterSpec::from_query("channel=x").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pattern_holds_at_most_sixteen_groups() {
+        let sixteen = format!("https://e.com/{}", vec![":a"; 16].join("/").replace(":a", "*"));
+        assert!(Filter::parse(&native(&[], &[sixteen.as_str()])).is_ok());
+        let named: Vec<String> = (0..17).map(|i| format!(":p{i}")).collect();
+        let seventeen = format!("https://e.com/{}", named.join("/"));
+        assert!(Filter::parse(&native(&[], &[seventeen.as_str()])).is_err());
+        let https_port = "https://e.com:443/:id";
+        assert!(Filter::parse(&native(&[], &[https_port])).is_ok(), "a port is not a group");
     }
 
     #[test]

@@ -12,9 +12,10 @@ use super::http::{internal, problem, read_body};
 use super::routes::Incoming;
 use super::sse;
 use crate::auth::mercure::{
-    find_token, verify, MercureAuthError, MercureGrant, MercureKeys, PUBLISHER_KEY_VAR,
-    SUBSCRIBER_KEY_VAR,
+    find_token, verify, MercureAuthError, MercureGrant, MercureKeys, TokenFrom,
+    PUBLISHER_KEY_VAR, SUBSCRIBER_KEY_VAR,
 };
+use crate::protocol::cors::allow_origin;
 use crate::auth::CLOCK_SKEW_SECONDS;
 use crate::error::Error;
 use crate::protocol::call::{BatchItem, RESUMED_HEADER};
@@ -42,7 +43,7 @@ pub async fn subscribe(at: &Incoming<'_>) -> Answer {
     let wanted = parse_subscribe(&at.query, header.as_deref(), &hub_url)?;
     let v1 = wanted.version == Version::V1;
     let grant = match token(at, v1, SUBSCRIBER_KEY_VAR) {
-        Ok(grant) => grant,
+        Ok(grant) => grant.map(|(grant, _)| grant),
         Err(MercureAuthError::Missing) if at.config.mercure.anonymous => None,
         Err(e) => return Ok(refusal(e, v1)),
     };
@@ -108,12 +109,19 @@ pub async fn publish(at: &mut Incoming<'_>) -> Answer {
         .and_then(|t| t.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(FORM));
     let v1 = looks_v1(at);
-    let grant = match token(at, v1, PUBLISHER_KEY_VAR) {
-        Ok(Some(grant)) => grant,
+    let (grant, from) = match token(at, v1, PUBLISHER_KEY_VAR) {
+        Ok(Some(found)) => found,
         Ok(None) => return Ok(refusal(MercureAuthError::Missing, v1)),
         Err(e) => return Ok(refusal(e, v1)),
     };
     let v1 = grant.v1;
+    // A browser sends cookies on requests another site makes it send: a publish authorised by
+    // a cookie must come from this hub's own origin or one CORS_ORIGINS admits (CSRF).
+    if from == TokenFrom::Cookie && !same_site(at)? {
+        return Err(Error::Forbidden(
+            "a publish authorised by a cookie must come from an allowed Origin".into(),
+        ));
+    }
     if !is_form {
         return Err(Error::UnsupportedMediaType);
     }
@@ -196,19 +204,37 @@ fn selects(m: &MatcherSpec, topic: &str, base: Option<&str>) -> bool {
     filter.matches(&EventTopics::new(Some(&topics)))
 }
 
-/// The request's Mercure token, verified with the key `key_var` names: `Ok(None)` without a
-/// token.
+/// True when the request's `Origin` (else `Referer`) is the hub's own origin or one
+/// `CORS_ORIGINS` admits; a request with neither is refused, as the spec advises.
+fn same_site(at: &Incoming<'_>) -> Result<bool, Error> {
+    let headers = at.req.headers();
+    let origin = headers
+        .get("origin")
+        .ok()
+        .flatten()
+        .or_else(|| headers.get("referer").ok().flatten())
+        .and_then(|o| Url::parse(&o).ok())
+        .map(|u| u.origin().ascii_serialization());
+    let Some(origin) = origin else {
+        return Ok(false);
+    };
+    let own = hub_url(at)?.origin().ascii_serialization();
+    Ok(origin == own || allow_origin(&at.config.cors_origins, &origin).is_some())
+}
+
+/// The request's Mercure token, verified with the key `key_var` names, and where it came from:
+/// `Ok(None)` without a token.
 fn token(
     at: &Incoming<'_>,
     v1: bool,
     key_var: &str,
-) -> Result<Option<MercureGrant>, MercureAuthError> {
+) -> Result<Option<(MercureGrant, TokenFrom)>, MercureAuthError> {
     let headers = at.req.headers();
     let authorization = headers.get("authorization").ok().flatten();
     let cookie = headers.get("cookie").ok().flatten();
     let query =
         crate::protocol::query::query_param(&at.query, "authorization").and_then(Result::ok);
-    let Some((token, _from)) = find_token(
+    let Some((token, from)) = find_token(
         authorization.as_deref(),
         cookie.as_deref(),
         query.as_deref(),
@@ -222,7 +248,7 @@ fn token(
         PUBLISHER_KEY_VAR => keys.publisher.clone(),
         _ => keys.subscriber.clone(),
     };
-    verify(&token, &key, &keys, now_s()).map(Some)
+    verify(&token, &key, &keys, now_s()).map(|grant| Some((grant, from)))
 }
 
 /// A token in a `match…=` request, or a 1.0-only cookie, speaks 1.0.
