@@ -1,6 +1,8 @@
-//! CORS: which origins may call the hub from a browser, and the headers that say so. Tokens
-//! travel in `Authorization` (or the query), never in cookies, so credentials are never allowed
-//! and `*` is safe when configured. See `docs/API.md#cors`.
+//! CORS: which origins may call the hub from a browser, and the headers that say so. The native
+//! API's tokens travel in `Authorization` (or the query), never in cookies, so credentials are
+//! not allowed there and `*` is safe when configured. The Mercure face reads cookies: there an
+//! origin listed by name (never `*`, never reflected) may send credentials. See
+//! `docs/API.md#cors` and `docs/mercure.md`.
 
 /// Request headers a browser may send to the hub.
 pub const ALLOW_HEADERS: &str =
@@ -21,6 +23,12 @@ pub fn allow_origin(configured: &[String], origin: &str) -> Option<String> {
             .any(|o| o.eq_ignore_ascii_case(origin))
             .then(|| origin.to_string())
     }
+}
+
+/// `Access-Control-Allow-Credentials` for an admitted origin on a path that reads cookies: only
+/// for an origin the list names, not for `*`.
+pub fn credentials_header(allowed_origin: &str) -> Option<(&'static str, String)> {
+    (allowed_origin != "*").then(|| ("access-control-allow-credentials", "true".to_string()))
 }
 
 /// Headers for an ordinary (non-preflight) answer to an admitted origin.
@@ -49,6 +57,15 @@ mod tests {
 
     fn list(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn credentials_only_for_a_named_origin() {
+        assert_eq!(credentials_header("*"), None);
+        assert_eq!(
+            credentials_header("https://app.example"),
+            Some(("access-control-allow-credentials", "true".to_string()))
+        );
     }
 
     #[test]

@@ -258,14 +258,17 @@ fn is_varname(name: &str) -> bool {
 /// defined variables' expansions, in order, the first after `first` and the others after `sep`.
 fn push_expression(expression: &str, out: &mut String) -> Result<(), Error> {
     let (op, list) = operator(expression)?;
-    let mut runs: Vec<(String, usize)> = Vec::new();
-    if list.split(',').count() > MAX_EXPRESSION_VARIABLES {
+    let specs = list
+        .split(',')
+        .map(varspec)
+        .collect::<Result<Vec<_>, _>>()?;
+    if specs.len() > MAX_EXPRESSION_VARIABLES {
         return Err(Error::TooLarge(format!(
             "a URI template expression holds at most {MAX_EXPRESSION_VARIABLES} variables"
         )));
     }
-    for spec in list.split(',') {
-        let (name, modifier) = varspec(spec)?;
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    for (name, modifier) in specs {
         let item = variable(&op, name, modifier);
         match runs.last_mut() {
             Some((last, count)) if *last == item => *count += 1,
@@ -676,6 +679,8 @@ mod tests {
         }
         let wide = format!("{{?{}}}", vec!["x"; MAX_EXPRESSION_VARIABLES + 1].join(","));
         assert_eq!(UriTemplate::parse(&wide).unwrap_err().status(), 413);
+        let malformed = format!("{{{}}}", ",".repeat(MAX_EXPRESSION_VARIABLES + 1));
+        assert_eq!(UriTemplate::parse(&malformed).unwrap_err().status(), 400);
     }
 
     #[test]
@@ -714,6 +719,10 @@ mod tests {
                 let _ = tpl.matches(&s);
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
 
         #[test]
         fn matching_long_hostile_input_is_fast(

@@ -4,7 +4,10 @@
 use super::http::internal;
 use crate::config::Config;
 use crate::error::Error;
-use crate::protocol::cors::{allow_origin, preflight_headers, response_headers};
+use crate::protocol::cors::{
+    allow_origin, credentials_header, preflight_headers, response_headers,
+};
+use crate::protocol::mercure::HUB_PATH;
 use crate::protocol::route::match_path;
 use worker::{Headers, Request, Response};
 
@@ -21,7 +24,10 @@ pub fn preflight(req: &Request, origin: Option<&str>, config: &Config) -> Result
             Error::Forbidden("this origin may not call the hub (CORS_ORIGINS)".into())
         })?;
     let headers = Headers::new();
-    for (name, value) in preflight_headers(&allowed, methods) {
+    let cookies = (url.path() == HUB_PATH)
+        .then(|| credentials_header(&allowed))
+        .flatten();
+    for (name, value) in preflight_headers(&allowed, methods).into_iter().chain(cookies) {
         headers.set(name, &value).map_err(internal("answering"))?;
     }
     headers
@@ -36,7 +42,13 @@ pub fn preflight(req: &Request, origin: Option<&str>, config: &Config) -> Result
 /// Adds the CORS headers for an admitted origin. Headers of an answer passed through from the
 /// channel object are immutable, so they are copied first. WebSocket upgrades are left alone:
 /// browsers do not apply CORS to them.
-pub fn decorate(response: Response, origin: Option<&str>, config: &Config) -> Response {
+/// `cookies`: the path reads cookies (the Mercure face), so a named origin may send them.
+pub fn decorate(
+    response: Response,
+    origin: Option<&str>,
+    config: &Config,
+    cookies: bool,
+) -> Response {
     let Some(allowed) = origin.and_then(|o| allow_origin(&config.cors_origins, o)) else {
         return response;
     };
@@ -47,7 +59,8 @@ pub fn decorate(response: Response, origin: Option<&str>, config: &Config) -> Re
     for (name, value) in response.headers().entries() {
         let _ = headers.set(&name, &value);
     }
-    for (name, value) in response_headers(&allowed) {
+    let credentials = cookies.then(|| credentials_header(&allowed)).flatten();
+    for (name, value) in response_headers(&allowed).into_iter().chain(credentials) {
         let _ = headers.set(name, &value);
     }
     response.with_headers(headers)

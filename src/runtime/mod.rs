@@ -60,10 +60,11 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     if req.method() == Method::Options {
         return Ok(cors::preflight(&req, origin.as_deref(), &config).unwrap_or_else(|e| failed(&e)));
     }
+    let cookies = req.path() == crate::protocol::mercure::HUB_PATH;
     let response = handle(req, &env, &config)
         .await
         .unwrap_or_else(|e| failed(&e));
-    Ok(cors::decorate(response, origin.as_deref(), &config))
+    Ok(cors::decorate(response, origin.as_deref(), &config, cookies))
 }
 
 /// The edge: a failure is logged (if it is ours) and answered as a problem document.

@@ -8,12 +8,13 @@ use super::{
     MATCH_PARAM, MATCH_URLPATTERN_PARAM, TOPIC_PARAM, WILDCARD,
 };
 use crate::error::Error;
-use crate::protocol::topics::{MatcherSpec, MAX_MATCHERS, MAX_TOPIC_BYTES};
+use crate::protocol::topics::{MatcherSpec, MAX_FILTER_BYTES, MAX_MATCHERS, MAX_TOPIC_BYTES};
 use crate::protocol::uritemplate::UriTemplate;
 use url::Url;
 use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternOptions};
 
-/// What a subscriber asked for. `matchers` holds 1 to `MAX_MATCHERS` entries in query order.
+/// What a subscriber asked for. `matchers` holds 1 to `MAX_MATCHERS` entries in query order,
+/// `MAX_FILTER_BYTES` at most, each 1 to `MAX_TOPIC_BYTES`.
 /// A 0.x selector that is a valid URI template is two entries, `Exact` then `UriTemplate`,
 /// since 0.x matches a topic equal to the template itself before trying its expansions.
 /// A 1.0 `UrlPattern` may be relative: it is matched with the hub's URL as its base.
@@ -29,7 +30,7 @@ pub struct Subscription {
 /// Parses the query of a subscribe request (without the `?`). The query is
 /// `application/x-www-form-urlencoded` as WHATWG parses it (1.0 requires that algorithm). Both
 /// versions' matchers together, no matcher at all, an unknown `match…` parameter, a bad value or
-/// too many matchers: 400. Relative URL patterns are resolved against `hub_url`.
+/// too many matchers or bytes: 400. Relative URL patterns are resolved against `hub_url`.
 pub fn parse_subscribe(
     query: &str,
     last_event_id_header: Option<&str>,
@@ -52,6 +53,7 @@ pub fn parse_subscribe(
         }
     }
     check_count(matchers.len())?;
+    check_total_bytes(&matchers)?;
     let last_event_id = last_event_id(&pairs, version, last_event_id_header)?;
     Ok(Subscription {
         version,
@@ -116,10 +118,37 @@ fn check_count(count: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Each value: at most `MAX_TOPIC_BYTES`, which bounds compiling and matching it, and no
-/// control or format characters (1.0; also applied to 0.x selectors, which could never equal a
-/// topic holding them, and which travel into logs and subscription events).
+/// At most `MAX_FILTER_BYTES` of matcher text in all (a 0.x template counted twice, `*` as
+/// one byte), as every filter: a subscription travels to the channel's object in a URL.
+fn check_total_bytes(matchers: &[MatcherSpec]) -> Result<(), Error> {
+    let bytes: usize = matchers
+        .iter()
+        .map(|m| match m {
+            MatcherSpec::Any => 1,
+            MatcherSpec::Exact(s) | MatcherSpec::UrlPattern(s) | MatcherSpec::UriTemplate(s) => {
+                s.len()
+            }
+        })
+        .sum();
+    if bytes > MAX_FILTER_BYTES {
+        return Err(Error::bad_request(format!(
+            "a Mercure subscription's matchers hold at most {MAX_FILTER_BYTES} bytes together \
+             (got {bytes})"
+        )));
+    }
+    Ok(())
+}
+
+/// Each value: 1 to `MAX_TOPIC_BYTES`, which bounds compiling and matching it (an empty one
+/// could match no topic, as no topic is empty), and no control or format characters (1.0;
+/// also applied to 0.x selectors, which could never equal a topic holding them, and which
+/// travel into logs and subscription events).
 fn check_value(value: &str, name: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::bad_request(format!(
+            "a {name} value may not be empty: it would match no topic"
+        )));
+    }
     if value.len() > MAX_TOPIC_BYTES {
         return Err(Error::bad_request(format!(
             "a {name} value is at most {MAX_TOPIC_BYTES} bytes (got {})",
