@@ -95,7 +95,7 @@ pub async fn subscribe(at: &Incoming<'_>) -> Answer {
         // Required whenever the request named a last event id, even an empty one.
         let value = resumed.unwrap_or_else(|| crate::protocol::mercure::EARLIEST.to_string());
         headers
-            .set(wanted.version.last_event_id_response_header(), &value)
+            .set(wanted.version.last_event_id_response_header(), &as_uri(&value))
             .map_err(internal("answering"))?;
     }
     Ok(stream)
@@ -305,6 +305,23 @@ fn refusal(e: MercureAuthError, v1: bool) -> Response {
         let _ = response.headers().set("www-authenticate", &challenge);
     }
     response
+}
+
+/// An id as a header value: ids are IRIs, and a header holds bytes, so non-ASCII characters are
+/// percent-encoded as RFC 3987 maps an IRI to a URI (ids are stored without control characters).
+fn as_uri(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut bytes = [0u8; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 fn now_s() -> i64 {
