@@ -18,8 +18,9 @@ use std::cell::OnceCell;
 use url::Url;
 use urlpattern::{UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions};
 
-/// The most selectors a token may give for private updates.
-pub const MAX_PRIVATE_MATCHERS: usize = 100;
+/// The most selectors a token may give for private updates: a token holds at most 100, and a
+/// 0.x template selector counts twice (exact, then as a template).
+pub const MAX_PRIVATE_MATCHERS: usize = 200;
 /// The query parameter that carries a whole spec from the Worker to a channel's object.
 const SPEC_PARAM: &str = "filter";
 

@@ -135,6 +135,7 @@ pub async fn publish(at: &mut Incoming<'_>) -> Answer {
         return Ok(refusal(MercureAuthError::InsufficientScope, v1));
     }
     let item = stored(update)?;
+    at.config.publish_limits().check_data(&item.data)?;
     let id = item
         .update
         .as_ref()
