@@ -27,7 +27,10 @@ pub fn preflight(req: &Request, origin: Option<&str>, config: &Config) -> Result
     let cookies = (url.path() == HUB_PATH)
         .then(|| credentials_header(&allowed))
         .flatten();
-    for (name, value) in preflight_headers(&allowed, methods).into_iter().chain(cookies) {
+    for (name, value) in preflight_headers(&allowed, methods)
+        .into_iter()
+        .chain(cookies)
+    {
         headers.set(name, &value).map_err(internal("answering"))?;
     }
     headers

@@ -12,13 +12,13 @@ use super::http::{internal, problem, read_body};
 use super::routes::Incoming;
 use super::sse;
 use crate::auth::mercure::{
-    find_token, verify, MercureAuthError, MercureGrant, MercureKeys, TokenFrom,
-    PUBLISHER_KEY_VAR, SUBSCRIBER_KEY_VAR,
+    find_token, verify, MercureAuthError, MercureGrant, MercureKeys, TokenFrom, PUBLISHER_KEY_VAR,
+    SUBSCRIBER_KEY_VAR,
 };
-use crate::protocol::cors::allow_origin;
 use crate::auth::CLOCK_SKEW_SECONDS;
 use crate::error::Error;
 use crate::protocol::call::{BatchItem, RESUMED_HEADER};
+use crate::protocol::cors::allow_origin;
 use crate::protocol::filter::{EventTopics, Filter, FilterSpec};
 use crate::protocol::mercure::{
     generate_id, parse_publish, parse_subscribe, Update, Version, LAST_EVENT_ID_HEADER,
@@ -95,7 +95,10 @@ pub async fn subscribe(at: &Incoming<'_>) -> Answer {
         // Required whenever the request named a last event id, even an empty one.
         let value = resumed.unwrap_or_else(|| crate::protocol::mercure::EARLIEST.to_string());
         headers
-            .set(wanted.version.last_event_id_response_header(), &as_uri(&value))
+            .set(
+                wanted.version.last_event_id_response_header(),
+                &as_uri(&value),
+            )
             .map_err(internal("answering"))?;
     }
     Ok(stream)

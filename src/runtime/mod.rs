@@ -64,7 +64,12 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let response = handle(req, &env, &config)
         .await
         .unwrap_or_else(|e| failed(&e));
-    Ok(cors::decorate(response, origin.as_deref(), &config, cookies))
+    Ok(cors::decorate(
+        response,
+        origin.as_deref(),
+        &config,
+        cookies,
+    ))
 }
 
 /// The edge: a failure is logged (if it is ours) and answered as a problem document.
