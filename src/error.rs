@@ -64,7 +64,8 @@ pub enum Error {
     /// 422: an `Idempotency-Key` reused with a different body.
     IdempotencyConflict,
     /// 415: the body is not `application/json`.
-    UnsupportedMediaType,
+    /// The body's media type is not the one the route reads (named here).
+    UnsupportedMediaType(&'static str),
     /// 426: a WebSocket route reached without `Upgrade: websocket`.
     UpgradeRequired,
     /// 500: never shown to the client beyond a generic title; the string is for the log.
@@ -120,7 +121,7 @@ impl Error {
             Error::NotFound => kind(404, "not_found", "Not found"),
             Error::MethodNotAllowed(_) => kind(405, "method_not_allowed", "Method not allowed"),
             Error::TooLarge(_) => kind(413, "too_large", "Payload too large"),
-            Error::UnsupportedMediaType => {
+            Error::UnsupportedMediaType(_) => {
                 kind(415, "unsupported_media_type", "Unsupported media type")
             }
             Error::PresenceFull(_) => kind(409, "presence_full", "Presence is full"),
@@ -157,7 +158,7 @@ impl Error {
             Error::Unauthorized(fault) => fault.detail().to_string(),
             Error::NotFound => "no such route".to_string(),
             Error::MethodNotAllowed(allowed) => format!("allowed: {}", allowed.join(", ")),
-            Error::UnsupportedMediaType => "send the body as application/json".to_string(),
+            Error::UnsupportedMediaType(wanted) => format!("send the body as {wanted}"),
             Error::IdempotencyConflict => {
                 "this idempotency key was used with a different body; use a new key".to_string()
             }
@@ -254,7 +255,7 @@ mod tests {
             Error::NotFound,
             Error::MethodNotAllowed(&["GET"]),
             Error::TooLarge(String::new()),
-            Error::UnsupportedMediaType,
+            Error::UnsupportedMediaType("application/json"),
             Error::IdempotencyConflict,
             Error::PresenceFull(String::new()),
             Error::UpgradeRequired,

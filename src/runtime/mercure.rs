@@ -15,7 +15,6 @@ use crate::auth::mercure::{
     find_token, verify, MercureAuthError, MercureGrant, MercureKeys, TokenFrom, PUBLISHER_KEY_VAR,
     SUBSCRIBER_KEY_VAR,
 };
-use crate::auth::CLOCK_SKEW_SECONDS;
 use crate::error::Error;
 use crate::protocol::call::{BatchItem, RESUMED_HEADER};
 use crate::protocol::cors::allow_origin;
@@ -43,8 +42,9 @@ pub async fn subscribe(at: &Incoming<'_>) -> Answer {
     let wanted = parse_subscribe(&at.query, header.as_deref(), &hub_url)?;
     let v1 = wanted.version == Version::V1;
     let grant = match token(at, v1, SUBSCRIBER_KEY_VAR) {
-        Ok(grant) => grant.map(|(grant, _)| grant),
-        Err(MercureAuthError::Missing) if at.config.mercure.anonymous => None,
+        Ok(Some((grant, _))) => Some(grant),
+        Ok(None) | Err(MercureAuthError::Missing) if at.config.mercure.anonymous => None,
+        Ok(None) => return Ok(refusal(MercureAuthError::Missing, v1)),
         Err(e) => return Ok(refusal(e, v1)),
     };
     let filter = FilterSpec {
@@ -56,10 +56,8 @@ pub async fn subscribe(at: &Incoming<'_>) -> Answer {
     };
     // Validated here, so a bad matcher is a 400 before the object is reached.
     Filter::parse(&filter)?;
-    let expires = grant
-        .as_ref()
-        .and_then(|g| g.exp)
-        .map(|exp| exp.saturating_add(CLOCK_SKEW_SECONDS));
+    // Both versions: the stream ends at the token's `exp` itself (the skew only lets a token in).
+    let expires = grant.as_ref().and_then(|g| g.exp);
     let access = Access {
         publish: false,
         expires,
@@ -111,8 +109,13 @@ pub async fn publish(at: &mut Incoming<'_>) -> Answer {
         .as_deref()
         .and_then(|t| t.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(FORM));
-    let v1 = looks_v1(at);
-    let (grant, from) = match token(at, v1, PUBLISHER_KEY_VAR) {
+    // A publish names no version: its token says which (0.x cookie first, then 1.0's).
+    let found = match token(at, false, PUBLISHER_KEY_VAR) {
+        Ok(None) => token(at, true, PUBLISHER_KEY_VAR),
+        other => other,
+    };
+    let v1 = false;
+    let (grant, from) = match found {
         Ok(Some(found)) => found,
         Ok(None) => return Ok(refusal(MercureAuthError::Missing, v1)),
         Err(e) => return Ok(refusal(e, v1)),
@@ -126,7 +129,7 @@ pub async fn publish(at: &mut Incoming<'_>) -> Answer {
         ));
     }
     if !is_form {
-        return Err(Error::UnsupportedMediaType);
+        return Err(Error::UnsupportedMediaType(FORM));
     }
     let body = read_body(&mut at.req, at.config.max_body_bytes).await?;
     let hub_url = hub_url(at)?;
@@ -253,13 +256,6 @@ fn token(
         _ => keys.subscriber.clone(),
     };
     verify(&token, &key, &keys, now_s()).map(|grant| Some((grant, from)))
-}
-
-/// A token in a `match…=` request, or a 1.0-only cookie, speaks 1.0.
-fn looks_v1(at: &Incoming<'_>) -> bool {
-    at.query
-        .split('&')
-        .any(|p| p.to_ascii_lowercase().starts_with("match"))
 }
 
 /// Mercure's keys and the 1.0 audience and issuer; a key not configured is empty, which

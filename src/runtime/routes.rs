@@ -55,7 +55,7 @@ pub async fn publish(at: &mut Incoming<'_>, channel: &ChannelName) -> Answer {
         .credentials
         .check(at.env, at.config, Action::Publish, channel)?;
     if !is_json(&at.req) {
-        return Err(Error::UnsupportedMediaType);
+        return Err(Error::UnsupportedMediaType("application/json"));
     }
     let body = read_body(&mut at.req, at.config.max_body_bytes).await?;
     let events = parse_publish(&body, at.config.publish_limits())?;
@@ -203,7 +203,7 @@ fn stream_opening(
 pub async fn mint_token(at: &mut Incoming<'_>) -> Answer {
     let caller = at.credentials.grant(at.env, at.config)?;
     if !is_json(&at.req) {
-        return Err(Error::UnsupportedMediaType);
+        return Err(Error::UnsupportedMediaType("application/json"));
     }
     let body = read_body(&mut at.req, MINT_BODY_BYTES).await?;
     let request = TokenRequest::parse(&body)?;
