@@ -52,8 +52,14 @@ impl HubOptions {
         let mut vars = vec![
             ("AUTH_SECRET".to_string(), secret),
             ("PUBLIC_CHANNELS".to_string(), PUBLIC_CHANNELS.to_string()),
-            ("MERCURE_PUBLISHER_JWT_KEY".to_string(), MERCURE_KEY.to_string()),
-            ("MERCURE_SUBSCRIBER_JWT_KEY".to_string(), MERCURE_KEY.to_string()),
+            (
+                "MERCURE_PUBLISHER_JWT_KEY".to_string(),
+                MERCURE_KEY.to_string(),
+            ),
+            (
+                "MERCURE_SUBSCRIBER_JWT_KEY".to_string(),
+                MERCURE_KEY.to_string(),
+            ),
             ("MERCURE_ANONYMOUS".to_string(), "1".to_string()),
             ("MERCURE_AUDIENCE".to_string(), MERCURE_AUDIENCE.to_string()),
             ("MERCURE_ISSUER".to_string(), MERCURE_ISSUER.to_string()),

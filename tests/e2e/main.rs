@@ -24,6 +24,7 @@ mod idempotency;
 mod live;
 mod live_auth;
 mod load;
+mod mercure;
 mod mirror;
 mod poll;
 mod presence;
@@ -149,6 +150,8 @@ fn main() {
         // Presence (issue 15).
         presence::cases(),
         topics::cases(),
+        // The Mercure face (/.well-known/mercure).
+        mercure::cases(),
         // Security and hostile input (issue 4): auth matrix, minting, CORS, limits, hostile
         // WebSocket frames, schemathesis against docs/openapi.yaml, the docs' curl examples.
         security::cases(),

@@ -143,7 +143,10 @@ async fn schemathesis_finds_no_answer_that_breaks_the_openapi_document(api: Api)
         .args(["--header", &format!("Authorization: Bearer {}", admin())])
         // The streams never end by themselves; their door is tested in live_auth.rs. The Mercure
         // face takes Mercure's tokens, not this one: tests/e2e/mercure.rs holds it to its spec.
-        .args(["--exclude-path-regex", r"^/((sse|ws)(/|$)|\.well-known/mercure$)"])
+        .args([
+            "--exclude-path-regex",
+            r"^/((sse|ws)(/|$)|\.well-known/mercure$)",
+        ])
         .args(["--checks", CHECKS])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--seed", &seed])
