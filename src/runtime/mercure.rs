@@ -124,9 +124,8 @@ pub async fn publish(at: &mut Incoming<'_>) -> Answer {
     // A browser sends cookies on requests another site makes it send: a publish authorised by
     // a cookie must come from this hub's own origin or one CORS_ORIGINS admits (CSRF).
     if from == TokenFrom::Cookie && !same_site(at)? {
-        return Err(Error::Forbidden(
-            "a publish authorised by a cookie must come from an allowed Origin".into(),
-        ));
+        let detail = "a publish authorised by a cookie must come from an allowed Origin";
+        return Ok(refusal_saying(MercureAuthError::InvalidRequest, v1, detail));
     }
     if !is_form {
         return Err(Error::UnsupportedMediaType(FORM));
@@ -290,10 +289,13 @@ fn hub_url(at: &Incoming<'_>) -> Result<Url, Error> {
 
 /// A refusal with its RFC 6750 challenge.
 fn refusal(e: MercureAuthError, v1: bool) -> Response {
+    refusal_saying(e, v1, "the Authorization header is not a bearer token")
+}
+
+/// A refusal with its RFC 6750 challenge; `detail` says what is wrong with an invalid request.
+fn refusal_saying(e: MercureAuthError, v1: bool, detail: &str) -> Response {
     let err = match e {
-        MercureAuthError::InvalidRequest => {
-            Error::bad_request("the Authorization header is not a bearer token")
-        }
+        MercureAuthError::InvalidRequest => Error::bad_request(detail),
         MercureAuthError::InsufficientScope => {
             Error::Forbidden("this token may not do that on these topics".into())
         }

@@ -539,6 +539,37 @@ async fn mercure_tokens_from_cookies_and_the_authorization_header_wins(api: Api)
         let r = post(&api, form(&[("topic", &topic)]), &headers).await;
         assert_eq!(r.status, *want, "{what}: {}", r.text());
     }
+
+    // CSRF: a publish authorised by a cookie from no origin, or another site's, is refused
+    // (400 `invalid_request`, as a malformed token presentation); a header token needs none.
+    let cookie = format!("mercureAuthorization={v0_publisher}");
+    let bearer = format!("Bearer {v0_publisher}");
+    let refused: [(&str, Vec<(&str, &str)>); 3] = [
+        ("no Origin", vec![]),
+        ("another Origin", vec![("origin", "https://evil.example")]),
+        (
+            "another Referer",
+            vec![("referer", "https://evil.example/page")],
+        ),
+    ];
+    for (what, extra) in refused {
+        let mut headers = vec![("content-type", FORM), ("cookie", cookie.as_str())];
+        headers.extend(extra);
+        let r = post(&api, form(&[("topic", &topic)]), &headers).await;
+        assert_eq!(r.status, 400, "cookie from {what}: {}", r.text());
+        let challenge = r
+            .headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            challenge,
+            Some("Bearer error=\"invalid_request\""),
+            "cookie from {what}"
+        );
+    }
+    let headers = [("content-type", FORM), ("authorization", bearer.as_str())];
+    let r = post(&api, form(&[("topic", &topic)]), &headers).await;
+    assert_eq!(r.status, 200, "a header token from no Origin: {}", r.text());
 }
 
 // ---- subscribe -----------------------------------------------------------------------------
