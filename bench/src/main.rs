@@ -1,5 +1,5 @@
 //! `edgehub-bench`: starts the release hub and a no-op Worker under local workerd (`wrangler
-//! dev`, both behind its proxy), runs the six scenarios of docs/benchmarks.md a few times each,
+//! dev`, both behind its proxy), runs the seven scenarios of docs/benchmarks.md a few times each,
 //! prints every figure beside its target (never asserting one), writes bench/results.json and
 //! regenerates the table in docs/benchmarks.md. Run it with `make bench` (`ARGS=--quick` for a
 //! small smoke run). Modules: `runtime` (the `wrangler dev` processes), `procfs` (memory, fds,
@@ -28,8 +28,8 @@ Benchmarks edgehub under local workerd (wrangler dev). Build the Worker first (`
   --quick       small counts and one run, for smoke-testing; writes under target/bench/
                 unless --out / --docs say otherwise
   --runs N      repetitions of each scenario (default 3; 1 with --quick)
-  --only LIST   comma-separated scenarios: latency,fanout,idle,polling,publish,presence
-                (default: all)
+  --only LIST   comma-separated scenarios: latency,fanout,idle,polling,publish,presence,
+                topics (default: all)
   --idle-connections N
                 idle connections wanted per kind (default 10000; 200 with --quick); fewer
                 are opened when the fd limit cannot hold them

@@ -490,6 +490,28 @@ impl Sub {
         }
     }
 
+    /// Opens `/sse/{channel}?{query}` or `/ws/{channel}?{query}`, `query` ready to send (topic
+    /// filters, docs/API.md#topics), with the bench's token; a WebSocket past its `ready`.
+    pub async fn open_query(
+        kind: Kind,
+        base: &str,
+        port: u16,
+        channel: &str,
+        query: &str,
+    ) -> Result<Sub, String> {
+        match kind {
+            Kind::Sse => SseSub::open_url(format!("{base}/sse/{channel}?{query}"))
+                .await
+                .map(Sub::Sse),
+            Kind::Ws => {
+                let url = format!("ws://127.0.0.1:{port}/ws/{channel}?{query}");
+                WsSub::open_url(port, url, false, client::bearer())
+                    .await
+                    .map(Sub::Ws)
+            }
+        }
+    }
+
     /// Opens one connection over `channels` (`GET /sse?channel=…` or `GET /ws?channel=…`), past
     /// its start: the `id:`-only block or `ready`.
     pub async fn open_many(

@@ -1,4 +1,4 @@
-//! The six scenarios, their sizes (`Plan`: full or `--quick`) and the order they run in. Each
+//! The seven scenarios, their sizes (`Plan`: full or `--quick`) and the order they run in. Each
 //! scenario runs `plan.runs` times on fresh channels and adds one value per run to each of its
 //! figures; a failed run is noted and the others go on.
 
@@ -8,6 +8,7 @@ mod latency;
 mod polling;
 mod presence;
 mod publish;
+mod topics;
 
 use std::time::{Duration, Instant};
 
@@ -23,25 +24,29 @@ pub enum Scenario {
     Polling,
     Publish,
     Presence,
+    Topics,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Latency,
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Polling,
         Scenario::Publish,
         Scenario::Presence,
+        Scenario::Topics,
     ];
     /// The order they run in: publishing last, so that its D1 mirror backlog cannot weigh on
-    /// another scenario; polling early, on a quiet hub.
-    pub const RUN_ORDER: [Scenario; 6] = [
+    /// another scenario; polling early, on a quiet hub; topics, the newest, just before
+    /// publishing, so that the others run as they did before it.
+    pub const RUN_ORDER: [Scenario; 7] = [
         Scenario::Latency,
         Scenario::Polling,
         Scenario::Fanout,
         Scenario::Idle,
         Scenario::Presence,
+        Scenario::Topics,
         Scenario::Publish,
     ];
 
@@ -53,6 +58,7 @@ impl Scenario {
             Scenario::Polling => "polling",
             Scenario::Publish => "publish",
             Scenario::Presence => "presence",
+            Scenario::Topics => "topics",
         }
     }
 
@@ -64,6 +70,7 @@ impl Scenario {
             Scenario::Polling => "4. Polling throughput",
             Scenario::Publish => "5. Publish throughput",
             Scenario::Presence => "6. Presence: a join storm of members on one channel",
+            Scenario::Topics => "7. Topics and Mercure: filtered subscribers and the Mercure face",
         }
     }
 
@@ -116,6 +123,12 @@ pub struct Plan {
     /// (scenario 2); at 50 a second the events alone swamp it, with or without presence
     /// (docs/benchmarks.md#presence).
     pub presence_publish_every: Duration,
+    /// Mercure pass: updates, one at a time, each also published natively for comparison.
+    pub topics_mercure_events: u64,
+    /// Filtered passes: events per channel, one at a time; one in ten matches the filter.
+    pub topics_events: u64,
+    /// Unmeasured events before each topics pass.
+    pub topics_warmup: u64,
     /// The fd soft limit the bench and the runtimes run with.
     pub fd_limit: u64,
     /// No run starts after this much time has gone: the ones left are skipped, with a note.
@@ -143,6 +156,9 @@ impl Plan {
             presence_members: if quick { 100 } else { 1000 },
             presence_baseline: Duration::from_secs(if quick { 3 } else { 20 }),
             presence_publish_every: Duration::from_millis(200),
+            topics_mercure_events: if quick { 50 } else { 1000 },
+            topics_events: if quick { 300 } else { 2000 },
+            topics_warmup: if quick { 5 } else { 20 },
             fd_limit,
             budget: Duration::from_secs(if quick { 8 * 60 } else { 25 * 60 }),
         }
@@ -218,6 +234,7 @@ pub async fn run_all(plan: &Plan, only: &[Scenario], setup: &Setup) -> Figures {
                 Scenario::Polling => polling::run(plan, setup).await,
                 Scenario::Publish => publish::run(plan, setup).await,
                 Scenario::Presence => presence::run(plan, setup).await,
+                Scenario::Topics => topics::run(plan, setup).await,
             };
             match result {
                 Ok(figures) => {
