@@ -28,9 +28,21 @@ pub struct TokenRequest {
     #[serde(default, deserialize_with = "crate::protocol::publish::present")]
     pub sub: Option<String>,
     /// The new token's presence info (`Info`); the caller's own when absent and the subject is
-    /// the caller's.
-    #[serde(default)]
+    /// the caller's. An explicit `null` is refused, as for the other optional members.
+    #[serde(default, deserialize_with = "present_raw")]
     pub info: Option<Box<RawValue>>,
+}
+
+/// An optional JSON member that must not be `null` when present.
+fn present_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    use serde::de::Error as _;
+    let raw = Box::<RawValue>::deserialize(d)?;
+    match raw.get().trim() {
+        "null" => Err(D::Error::custom(
+            "info may not be null: leave it out for none",
+        )),
+        _ => Ok(Some(raw)),
+    }
 }
 
 /// The longest `sub` a minted token may carry, in characters.
@@ -202,6 +214,16 @@ mod tests {
             sub: None,
             info: None,
         }
+    }
+
+    #[test]
+    fn an_explicit_null_info_is_refused_like_other_members() {
+        let null = TokenRequest::parse(br#"{"subscribe":["a"],"ttl":60,"info":null}"#);
+        assert_eq!(null.err().map(|e| e.status()), Some(400));
+        let object = TokenRequest::parse(br#"{"subscribe":["a"],"ttl":60,"info":{"n":1}}"#);
+        assert!(object.is_ok_and(|r| r.info.is_some()));
+        let absent = TokenRequest::parse(br#"{"subscribe":["a"],"ttl":60}"#);
+        assert!(absent.is_ok_and(|r| r.info.is_none()));
     }
 
     #[test]

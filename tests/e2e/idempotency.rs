@@ -40,14 +40,15 @@ pub async fn publish_keyed(api: &Api, c: &str, body: &str, key: &str, tok: &str)
 /// What `wrangler dev`'s proxy answers a POST when its connection to the runtime drops
 /// mid-request: its fetch fails with "Network connection lost", and the proxy (which only
 /// requeues GET and HEAD) answers this 503 whatever the cause. It happens under heavy local load
-/// (1,000 sockets, 1,000 channel objects on a busy machine); see issue 18.
+/// (1,000 sockets, 1,000 channel objects on a busy machine), and so does a connection to the
+/// proxy itself that drops before any answer; see issue 18.
 pub const DEV_PROXY_503: &str = "Your worker restarted mid-request";
 /// How often a publish retries that answer, with the same idempotency key.
 pub const DEV_PROXY_RETRIES: usize = 5;
 
-/// `publish_keyed`, retried with the same key while the dev proxy answers `DEV_PROXY_503`, as a
-/// client would: the key makes the retry store the event once. Returns the last answer and how
-/// many retries it took.
+/// `publish_keyed`, retried with the same key while the dev proxy answers `DEV_PROXY_503` or no
+/// answer comes at all, as a client would: the key makes the retry store the event once.
+/// Returns the last answer and how many retries it took.
 pub async fn publish_keyed_retrying(
     api: &Api,
     c: &str,
@@ -57,7 +58,8 @@ pub async fn publish_keyed_retrying(
 ) -> (Resp, usize) {
     let mut r = publish_keyed(api, c, body, key, tok).await;
     for retry in 0..DEV_PROXY_RETRIES {
-        if !(r.status == 503 && r.text().contains(DEV_PROXY_503)) {
+        let lost = r.status == 0 || (r.status == 503 && r.text().contains(DEV_PROXY_503));
+        if !lost {
             return (r, retry);
         }
         r = publish_keyed(api, c, body, key, tok).await;

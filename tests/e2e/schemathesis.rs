@@ -39,15 +39,23 @@ negative_data_rejection,positive_data_acceptance";
 /// minted token's `info` is any object within 1 KiB as compact JSON and 8 levels (400
 /// otherwise, docs/API.md#minting): a limit on serialised size, which no schema can state
 /// either (a schema narrow enough to always fit would refuse objects the hub rightly takes).
+/// A poll's `topic_pattern` must be a URL pattern (400 otherwise, docs/API.md#topics): a
+/// grammar no JSON Schema pattern states. A request whose URL is too long for the runtime is
+/// refused by it with 431 before the hub sees it (documented on the polls, whose topic filters
+/// make long URLs).
 const CONFIG: &str = r#"
 [checks.negative_data_rejection]
-expected-statuses = ["400", "401", "403", "404", "405", "413", "415", "422"]
+expected-statuses = ["400", "401", "403", "404", "405", "413", "415", "422", "431"]
 
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "304", "401", "403", "404", "413", "422"]
 
 [[operations]]
 include-path = "/poll"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "304", "400", "401", "403", "404", "413", "422"]
+
+[[operations]]
+include-path = "/poll/{channel}"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "304", "400", "401", "403", "404", "413", "422"]
 
 [[operations]]
