@@ -44,10 +44,14 @@ dev: build
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
 # Unit tests of the pure core natively, the end-to-end suite against `wrangler dev`, then the
-# demo page in headless Chromium.
+# demo page in headless Chromium. The 1,000-member presence storm runs alone after the rest:
+# beside another test on two cores, wrangler dev's local proxy drops connections under it
+# (issue 18), which the storm would count against the hub.
+STORM := presence_join_storm_of_1000_members_while_events_flow
 test: setup-test bundle
 	cargo test --lib --bins
-	cargo test --test e2e
+	cargo test --test e2e -- --skip $(STORM)
+	cargo test --test e2e -- --exact $(STORM)
 	cargo build -q -p edgehub-launch --bin edgehub-launch
 	node --test tests/browser/
 
