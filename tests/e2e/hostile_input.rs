@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::api::{admin, channel, claims, ids, now_secs, token, Api};
 use crate::harness::{Hub, HubOptions, SECRET};
+use crate::idempotency::DEV_PROXY_503;
 use crate::publish::{assert_problem, head};
 use crate::sse_client::{event_ids, SseStream};
 use crate::ws_client::{Frame, WsClient};
@@ -222,7 +223,9 @@ async fn input_a_poll_page_is_cut_by_bytes_and_paging_loses_nothing(api: Api) {
 /// Sends a chunked body of up to `total` bytes in 64 KiB chunks on a connection of its own,
 /// reading at the same time; stops sending when the answer has come. Returns the status and
 /// how many body bytes had been sent by then.
-async fn stream_body(api: &Api, path: &str, bearer: &str, total: usize) -> (u16, usize) {
+/// Streams a chunked body of `total` bytes until the answer's head arrives; returns the status,
+/// how much was sent, and the answer as far as it was read (head and the start of the body).
+async fn stream_body(api: &Api, path: &str, bearer: &str, total: usize) -> (u16, usize, String) {
     let host = api.base.trim_start_matches("http://").to_string();
     let stream = TcpStream::connect(&host).await.expect("connect");
     let (mut rd, mut wr) = stream.into_split();
@@ -260,17 +263,22 @@ async fn stream_body(api: &Api, path: &str, bearer: &str, total: usize) -> (u16,
         }
     }
     answered.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The start of the body, to tell the dev proxy's 503 from the hub's answers.
+    if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), rd.read(&mut piece)).await {
+        buf.extend_from_slice(&piece[..n]);
+    }
     let sent = tokio::time::timeout(Duration::from_secs(30), writer)
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or(total);
-    let status = String::from_utf8_lossy(&buf)
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, sent)
+    (status, sent, text)
 }
 
 async fn input_bodies_are_refused_at_the_first_bytes_over_their_limit(api: Api) {
@@ -283,14 +291,27 @@ async fn input_bodies_are_refused_at_the_first_bytes_over_their_limit(api: Api) 
         ("/tokens".to_string(), no_rights),
         (format!("/channels/{c}/events"), admin()),
     ] {
-        let started = Instant::now();
-        let (status, sent) = stream_body(&api, &path, &bearer, TOTAL).await;
-        eprintln!(
-            "hostile_input: {path}: {status} after {} KiB sent of {} MiB, in {:?}",
-            sent / 1024,
-            TOTAL >> 20,
-            started.elapsed()
-        );
+        // The hub answers 413 after reading (and dropping) at most 16 MiB, then stops reading.
+        // The runtime then closes the connection with bytes still arriving, and wrangler's proxy
+        // in front may lose the answer to that reset and say `DEV_PROXY_503` instead (seen once
+        // in CI, after 23 MiB). That is the proxy's artifact, so it is tried again, a bounded
+        // number of times; any other answer is the hub's.
+        let mut attempt = 0;
+        let (status, sent) = loop {
+            attempt += 1;
+            let started = Instant::now();
+            let (status, sent, text) = stream_body(&api, &path, &bearer, TOTAL).await;
+            eprintln!(
+                "hostile_input: {path}: {status} after {} KiB sent of {} MiB, in {:?} (attempt {attempt})",
+                sent / 1024,
+                TOTAL >> 20,
+                started.elapsed()
+            );
+            if status == 503 && text.contains(DEV_PROXY_503) && attempt < 3 {
+                continue;
+            }
+            break (status, sent);
+        };
         assert_eq!(status, 413, "{path}");
         assert!(
             sent < 64 * 1024 * 1024,
