@@ -108,6 +108,8 @@ pub struct Merge {
     next_lane: u32,
     max_channels: usize,
     window: usize,
+    /// `HEARTBEAT_SECONDS`, for `ready`.
+    heartbeat: u64,
     started: bool,
     /// Frames that came before the start, as they came: taken once every lane is live, so
     /// every position they move is known by then.
@@ -120,12 +122,14 @@ pub struct Merge {
 
 impl Merge {
     /// A connection over `set`, each channel after its place in `since`; returns the lanes to
-    /// open. `window` is the connection's (`SLOW_CONSUMER_BYTES`).
+    /// open. `window` is the connection's (`SLOW_CONSUMER_BYTES`); `heartbeat` is
+    /// `HEARTBEAT_SECONDS`, told to a WebSocket client in `ready`.
     pub fn new(
         face: Face,
         set: &ChannelSet,
         since: Option<&StreamSince>,
         window: usize,
+        heartbeat: u64,
         max_channels: usize,
         now_ms: i64,
     ) -> (Merge, Vec<Step>) {
@@ -135,6 +139,7 @@ impl Merge {
             next_lane: 0,
             max_channels,
             window,
+            heartbeat,
             started: false,
             pending: Vec::new(),
             early: Vec::new(),
@@ -302,7 +307,7 @@ impl Merge {
                     .iter()
                     .map(|l| (&l.channel, l.head.unwrap_or(0)))
                     .collect();
-                ready_frame(&heads, self.window as u64)
+                ready_frame(&heads, self.window as u64, self.heartbeat)
             }
         };
         let mut steps = self.send(plain(start), now_ms);

@@ -137,14 +137,14 @@ pub fn with_channel(frame: &str, channel: &ChannelName) -> String {
     }
 }
 
-/// `{"op":"ready","heads":{"a":12,…},"window":W}`.
-pub fn ready_frame(heads: &[(&ChannelName, u64)], window: u64) -> String {
+/// `{"op":"ready","heads":{"a":12,…},"window":W,"heartbeat":H}`.
+pub fn ready_frame(heads: &[(&ChannelName, u64)], window: u64, heartbeat: u64) -> String {
     let heads: Vec<String> = heads
         .iter()
         .map(|(c, h)| format!("{}:{h}", quote(c.as_str())))
         .collect();
     format!(
-        "{{\"op\":\"ready\",\"heads\":{{{}}},\"window\":{window}}}",
+        "{{\"op\":\"ready\",\"heads\":{{{}}},\"window\":{window},\"heartbeat\":{heartbeat}}}",
         heads.join(",")
     )
 }
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn the_objects_frames_are_read() {
         assert_eq!(
-            UpFrame::read(&v1_ready(5, 1024)),
+            UpFrame::read(&v1_ready(5, 1024, 15)),
             UpFrame::Ready {
                 head: 5,
                 window: 1024
@@ -411,8 +411,8 @@ mod tests {
         assert_eq!(with_channel("pong", &c), "pong");
         let heads = [(&name("a"), 3), (&c, 0)];
         assert_eq!(
-            ready_frame(&heads, 99),
-            r#"{"op":"ready","heads":{"a":3,"user:42":0},"window":99}"#
+            ready_frame(&heads, 99, 15),
+            r#"{"op":"ready","heads":{"a":3,"user:42":0},"window":99,"heartbeat":15}"#
         );
         assert_eq!(
             subscribed_frame(&c, 4),

@@ -82,9 +82,12 @@ pub fn event_frame(envelope: &str) -> String {
 }
 
 /// `window`: how many bytes of event frames may go unconfirmed by a `cursor` report before the
-/// socket is dropped as too slow.
-pub fn ready_frame(head: u64, window: u64) -> String {
-    format!("{{\"op\":\"{OP_READY}\",\"head\":{head},\"window\":{window}}}")
+/// socket is dropped as too slow. `heartbeat`: `HEARTBEAT_SECONDS`, so that a client knows how
+/// often a presence socket must ping (at least every half of it) and when silence means a stall.
+pub fn ready_frame(head: u64, window: u64, heartbeat: u64) -> String {
+    format!(
+        "{{\"op\":\"{OP_READY}\",\"head\":{head},\"window\":{window},\"heartbeat\":{heartbeat}}}"
+    )
 }
 
 /// The client's report that it has every event through `id` (what the SSE bridge sends for
@@ -294,8 +297,8 @@ mod tests {
             r#"{"op":"event","id":1,"data":2}"#
         );
         assert_eq!(
-            ready_frame(5, 1024),
-            r#"{"op":"ready","head":5,"window":1024}"#
+            ready_frame(5, 1024, 15),
+            r#"{"op":"ready","head":5,"window":1024,"heartbeat":15}"#
         );
         assert_eq!(
             gap_frame(2, 9),

@@ -86,6 +86,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
         &set,
         since.as_ref(),
         config.slow_consumer_bytes,
+        config.heartbeat_seconds,
         config.max_stream_channels,
         now_ms(),
     );

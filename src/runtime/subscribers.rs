@@ -160,6 +160,8 @@ pub struct Join<'a> {
     pub window: Window,
     /// Bytes of event frames a WebSocket client may leave unconfirmed (`channel::flow`).
     pub flow_window: u64,
+    /// `HEARTBEAT_SECONDS`, told to a WebSocket client in `ready`.
+    pub heartbeat: u64,
     pub now_ms: i64,
     /// A presence connection's `sync` object: sent after `ready`, before any event.
     pub greeting: Option<String>,
@@ -219,7 +221,7 @@ pub fn accept(
     if attachment.transport == Transport::Ws {
         deliver(
             std::slice::from_ref(&sink),
-            &[ready_frame(window.head, join.flow_window)],
+            &[ready_frame(window.head, join.flow_window, join.heartbeat)],
         );
     }
     if let Some(sync) = &join.greeting {

@@ -24,7 +24,7 @@ fn set(names: &[&str]) -> ChannelSet {
 fn merge(face: Face, names: &[&str], since: Option<&str>) -> (Merge, Vec<Step>) {
     let s = set(names);
     let since = since.map(|t| StreamSince::parse(t, &s).unwrap());
-    Merge::new(face, &s, since.as_ref(), WINDOW, 3, 0)
+    Merge::new(face, &s, since.as_ref(), WINDOW, 15, 3, 0)
 }
 
 fn event(channel: &str, id: u64, data: &str) -> String {
@@ -66,9 +66,9 @@ fn nothing_goes_out_before_every_lane_is_live_then_the_start_first() {
             },
         ]
     );
-    assert!(m.upstream(LaneId(0), &v1_ready(5, 1000), 0).is_empty());
+    assert!(m.upstream(LaneId(0), &v1_ready(5, 1000, 15), 0).is_empty());
     assert!(m.upstream(LaneId(0), &event("a", 4, "1"), 0).is_empty());
-    let steps = m.upstream(LaneId(1), &v1_ready(9, 1000), 0);
+    let steps = m.upstream(LaneId(1), &v1_ready(9, 1000, 15), 0);
     // b started from now on: its head; a at its cursor until its event went out.
     assert_eq!(
         texts(&steps),
@@ -90,12 +90,12 @@ fn nothing_goes_out_before_every_lane_is_live_then_the_start_first() {
 #[test]
 fn ws_ready_names_every_head_and_frames_name_their_channel() {
     let (mut m, _) = merge(Face::Ws, &["a", "b"], None);
-    m.upstream(LaneId(0), &v1_ready(2, 1000), 0);
-    let steps = m.upstream(LaneId(1), &v1_ready(7, 1000), 0);
+    m.upstream(LaneId(0), &v1_ready(2, 1000, 15), 0);
+    let steps = m.upstream(LaneId(1), &v1_ready(7, 1000, 15), 0);
     assert_eq!(
         texts(&steps),
         vec![format!(
-            "{{\"op\":\"ready\",\"heads\":{{\"a\":2,\"b\":7}},\"window\":{WINDOW}}}"
+            "{{\"op\":\"ready\",\"heads\":{{\"a\":2,\"b\":7}},\"window\":{WINDOW},\"heartbeat\":15}}"
         )]
     );
     let e = event("b", 8, "{}");
@@ -110,7 +110,7 @@ fn ws_ready_names_every_head_and_frames_name_their_channel() {
 #[test]
 fn the_set_changes_without_reconnecting() {
     let (mut m, _) = merge(Face::Ws, &["a"], None);
-    m.upstream(LaneId(0), &v1_ready(0, 1000), 0);
+    m.upstream(LaneId(0), &v1_ready(0, 1000, 15), 0);
     let steps = client(&mut m, r#"{"op":"subscribe","channel":"b","since":0}"#);
     assert_eq!(
         steps,
@@ -131,7 +131,7 @@ fn the_set_changes_without_reconnecting() {
         "the ref is echoed"
     );
     assert_eq!(
-        texts(&m.upstream(LaneId(1), &v1_ready(4, 1000), 0)),
+        texts(&m.upstream(LaneId(1), &v1_ready(4, 1000, 15), 0)),
         vec![r#"{"op":"subscribed","channel":"b","head":4}"#]
     );
     m.upstream(LaneId(1), &event("b", 1, "1"), 0);
@@ -178,7 +178,7 @@ fn the_set_changes_without_reconnecting() {
 fn the_channel_limit_holds_for_subscribes() {
     let (mut m, _) = merge(Face::Ws, &["a", "b", "c"], None);
     for lane in 0..3 {
-        m.upstream(LaneId(lane), &v1_ready(0, 1000), 0);
+        m.upstream(LaneId(lane), &v1_ready(0, 1000, 15), 0);
     }
     let refused = texts(&client(&mut m, r#"{"op":"subscribe","channel":"d"}"#));
     assert!(refused[0].starts_with(r#"{"op":"error","channel":"d","status":400,"#));
@@ -197,7 +197,7 @@ fn a_lane_that_ends_ends_the_connection_with_its_meaning() {
         let (mut m, _) = merge(Face::Ws, &["a", "b"], None);
         assert_eq!(m.upstream_closed(LaneId(1), code), vec![Step::End(want)]);
         assert!(m.ended());
-        assert!(m.upstream(LaneId(0), &v1_ready(0, 1), 0).is_empty());
+        assert!(m.upstream(LaneId(0), &v1_ready(0, 1, 15), 0).is_empty());
         assert!(m.upstream_closed(LaneId(0), code).is_empty(), "once");
     }
 }
@@ -205,8 +205,8 @@ fn a_lane_that_ends_ends_the_connection_with_its_meaning() {
 #[test]
 fn ws_reports_move_the_objects_cursor_and_free_the_window() {
     let (mut m, _) = merge(Face::Ws, &["a", "b"], Some("0"));
-    m.upstream(LaneId(0), &v1_ready(0, 1000), 0);
-    m.upstream(LaneId(1), &v1_ready(0, 1000), 0);
+    m.upstream(LaneId(0), &v1_ready(0, 1000, 15), 0);
+    m.upstream(LaneId(1), &v1_ready(0, 1000, 15), 0);
     let big = format!("\"{}\"", "x".repeat(900));
     for id in 1..=4 {
         assert_eq!(
@@ -251,7 +251,7 @@ fn ws_reports_move_the_objects_cursor_and_free_the_window() {
 #[test]
 fn sse_takes_are_reported_a_quarter_window_at_a_time() {
     let (mut m, _) = merge(Face::Sse, &["a"], Some("0"));
-    m.upstream(LaneId(0), &v1_ready(0, 4000), 0);
+    m.upstream(LaneId(0), &v1_ready(0, 4000, 15), 0);
     let frame = event("a", 1, &format!("\"{}\"", "x".repeat(400)));
     let mut reports = Vec::new();
     for id in 1..=10u64 {
@@ -286,7 +286,7 @@ fn sse_takes_are_reported_a_quarter_window_at_a_time() {
 #[test]
 fn an_sse_client_that_stops_taking_is_let_go() {
     let (mut m, _) = merge(Face::Sse, &["a"], Some("0"));
-    m.upstream(LaneId(0), &v1_ready(0, 100_000), 0);
+    m.upstream(LaneId(0), &v1_ready(0, 100_000, 15), 0);
     let big = format!("\"{}\"", "x".repeat(3000));
     assert_eq!(
         texts(&m.upstream(LaneId(0), &event("a", 1, &big), 0)).len(),
@@ -316,10 +316,10 @@ proptest! {
         let mut out = Vec::new();
         if readies_first {
             for (lane, head) in [(0u32, 0u64), (1, 5), (2, 10)] {
-                out.extend(texts(&m.upstream(LaneId(lane), &v1_ready(head, 1000), 0)));
+                out.extend(texts(&m.upstream(LaneId(lane), &v1_ready(head, 1000, 15), 0)));
             }
         } else {
-            out.extend(texts(&m.upstream(LaneId(2), &v1_ready(10, 1000), 0)));
+            out.extend(texts(&m.upstream(LaneId(2), &v1_ready(10, 1000, 15), 0)));
         }
         for lane in &order {
             let id = next[*lane];
@@ -329,8 +329,8 @@ proptest! {
             }
         }
         if !readies_first {
-            out.extend(texts(&m.upstream(LaneId(0), &v1_ready(0, 1000), 0)));
-            out.extend(texts(&m.upstream(LaneId(1), &v1_ready(5, 1000), 0)));
+            out.extend(texts(&m.upstream(LaneId(0), &v1_ready(0, 1000, 15), 0)));
+            out.extend(texts(&m.upstream(LaneId(1), &v1_ready(5, 1000, 15), 0)));
         }
         prop_assert!(out[0].starts_with("id: a=0,b=5,c=10\n\n"), "{:?}", out.first());
         let mut seen: [Vec<u64>; 3] = Default::default();
@@ -360,12 +360,12 @@ fn presence_frames_pass_as_they_are_and_become_id_less_sse_events() {
     let frame = presence::ws(&sync);
     for face in [Face::Ws, Face::Sse] {
         let (mut m, _) = merge(face, &["a", "b"], None);
-        assert!(m.upstream(LaneId(1), &v1_ready(2, 1000), 0).is_empty());
+        assert!(m.upstream(LaneId(1), &v1_ready(2, 1000, 15), 0).is_empty());
         assert!(
             m.upstream(LaneId(1), &frame, 0).is_empty(),
             "held to the start"
         );
-        let steps = m.upstream(LaneId(0), &v1_ready(7, 1000), 0);
+        let steps = m.upstream(LaneId(0), &v1_ready(7, 1000, 15), 0);
         let want = match face {
             Face::Ws => frame.clone(),
             Face::Sse => format!("event: presence\ndata: {sync}\n\n"),

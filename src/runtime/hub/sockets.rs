@@ -102,6 +102,7 @@ impl ChannelHub {
             cursor,
             window: log.window().map_err(internal("reading the window"))?,
             flow_window: self.flow_window(),
+            heartbeat: self.config.heartbeat_seconds,
             now_ms,
             greeting,
             filter,
