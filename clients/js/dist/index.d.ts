@@ -62,6 +62,8 @@ export interface StateChange {
 /** Where to start: a stream cursor (`"a=12,b=7"`), positions by channel, or one id for all. */
 export type Since = number | string | Record<string, number>;
 export interface SubscribeOptions {
+    /** This subscription's transport, instead of the hub's `transport` option. */
+    transport?: 'auto' | Transport;
     /** Without it, each channel starts from now on; `0` is everything retained. */
     since?: Since;
     /** Enter the channels' presence (the token needs a `sub`). */

@@ -78,6 +78,8 @@ export interface StateChange {
 export type Since = number | string | Record<string, number>;
 
 export interface SubscribeOptions {
+  /** This subscription's transport, instead of the hub's `transport` option. */
+  transport?: 'auto' | Transport;
   /** Without it, each channel starts from now on; `0` is everything retained. */
   since?: Since;
   /** Enter the channels' presence (the token needs a `sub`). */
@@ -378,6 +380,7 @@ class Sub implements Subscription {
   #conn?: Conn;
   #level: number;
   #best: number;
+  #auto: boolean;
   state: State = 'connecting';
   transport: Transport;
 
@@ -387,7 +390,8 @@ class Sub implements Subscription {
     this.#o = o;
     this.#opts = opts;
     this.#pos = startPositions(channels, o.since);
-    const t = opts.transport || 'auto';
+    const t = o.transport || opts.transport || 'auto';
+    this.#auto = t === 'auto';
     this.#best = this.#level = t === 'auto' ? (this.#WS() ? 0 : 1) : TRANSPORTS.indexOf(t);
     this.transport = TRANSPORTS[this.#level];
     this.#run();
@@ -445,7 +449,6 @@ class Sub implements Subscription {
     let attempt = 0;
     let refresh = false;
     let downAt = 0;
-    const auto = (this.#opts.transport || 'auto') === 'auto';
     while (!this.#closed()) {
       this.transport = TRANSPORTS[this.#level];
       this.#set('connecting', attempt);
@@ -479,7 +482,7 @@ class Sub implements Subscription {
         refresh = true;
       }
       if (ended.upgrade) this.#level = this.#best;
-      else if (auto && !opened && error instanceof HubError && !error.status && this.#level < 2) {
+      else if (this.#auto && !opened && error instanceof HubError && !error.status && this.#level < 2) {
         // This transport cannot work here (a proxy refusing upgrades, one buffering streams).
         this.#level++;
         downAt = now();
@@ -517,11 +520,14 @@ class Sub implements Subscription {
     this.#o.onPresence?.(p, [...m.values()]);
   }
 
-  /** Positions learnt from the hub (a start cursor, a ready's heads, a poll's `next`): never backwards. */
-  #learn(heads: Map<string, number> | Record<string, number>) {
+  /**
+   * Positions learnt from the hub: where a channel that started "from now on" starts (a
+   * stream's start cursor, a ready's heads), or, with `skip`, ids a filtered poll examined.
+   */
+  #learn(heads: Map<string, number> | Record<string, number>, skip = false) {
     for (const [c, id] of heads instanceof Map ? heads : Object.entries(heads)) {
       const at = this.#pos.get(c);
-      if (this.#pos.has(c) && (at === undefined || id > at)) this.#pos.set(c, id);
+      if (this.#pos.has(c) && (at === undefined || (skip && id > at))) this.#pos.set(c, id);
     }
   }
 
@@ -716,7 +722,7 @@ class Sub implements Subscription {
             opened();
             for (const g of page.gaps || []) this.#gap(g);
             for (const e of page.events) this.#event(e);
-            this.#learn(parseCursor(page.next));
+            this.#learn(parseCursor(page.next), true);
             if (page.more) continue;
           }
           await sleep(this.#opts.pollInterval ?? 1000);
