@@ -13,7 +13,10 @@ export WRANGLER_SEND_METRICS := false
 # Keep wrangler off the network: no request.cf download, no telemetry.
 export CLOUDFLARE_CF_FETCH_ENABLED := false
 
-RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock
+# The JavaScript client (clients/js): the Worker serves its build at /client.js.
+CLIENT := clients/js/dist/index.js
+CLIENT_SOURCES := $(shell find clients/js/src -name '*.ts') clients/js/build.mjs clients/js/tsconfig.json clients/js/package.json
+RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock $(CLIENT)
 WRANGLER := node_modules/.bin/wrangler
 
 .PHONY: help setup setup-test dev test build bundle check token clean bench
@@ -32,8 +35,13 @@ setup:
 setup-test:
 	@scripts/setup.sh test
 
-# The Worker bundle: build/worker/shim.mjs and the wasm beside it.
-build: setup build/worker/shim.mjs
+# The Worker bundle: build/worker/shim.mjs and the wasm beside it, after the client it serves.
+build: setup $(CLIENT) build/worker/shim.mjs
+
+# The client's build, with its size against the budget (clients/js/build.mjs). The build is
+# committed too, so that cargo alone (clippy, the unit tests) finds what the Worker embeds.
+$(CLIENT): $(CLIENT_SOURCES)
+	node clients/js/build.mjs
 
 build/worker/shim.mjs: $(RUST_SOURCES)
 	worker-build --release

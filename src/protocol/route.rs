@@ -9,6 +9,8 @@ use crate::error::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Demo,
+    /// `GET /client.js`: the JavaScript client (`clients/js`), as the demo page imports it.
+    Client,
     Health,
     Publish(ChannelName),
     Purge(ChannelName),
@@ -66,6 +68,8 @@ const GET_POST: &[&str] = &["GET", "POST"];
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
     ("HEAD", "/"),
+    ("GET", "/client.js"),
+    ("HEAD", "/client.js"),
     ("GET", "/healthz"),
     ("HEAD", "/healthz"),
     ("POST", "/channels/{channel}/events"),
@@ -92,6 +96,7 @@ pub fn match_path(method: &str, path: &str) -> Result<(&'static [&'static str], 
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     Ok(match segments.as_slice() {
         [""] => (GET, Route::Demo),
+        ["client.js"] => (GET, Route::Client),
         ["healthz"] => (GET, Route::Health),
         ["tokens"] => (POST, Route::MintToken),
         ["channels", c, "events"] => {

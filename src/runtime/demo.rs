@@ -10,9 +10,13 @@ use crate::error::Error;
 use worker::{Env, Response};
 
 const PAGE: &str = include_str!("../../assets/demo.html");
+/// The JavaScript client's build (`clients/js/build.mjs`, which `make build` runs first).
+const CLIENT: &str = include_str!("../../clients/js/dist/index.js");
 const PLACEHOLDER: &str = "/*EDGEHUB_CONFIG*/{}";
-/// Inline script and style only; the page talks to its own origin alone.
-const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+/// Inline script and style, and the client from this origin; the page talks to its own origin
+/// alone.
+const CSP: &str =
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
                    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
 
 pub fn page(env: &Env, config: &Config) -> Result<Response, Error> {
@@ -34,6 +38,23 @@ pub fn page(env: &Env, config: &Config) -> Result<Response, Error> {
         .headers()
         .set("content-security-policy", CSP)
         .map_err(internal("answering"))?;
+    Ok(response)
+}
+
+/// `GET /client.js`: the client as an ES module, for the demo page and for any page that wants
+/// it from the hub (`import { EdgeHub } from "https://hub.example/client.js"`): readable from
+/// any origin, cached for five minutes.
+pub fn client() -> Result<Response, Error> {
+    let response = respond(200, "text/javascript; charset=utf-8", CLIENT.to_string())
+        .map_err(internal("answering"))?;
+    let headers = response.headers();
+    for (name, value) in [
+        ("cache-control", "public, max-age=300"),
+        ("access-control-allow-origin", "*"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        headers.set(name, value).map_err(internal("answering"))?;
+    }
     Ok(response)
 }
 

@@ -101,6 +101,7 @@ async fn handle(
     match found {
         Route::Health => routes::health(),
         Route::Demo => demo::page(env, config),
+        Route::Client => demo::client(),
         Route::Publish(channel) => routes::publish(&mut incoming, &channel).await,
         Route::Purge(channel) => routes::purge(&incoming, &channel).await,
         Route::ChannelInfo(channel) => routes::info(&incoming, &channel).await,

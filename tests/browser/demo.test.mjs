@@ -197,8 +197,8 @@ it('3. every pane reconnects by itself across a restart of the hub and loses not
   const channel = 'public:restart';
   const { page } = await openPage();
   await connect(page, channel);
-  // The EventSource object the page opened: the browser itself must carry it across the restart.
-  await page.evaluate(() => { window.firstEventSource = live.sse; });
+  // The SSE pane's subscription: the client itself must carry it across the restart.
+  await page.evaluate(() => { window.firstSubscription = live.sse; });
   const ids = [];
   for (let n = 1; n <= 3; n++) ids.push(await publish(hub.base, channel, { n, when: 'before the stop' }));
   await waitIds(page, ids);
@@ -222,8 +222,8 @@ it('3. every pane reconnects by itself across a restart of the hub and loses not
   for (const pane of PANES) {
     assert.ok(now[pane].reconnects > before[pane].reconnects, `${pane} reconnected: ${JSON.stringify({ before, now })}`);
   }
-  assert.ok(await page.evaluate(() => live.sse === window.firstEventSource),
-    'the EventSource reconnected by itself (the page did not replace it)');
+  assert.ok(await page.evaluate(() => live.sse === window.firstSubscription),
+    'the SSE subscription reconnected by itself (the page did not replace it)');
   const sse = await events(page, 'sse');
   assert.deepEqual(sse.map((e) => e.data.n), [1, 2, 3, 4, 5, 6, 7]);
   await screenshot(page, 'demo-restart.png');

@@ -43,11 +43,17 @@ export interface Member {
     sub: string;
     info: unknown;
 }
+/**
+ * `sync`: every member (`members`), on (re)connect; `join` / `leave`: one `member`; `diff`:
+ * several changes batched by the hub (`leaves` to remove, `joins` to add).
+ */
 export interface PresenceEvent {
-    action: 'sync' | 'join' | 'leave';
+    action: 'sync' | 'join' | 'leave' | 'diff';
     channel: string;
     member?: Member;
     members?: Member[];
+    joins?: Member[];
+    leaves?: Member[];
 }
 export type State = 'connecting' | 'open' | 'retrying' | 'closed';
 export interface StateChange {

@@ -55,11 +55,17 @@ export interface Member {
   info: unknown;
 }
 
+/**
+ * `sync`: every member (`members`), on (re)connect; `join` / `leave`: one `member`; `diff`:
+ * several changes batched by the hub (`leaves` to remove, `joins` to add).
+ */
 export interface PresenceEvent {
-  action: 'sync' | 'join' | 'leave';
+  action: 'sync' | 'join' | 'leave' | 'diff';
   channel: string;
   member?: Member;
   members?: Member[];
+  joins?: Member[];
+  leaves?: Member[];
 }
 
 export type State = 'connecting' | 'open' | 'retrying' | 'closed';
@@ -218,7 +224,7 @@ async function problem(res: Response): Promise<HubError> {
   try {
     p = await res.json();
   } catch {}
-  return new HubError(res.status, (p.type || '').replace('urn:edgehub:problem:', ''), p.detail);
+  return new HubError(res.status, p.code || (p.type || '').replace(/.*:/, ''), p.detail);
 }
 
 export class EdgeHub {
@@ -514,9 +520,9 @@ class Sub implements Subscription {
   #presence(p: PresenceEvent) {
     let m = this.#members.get(p.channel);
     if (!m || p.action === 'sync') this.#members.set(p.channel, (m = new Map()));
-    for (const x of p.members || []) m.set(x.sub, x);
-    if (p.action === 'join') m.set(p.member!.sub, p.member!);
-    if (p.action === 'leave') m.delete(p.member!.sub);
+    const gone = p.action === 'leave' ? [p.member!] : p.leaves || [];
+    for (const x of gone) m.delete(x.sub);
+    for (const x of p.members || p.joins || (p.action === 'join' ? [p.member!] : [])) m.set(x.sub, x);
     this.#o.onPresence?.(p, [...m.values()]);
   }
 
@@ -635,18 +641,20 @@ class Sub implements Subscription {
   }
 
   /**
-   * Why a WebSocket did not open: the same URL as a plain GET answers 401, 403 or 400, or 426
-   * when only the upgrade failed (the transport cannot work here); no answer: the hub is down.
+   * Why a WebSocket did not open: a poll with the same channels and token answers 401, 403 or
+   * 400 as the upgrade did; if it is answered, only the upgrade failed (the transport cannot
+   * work here); no answer: the hub is down.
    */
   async #probe(path: string): Promise<Error> {
     let res: Response;
     try {
-      res = await (this.#opts.fetch || fetch)(this.#hub.url + path);
+      res = await (this.#opts.fetch || fetch)(this.#hub.url + path.replace('/ws', '/poll'));
     } catch (e) {
       return e as Error;
     }
+    if (res.status >= 400) return problem(res);
     await res.body?.cancel();
-    return res.status === 426 || res.status < 400 ? unusable('ws_refused', 'the WebSocket upgrade failed on the way') : new HubError(res.status, '', 'the WebSocket was refused');
+    return unusable('ws_refused', 'the WebSocket upgrade failed on the way');
   }
 
   async #sse(): Promise<Conn> {
@@ -654,6 +662,7 @@ class Sub implements Subscription {
     await this.#hub.token();
     return this.#start((end, opened) => {
       let timer: any;
+      let live = false;
       const silent = () => {
         clearTimeout(timer);
         timer = setTimeout(() => end({ error: unusable('stalled', 'the stream went silent') }), (this.#opts.heartbeat || 15) * 3000);
@@ -667,7 +676,8 @@ class Sub implements Subscription {
         let block: Record<string, string> = {};
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) return end({ error: unusable('ended', 'the stream ended') });
+          // The hub ends streams (their lifetime, a token's expiry, a restart): resume.
+          if (done) return end({ error: live ? undefined : unusable('ended', 'the stream ended before it started') });
           silent();
           buf += value;
           let i;
@@ -685,7 +695,7 @@ class Sub implements Subscription {
             block = {};
             if (!('data' in b)) {
               // The stream's start: a block with only the starting cursor.
-              if ('id' in b) this.#learn(parseCursor(b.id)), opened();
+              if ('id' in b) this.#learn(parseCursor(b.id)), opened(), (live = true);
               continue;
             }
             const d = JSON.parse(b.data);
@@ -713,7 +723,7 @@ class Sub implements Subscription {
           if (next !== url) (url = next), (etag = '');
           const res = await this.#hub.request('GET', url, undefined, etag ? { 'if-none-match': etag } : {});
           if (stopped) return;
-          if (res.status === 304) opened();
+          if (res.status === 304) await res.arrayBuffer(), opened();
           else if (!res.ok) return end({ error: await problem(res) });
           else {
             etag = res.headers.get('etag') || '';
