@@ -51,17 +51,20 @@ dev: build
 	$(WRANGLER) d1 migrations apply DB --local
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
-# Unit tests of the pure core natively, the end-to-end suite against `wrangler dev`, then the
-# demo page in headless Chromium. The 1,000-member presence storm runs alone after the rest:
+# Unit tests of the pure core natively, the client's typed examples compiled, the end-to-end
+# suite against `wrangler dev`, the demo page in headless Chromium, then the JavaScript client
+# against the real hub (clients/js/test). The 1,000-member presence storm runs alone after the rest:
 # beside another test on two cores, wrangler dev's local proxy drops connections under it
 # (issue 18), which the storm would count against the hub.
 STORM := presence_join_storm_of_1000_members_while_events_flow
 test: setup-test bundle
 	cargo test --lib --bins
+	node_modules/.bin/tsc -p clients/js/examples
 	cargo test --test e2e -- --skip $(STORM)
 	cargo test --test e2e -- --exact $(STORM)
 	cargo build -q -p edgehub-launch --bin edgehub-launch
 	node --test tests/browser/
+	node --test clients/js/test/
 
 # Proves the deploy bundle without an account: what `wrangler deploy` would upload, checked for
 # the wasm module and the Durable Object class export.

@@ -125,9 +125,10 @@ export function summary(events) {
   return JSON.stringify(ids(events));
 }
 
-/** The first `n` characters of each state change: `open/ws`, `retrying/sse (why)`… */
+/** State changes in a line: `connecting/ws → retrying/ws (why) → open/sse`… */
 export function stateLine(states) {
-  return states.map((s) => `${s.state}/${s.transport}${s.error ? ` (${s.error.name}: ${s.error.message})` : ''}`).join(' → ');
+  const why = (e) => (typeof e === 'string' ? e : `${e.name}: ${e.message}`);
+  return states.map((s) => `${s.state}/${s.transport}${s.error ? ` (${why(s.error)})` : ''}`).join(' → ');
 }
 
 /**
