@@ -368,6 +368,9 @@ interface Conn {
   stop(e?: Ended): void;
 }
 
+/** Where the runtime opens client WebSockets with `fetch` (Workers). */
+const FETCH_UPGRADE = {};
+
 /** Errors of status 0 say this transport cannot work here: `auto` steps down on them. */
 const unusable = (code: string, detail: string) => new HubError(0, code, detail);
 
@@ -443,7 +446,8 @@ class Sub implements Subscription {
   }
 
   #WS(): Json {
-    return this.#opts.WebSocket || (globalThis as Json).WebSocket;
+    const g = globalThis as Json;
+    return this.#opts.WebSocket || (g.WebSocketPair ? FETCH_UPGRADE : g.WebSocket);
   }
 
   #set(state: State, attempt: number, error?: Error) {
@@ -573,11 +577,14 @@ class Sub implements Subscription {
   async #ws(): Promise<Conn> {
     const WS = this.#WS();
     if (!WS) throw unusable('no_websocket', 'no WebSocket in this runtime: pass one as the WebSocket option');
-    const [token, until] = await this.#hub.queryToken(this.#channels);
+    // Workers (workerd) open a client WebSocket with fetch, which also carries the token in a header.
+    const viaFetch = WS === FETCH_UPGRADE;
+    const [token, until] = viaFetch ? [undefined, this.#hub.tokenRefreshAt] : await this.#hub.queryToken(this.#channels);
     const one = this.#channels.length === 1;
     const path = (one ? `/ws/${enc(this.#channels[0])}?` : '/ws?') + this.#query(one) + (token ? '&token=' + enc(token) : '');
     return this.#start((end, opened) => {
-      const ws = new WS(this.#hub.url.replace(/^http/, 'ws') + path);
+      let ws: Json;
+      let dead = false;
       let live = false;
       let heard = now();
       let pinged = 0;
@@ -587,13 +594,13 @@ class Sub implements Subscription {
       const confirm = new Set<string>();
       // Pings at a third of the heartbeat keep a presence member in, and their pongs tell a stall.
       const timer = setInterval(() => {
-        if (ws.readyState !== 1) return;
+        if (ws?.readyState !== 1) return;
         if (now() - heard > Math.max(3 * heartbeat, 10) * 1000) end({ error: unusable('stalled', 'the WebSocket went silent') });
         else if (now() - pinged >= (heartbeat * 1000) / 3) (pinged = now()), ws.send('ping');
       }, 250);
-      ws.onmessage = (m: Json) => {
+      const message = (m: Json) => {
         heard = now();
-        if (typeof m.data !== 'string' || m.data === 'pong') return;
+        if (dead || typeof m.data !== 'string' || m.data === 'pong') return;
         let f: Json;
         try {
           f = JSON.parse(m.data);
@@ -623,18 +630,29 @@ class Sub implements Subscription {
         else if (op === 'presence') this.#presence({ ...f, channel });
         else if (op === 'error' && (f.status === 401 || f.status === 403)) end({ opened: true, error: new HubError(f.status, f.code, f.detail) });
       };
-      ws.onclose = async (c: Json) => {
+      const close = async (c: Json) => {
+        if (dead) return;
         // 4101: the token expired; others after `ready`: reconnect from the cursor.
         if (c.code === 4101) end({ opened: true, refresh: true });
         else if (live) end({ opened: true });
         else end({ error: await this.#probe(path) });
       };
-      ws.onerror = () => {};
+      (async () => {
+        if (viaFetch) {
+          const res: Json = await this.#hub.request('GET', path, undefined, { upgrade: 'websocket' });
+          if (!res.webSocket) return end({ error: res.status >= 400 ? await problem(res) : unusable('ws_refused', 'the WebSocket upgrade failed') });
+          ws = res.webSocket;
+          ws.accept();
+        } else ws = new WS(this.#hub.url.replace(/^http/, 'ws') + path);
+        ws.addEventListener('message', message);
+        ws.addEventListener('close', close);
+        ws.addEventListener('error', () => {});
+      })().catch((e) => end({ error: e }));
       return () => {
+        dead = true;
         clearInterval(timer);
-        ws.onclose = ws.onmessage = null;
         try {
-          ws.close(1000);
+          ws?.close(1000);
         } catch {}
       };
     }, until);
@@ -721,7 +739,8 @@ class Sub implements Subscription {
         while (!stopped) {
           const next = '/poll?' + query(this.#channels, this.#pos, this.#o);
           if (next !== url) (url = next), (etag = '');
-          const res = await this.#hub.request('GET', url, undefined, etag ? { 'if-none-match': etag } : {});
+          // A poll the network holds for too long is given up and the next one tried.
+          const res = await this.#hub.request('GET', url, undefined, etag ? { 'if-none-match': etag } : {}, AbortSignal.timeout(30000));
           if (stopped) return;
           if (res.status === 304) await res.arrayBuffer(), opened();
           else if (!res.ok) return end({ error: await problem(res) });
