@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -242,18 +243,21 @@ export class Cleanup {
 
 /**
  * A local HTTP proxy in front of `target` (`http://127.0.0.1:port`), on a free 127.0.0.1 port.
- * - `upgrades: 'refuse'`: a WebSocket upgrade is answered 403 and the socket closed (a proxy
- *   that does not carry WebSockets). There is no other mode: the tests need no tunnel.
+ * Its `mode` may be changed while it runs:
+ * - `upgrades: 'refuse'` (default): a WebSocket upgrade is answered 403 and the socket closed (a
+ *   proxy that does not carry WebSockets); `'pass'`: the upgrade is tunnelled to the hub.
  * - `buffer: true`: each answer is held until it has ended, then sent whole with a length (a
  *   proxy that buffers, so a stream never starts).
+ * Publishes can be made to fail (counted down, whatever the mode):
  * - `dropPosts: n`: the first n POSTs are forwarded, their answer read to its end, and then the
  *   client's connection is destroyed instead of answering (stored, but the client sees a network
  *   error).
  * - `failPosts: n`: the first n POSTs are answered 503 `unavailable` without reaching the hub.
- * Records `posts` (method, url, idempotency-key, what became of it) and `upgrades` (urls).
+ * Records `posts` (url, idempotency-key, what became of it) and `upgrades` (urls).
  */
 export async function startProxy(target, { upgrades = 'refuse', buffer = false, dropPosts = 0, failPosts = 0 } = {}) {
   const up = new URL(target);
+  const mode = { upgrades, buffer };
   const sockets = new Set();
   const log = { posts: [], upgrades: [], requests: 0 };
   let drops = dropPosts;
@@ -290,7 +294,7 @@ export async function startProxy(target, { upgrades = 'refuse', buffer = false, 
         answer.on('end', () => req.socket.destroy());
         return;
       }
-      if (buffer) {
+      if (mode.buffer) {
         const chunks = [];
         answer.on('data', (c) => chunks.push(c));
         answer.on('end', () => {
@@ -309,10 +313,27 @@ export async function startProxy(target, { upgrades = 'refuse', buffer = false, 
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
   });
-  server.on('upgrade', (req, socket) => {
+  server.on('upgrade', (req, socket, head) => {
     log.upgrades.push(req.url);
-    if (upgrades === 'refuse') socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
-    else socket.destroy();
+    if (mode.upgrades !== 'pass') {
+      socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      return;
+    }
+    const tunnel = net.connect(Number(up.port), up.hostname, () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i].toLowerCase() === 'host' ? up.host : req.rawHeaders[i + 1]}`);
+      }
+      tunnel.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head.length) tunnel.write(head);
+      tunnel.pipe(socket);
+      socket.pipe(tunnel);
+    });
+    sockets.add(tunnel);
+    tunnel.on('close', () => (sockets.delete(tunnel), socket.destroy()));
+    tunnel.on('error', () => socket.destroy());
+    socket.on('close', () => tunnel.destroy());
+    socket.on('error', () => tunnel.destroy());
   });
   server.on('clientError', (_e, socket) => socket.destroy());
   await new Promise((resolve, reject) => {
@@ -323,6 +344,7 @@ export async function startProxy(target, { upgrades = 'refuse', buffer = false, 
   return {
     base: `http://127.0.0.1:${port}`,
     log,
+    mode,
     close() {
       for (const s of sockets) s.destroy();
       return new Promise((r) => server.close(() => r()));

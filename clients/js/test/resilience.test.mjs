@@ -150,6 +150,34 @@ describe('auto steps down where a transport cannot work, and back up', { concurr
       await clean.run();
     }
   });
+
+  for (const [from, start] of [['sse', { upgrades: 'refuse' }], ['poll', { upgrades: 'refuse', buffer: true }]]) {
+    it(`auto goes back up from ${from} to ws once the proxy carries WebSockets and streams again, losing nothing`, { timeout: 90_000 }, async () => {
+      const clean = new Cleanup();
+      const proxy = clean.add(await startProxy(hub.base, start));
+      try {
+        const channels = [uniq(`up-${from}-a`), uniq(`up-${from}-b`)];
+        const pub = new EdgeHub({ url: hub.base, token: ADMIN() });
+        await publishAll(pub, channels, 3, 1);
+        const c = new EdgeHub({ url: proxy.base, token: ADMIN(), WebSocket, heartbeat: 2, pollInterval: 200, connectTimeout: 1500, retryBetter: 2500, backoff: [100, 1000] });
+        const rec = clean.add(record(c, channels, { since: 0 }));
+        await opened(rec, { transport: from });
+        await publishAll(pub, channels, 2, 4);
+        Object.assign(proxy.mode, { upgrades: 'pass', buffer: false });
+        await publishAll(pub, channels, 2, 6);
+        await opened(rec, { transport: 'ws', timeout: 30_000 });
+        await publishAll(pub, channels, 2, 8);
+        await expectDelivered(rec, await storedCount(hub.base, channels, 9), { label: `auto from ${from} up to ws` });
+        // Up for good: no more tries after a few retryBetter periods.
+        const settled = rec.states.length;
+        await sleep(3000);
+        assert.equal(rec.states.length, settled, `stays on ws: ${stateLine(rec.states)}`);
+        assert.equal(rec.sub.transport, 'ws');
+      } finally {
+        await clean.run();
+      }
+    });
+  }
 });
 
 describe('publish retries store once', { concurrency: true }, () => {

@@ -151,7 +151,7 @@ describe('every transport', { concurrency: true }, () => {
   });
 
   for (const transport of ['ws', 'sse', 'poll']) {
-    it(`${transport}: for await … of a subscription yields each event once and ends on close()`, { timeout: TIMEOUT }, async () => {
+    it(`${transport}: for await … of a subscription yields each event once (a slow loop body included) and ends on close()`, { timeout: TIMEOUT }, async () => {
       const channels = [uniq(`iter-${transport}-a`), uniq(`iter-${transport}-b`)];
       const hubc = client(transport);
       await publishAll(hubc, channels, 3, 1);
@@ -161,8 +161,9 @@ describe('every transport', { concurrency: true }, () => {
       const loop = (async () => {
         for await (const e of sub) {
           got.push(e);
-          // Live events once the replay is in.
+          // Live events once the replay is in, arriving while this body is busy: buffered.
           if (got.length === 6) publishAll(hubc, channels, 2, 4).catch(() => {});
+          await sleep(30);
         }
         ended = true;
       })();
@@ -179,6 +180,24 @@ describe('every transport', { concurrency: true }, () => {
         assert.equal(sub.state, 'closed');
       } finally {
         sub.close();
+      }
+    });
+  }
+
+  for (const transport of ['ws', 'sse', 'poll']) {
+    it(`${transport}: without a token, a public channel can be read`, { timeout: TIMEOUT }, async () => {
+      const clean = new Cleanup();
+      try {
+        const ch = uniq('public:anon');
+        const pub = client('poll');
+        await publishMany(pub, ch, 2);
+        const anon = new EdgeHub({ url: hub.base, transport, WebSocket, pollInterval: 200, heartbeat: 2 });
+        const rec = clean.add(record(anon, ch, { since: 0 }));
+        await opened(rec);
+        await publishMany(pub, ch, 2, { start: 3 });
+        await expectDelivered(rec, await storedCount(hub.base, [ch], 4), { label: `anonymous ${transport}` });
+      } finally {
+        await clean.run();
       }
     });
   }
