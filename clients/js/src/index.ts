@@ -687,7 +687,9 @@ class Sub implements Subscription {
       };
       (async () => {
         const res = await this.#hub.request('GET', '/sse?' + this.#query(), undefined, { accept: 'text/event-stream' }, ctrl.signal);
-        if (!res.ok || !res.body) return end({ error: await problem(res) });
+        if (!res.ok) return end({ error: await problem(res) });
+        // A runtime whose fetch cannot stream a response: `auto` goes on to polling.
+        if (!res.body || typeof TextDecoderStream === 'undefined') return end({ error: unusable('no_streaming', 'fetch cannot stream here') });
         silent();
         const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = '';
