@@ -91,15 +91,12 @@ pub async fn presence(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
 
 /// `GET /ws/{c}`: the channel's object accepts the socket; the Worker only checks the door.
 pub async fn ws(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
-    let upgrade = at.req.headers().get("upgrade").ok().flatten();
-    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        return Err(Error::UpgradeRequired);
-    }
     let permits = at.credentials.permits(at.env, at.config)?;
     let access = permits.check(at.config, Action::Subscribe, channel)?;
     let member = member(&at.query, &permits)?;
     let filter = topic_filter(&at.query)?;
     let cursor = since(&at.query)?;
+    upgrading(at)?;
     Hub::get(at.env, channel)?
         .subscribe(Transport::Ws, cursor, access, member, filter)
         .await
@@ -143,13 +140,22 @@ pub async fn sse_many(at: &Incoming<'_>) -> Answer {
 
 /// `GET /ws?channel=…`: one WebSocket over the set, which the client can change.
 pub async fn ws_many(at: &Incoming<'_>) -> Answer {
-    let upgrade = at.req.headers().get("upgrade").ok().flatten();
-    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        return Err(Error::UpgradeRequired);
-    }
     let (set, permits, accesses) = stream_set(at)?;
     let since = stream_since(&at.query, &set)?;
+    upgrading(at)?;
     stream::open(stream_opening(at, Face::Ws, set, since, permits, accesses)).await
+}
+
+/// A WebSocket route without `Upgrade: websocket` is 426, checked after auth and the query,
+/// as the routing rules order them: so a plain GET of the same URL tells a client whose upgrade
+/// failed whether the hub refused it (401, 403, 400) or something on the way did (426).
+fn upgrading(at: &Incoming<'_>) -> Result<(), Error> {
+    let upgrade = at.req.headers().get("upgrade").ok().flatten();
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        Ok(())
+    } else {
+        Err(Error::UpgradeRequired)
+    }
 }
 
 /// A stream's channel set and what the caller may do on each (the token verified once); with

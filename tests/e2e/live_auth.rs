@@ -34,8 +34,23 @@ async fn ws_route_without_an_upgrade_is_426(api: Api) {
         );
         // The hub also sets `Upgrade: websocket` here, but under `wrangler dev` that hop-by-hop
         // header never reaches the client, so it is not asserted.
-        let r = api.get(&format!("/ws/{c}"), None).await;
-        assert_eq!(r.status, 426, "anonymous GET /ws/{c}: {}", r.text());
+    }
+    // 426 comes after auth and the query (the routing rules' order), so a plain GET says why an
+    // upgrade of the same URL would be refused.
+    let public = format!("public:{}", channel("ws426"));
+    let r = api.get(&format!("/ws/{public}"), None).await;
+    assert_eq!(r.status, 426, "anonymous GET /ws/{public}: {}", r.text());
+    let private = channel("ws426");
+    for path in [format!("/ws/{private}"), format!("/ws?channel={private}")] {
+        let r = api.get(&path, None).await;
+        assert_problem(&r, 401, "unauthorized", &format!("anonymous GET {path}"));
+    }
+    for path in [
+        format!("/ws/{public}?since=x"),
+        format!("/ws?channel={public}&since=x"),
+    ] {
+        let r = api.get(&path, None).await;
+        assert_problem(&r, 400, "bad_request", &format!("GET {path}"));
     }
 }
 

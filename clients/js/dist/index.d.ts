@@ -17,7 +17,7 @@ export interface HubOptions {
     pollInterval?: number;
     /** Milliseconds a transport may take to open before it counts as failed (default 10000). */
     connectTimeout?: number;
-    /** The hub's `HEARTBEAT_SECONDS` (default 15): an SSE stream silent for 2 × this is stalled. */
+    /** The hub's `HEARTBEAT_SECONDS` (default 15): an SSE stream silent for 3 × this is stalled. */
     heartbeat?: number;
     /** Milliseconds on a lower transport before `auto` tries the better one again (default 60000). */
     retryBetter?: number;
@@ -160,6 +160,8 @@ export declare class EdgeHub {
     subscribe(channels: string | string[], options?: SubscribeOptions): Subscription;
     /** A reconnect delay: exponential within `backoff`, with jitter. */
     delay(attempt: number): number;
+    /** The hub refused a URL token as too long-lived: mint shorter ones (false if they already are). */
+    shortenQueryTokens(): boolean;
     /** A token that may travel in a URL (WebSocket): the token itself when short-lived, else one minted from it. */
     queryToken(channels: string[]): Promise<[string | undefined, number]>;
 }

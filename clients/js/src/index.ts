@@ -25,7 +25,7 @@ export interface HubOptions {
   pollInterval?: number;
   /** Milliseconds a transport may take to open before it counts as failed (default 10000). */
   connectTimeout?: number;
-  /** The hub's `HEARTBEAT_SECONDS` (default 15): an SSE stream silent for 2 × this is stalled. */
+  /** The hub's `HEARTBEAT_SECONDS` (default 15): an SSE stream silent for 3 × this is stalled. */
   heartbeat?: number;
   /** Milliseconds on a lower transport before `auto` tries the better one again (default 60000). */
   retryBetter?: number;
@@ -234,6 +234,8 @@ export class EdgeHub {
   #exp = 0;
   #fresh?: Promise<string | undefined>;
   #minted = new Map<string, [string, number]>();
+  /** The lifetime of tokens sent in URLs: the hub's default `QUERY_TOKEN_MAX_SECONDS`, 60 s once the hub refused that. */
+  #queryTtl = QUERY_TTL;
 
   constructor(options: HubOptions) {
     this.#o = options;
@@ -246,6 +248,9 @@ export class EdgeHub {
     if (typeof t !== 'function') return t;
     if (!refresh && this.#token && now() < this.#exp) return this.#token;
     this.#fresh ??= (async () => {
+      // First a turn of the event loop: `finally` must run after `#fresh` holds this promise,
+      // even when `t` throws at once.
+      await 0;
       try {
         const token = await t();
         const { exp, iat } = claims(token);
@@ -330,16 +335,24 @@ export class EdgeHub {
     return Math.min(max, min * 2 ** attempt) * (0.5 + Math.random() / 2);
   }
 
+  /** The hub refused a URL token as too long-lived: mint shorter ones (false if they already are). */
+  shortenQueryTokens() {
+    if (this.#queryTtl <= 60) return false;
+    this.#queryTtl = 60;
+    this.#minted.clear();
+    return true;
+  }
+
   /** A token that may travel in a URL (WebSocket): the token itself when short-lived, else one minted from it. */
   async queryToken(channels: string[]): Promise<[string | undefined, number]> {
     const token = await this.token();
     if (!token) return [undefined, Infinity];
     const { exp = 0, iat } = claims(token);
-    if (iat !== undefined && exp - iat <= QUERY_TTL) return [token, this.tokenRefreshAt];
+    if (iat !== undefined && exp - iat <= this.#queryTtl) return [token, this.tokenRefreshAt];
     const key = token + ' ' + channels;
     const cached = this.#minted.get(key);
     if (cached && now() < cached[1]) return [cached[0], cached[1]];
-    const m = await this.#json('POST', '/tokens', { subscribe: channels, ttl: QUERY_TTL });
+    const m = await this.#json('POST', '/tokens', { subscribe: channels, ttl: this.#queryTtl });
     const until = Math.min(this.tokenRefreshAt, Date.parse(m.expires_at) - 30_000);
     this.#minted.clear();
     this.#minted.set(key, [m.token, until]);
@@ -390,6 +403,7 @@ class Sub implements Subscription {
   #level: number;
   #best: number;
   #auto: boolean;
+  #onOpen?: () => void;
   state: State = 'connecting';
   transport: Transport;
 
@@ -437,7 +451,9 @@ class Sub implements Subscription {
         } else await new Promise<void>((r) => (this.#wake = r));
       }
     } finally {
+      // Leaving the loop (break, return, a throw) ends the subscription.
       this.#iterating = false;
+      this.close();
     }
   }
 
@@ -469,9 +485,11 @@ class Sub implements Subscription {
       try {
         if (refresh) await this.#hub.token(true);
         const t = this.transport;
+        // A lower transport that works gives way to the better one after a while.
+        this.#onOpen = () => {
+          if (this.#level > this.#best) upgrade = setTimeout(() => this.#conn?.stop({ opened: true, upgrade: true }), Math.max(0, downAt + (this.#opts.retryBetter ?? 60000) - now()));
+        };
         const conn = (this.#conn = await (t === 'ws' ? this.#ws() : t === 'sse' ? this.#sse() : this.#poll()));
-        // A lower transport gives way to the better one after a while.
-        if (this.#level > this.#best) upgrade = setTimeout(() => conn.stop({ opened: true, upgrade: true }), Math.max(0, downAt + (this.#opts.retryBetter ?? 60000) - now()));
         if (this.#closed()) conn.stop();
         ended = await conn.done;
       } catch (e) {
@@ -481,6 +499,8 @@ class Sub implements Subscription {
       if (this.#closed()) return;
       const { opened, error } = ended;
       refresh = !!ended.refresh;
+      // This hub takes shorter tokens in URLs than its default: mint those.
+      if (error instanceof HubError && error.code === 'query_token_too_long_lived' && this.#hub.shortenQueryTokens()) continue;
       if (error instanceof HubError && error.status >= 400 && error.status < 500 && error.status !== 408 && error.status !== 429) {
         // A refusal stops the subscription, except a 401 that a fresh token may mend.
         if (error.status !== 401 || refreshed || typeof this.#opts.token !== 'function') {
@@ -510,7 +530,7 @@ class Sub implements Subscription {
     const at = this.#pos.get(e.channel);
     if (!this.#pos.has(e.channel) || (at !== undefined && e.id <= at)) return;
     this.#pos.set(e.channel, e.id);
-    if (this.#iterating) this.#queue.push(e), this.#wake?.();
+    if (this.#iterating || !this.#o.onEvent) this.#queue.push(e), this.#wake?.();
     this.#o.onEvent?.(e);
   }
 
@@ -565,10 +585,11 @@ class Sub implements Subscription {
       finish({ ...e, opened: started || e.opened });
     };
     const opened = () => {
-      if (!started && !over) (started = true), this.#set('open', 0);
+      if (!started && !over) (started = true), this.#set('open', 0), this.#onOpen?.();
     };
     timers.push(setTimeout(() => started || end({ error: unusable('timeout', 'the transport did not open in time') }), this.#opts.connectTimeout ?? 10000));
-    if (until - now() > 5000 && until < Infinity) timers.push(setTimeout(() => end({ opened: true, refresh: true }), Math.min(2 ** 31 - 1, until - now())));
+    // A token that will be replaced (a token function's, or one minted for the URL): renew first.
+    if (until > now() && until < Infinity) timers.push(setTimeout(() => end({ opened: true, refresh: true }), Math.min(2 ** 31 - 1, until - now())));
     close = open(end, opened);
     if (over) close();
     return { done, stop: (e = { opened: true }) => end(e) };
@@ -659,18 +680,18 @@ class Sub implements Subscription {
   }
 
   /**
-   * Why a WebSocket did not open: a poll with the same channels and token answers 401, 403 or
-   * 400 as the upgrade did; if it is answered, only the upgrade failed (the transport cannot
-   * work here); no answer: the hub is down.
+   * Why a WebSocket did not open: the same URL as a plain GET answers 401, 403 or 400 as the
+   * upgrade did (the hub checks them before the upgrade), or 426 when only the upgrade failed
+   * on the way (the transport cannot work here); no answer: the hub is down.
    */
   async #probe(path: string): Promise<Error> {
     let res: Response;
     try {
-      res = await (this.#opts.fetch || fetch)(this.#hub.url + path.replace('/ws', '/poll'));
+      res = await (this.#opts.fetch || fetch)(this.#hub.url + path);
     } catch (e) {
       return e as Error;
     }
-    if (res.status >= 400) return problem(res);
+    if (res.status >= 400 && res.status !== 426) return problem(res);
     await res.body?.cancel();
     return unusable('ws_refused', 'the WebSocket upgrade failed on the way');
   }

@@ -20,8 +20,7 @@ import {
 let hub;
 let EdgeHub;
 let HubError;
-const state = {};
-const it = bindIt(() => hub, state);
+const it = bindIt(() => hub);
 
 before(async () => {
   ({ EdgeHub, HubError } = await loadClient());
@@ -29,7 +28,7 @@ before(async () => {
 });
 
 after(async () => {
-  await hub?.cleanup({ keep: state.failed });
+  await hub?.cleanup();
 });
 
 const nowS = () => Math.floor(Date.now() / 1000);

@@ -23,8 +23,7 @@ let hub;
 let server;
 let origin;
 let browser;
-const state = {};
-const it = bindIt(() => hub, state);
+const it = bindIt(() => hub);
 
 before(async () => {
   checkDist();
@@ -50,7 +49,7 @@ after(async () => {
   await browser?.close().catch(() => {});
   server?.closeAllConnections();
   await new Promise((r) => (server ? server.close(() => r()) : r()));
-  await hub?.cleanup({ keep: state.failed });
+  await hub?.cleanup();
 });
 
 /** A fresh page on the static origin with the client loaded, recording every error and failed request. */

@@ -1,8 +1,8 @@
 // Shared pieces of the client's end-to-end tests: the hub launcher of the browser tests, tokens,
 // a recorder around `subscribe`, what the hub has stored (read over /poll with plain fetch, not
-// with the client under test), the exactly-once comparison, bounded waits, and small local
-// proxies (one refusing WebSocket upgrades, one buffering whole responses, one dropping the
-// answer to a publish). Everything here talks to 127.0.0.1 only, and every wait has a deadline.
+// with the client under test), the exactly-once comparison, bounded waits, and a small local
+// proxy (refusing or tunnelling WebSocket upgrades, buffering whole answers, losing or failing
+// publishes). Everything here talks to 127.0.0.1 only, and every wait has a deadline.
 
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
@@ -209,15 +209,15 @@ export function after(all, positions) {
 
 /**
  * `it(name, options, fn)` bound to a hub (a function returning it, since it starts in `before`):
- * a failure's message gets the hub's log tail. Marks `state.failed` so `after` can keep the dir.
+ * a failure's message gets the hub's log tail (the hub's directory is removed in `after`; set
+ * EDGEHUB_BROWSER_KEEP=1 to keep it).
  */
-export function bindIt(getHub, state = {}) {
+export function bindIt(getHub) {
   return (name, options, fn) =>
     test(name, options, async (t) => {
       try {
         await fn(t);
       } catch (e) {
-        state.failed = true;
         const hub = getHub();
         if (hub && e && typeof e === 'object') e.message += `\n--- hub log tail (${hub.dir}) ---\n${hub.logTail()}`;
         throw e;

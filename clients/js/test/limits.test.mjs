@@ -1,10 +1,12 @@
-// The client against a hub with small limits (`SLOW_CONSUMER_BYTES=65536`, `RETAIN_EVENTS=100`):
+// The client against a hub with small limits (`SLOW_CONSUMER_BYTES=65536`, `RETAIN_EVENTS=100`,
+// `SSE_MAX_SECONDS=4`):
 // - flow control: a ws subscription `since: 0` over ~60 events of 8 KiB (about eight windows),
 //   then 30 more live, gets each once over one connection: the client confirms what it read
 //   with `cursor` frames, so the hub never drops it (a raw socket that does not confirm is
 //   closed with 4001 here, which shows the limit is on);
 // - gaps: a subscription `since` an id retention already pruned gets `onGap` once, naming its
-//   channel, then exactly what is retained, on ws, sse and poll, one channel and two.
+//   channel, then exactly what is retained, on ws, sse and poll, one channel and two;
+// - SSE streams the hub ends after their lifetime are resumed from the cursor, losing nothing.
 // Run: `node clients/js/build.mjs && node --test clients/js/test/` (this file alone:
 // `node --test clients/js/test/limits.test.mjs`).
 
@@ -12,25 +14,25 @@ import assert from 'node:assert/strict';
 import { after, before, describe } from 'node:test';
 import {
   ADMIN, Cleanup, Hub, WebSocket, bindIt, expectDelivered, loadClient, mint, opened, publishMany, record,
-  stateLine, stored, storedCount, uniq, until,
+  stateLine, stored, storedCount, uniq, until, sleep,
 } from './helpers.mjs';
 
 const WINDOW = 65536;
 const RETAIN = 100;
 const BIG = 8 * 1024;
+const SSE_MAX = 4;
 
 let hub;
 let EdgeHub;
-const state = {};
-const it = bindIt(() => hub, state);
+const it = bindIt(() => hub);
 
 before(async () => {
   ({ EdgeHub } = await loadClient());
-  hub = await Hub.start({ vars: { SLOW_CONSUMER_BYTES: String(WINDOW), RETAIN_EVENTS: String(RETAIN) } });
+  hub = await Hub.start({ vars: { SLOW_CONSUMER_BYTES: String(WINDOW), RETAIN_EVENTS: String(RETAIN), SSE_MAX_SECONDS: String(SSE_MAX) } });
 });
 
 after(async () => {
-  await hub?.cleanup({ keep: state.failed });
+  await hub?.cleanup();
 });
 
 function client(transport) {
@@ -130,4 +132,31 @@ describe('gaps', { concurrency: true }, () => {
     assert.deepEqual(page.gaps, [{ channel: pruned, requested: 5, earliest: 31 }]);
     assert.deepEqual(page.events.map((e) => [e.channel, e.id]), [[pruned, 31]]);
   });
+});
+
+it(`sse streams the hub ends every ${SSE_MAX} s are resumed from the cursor, each event once`, { timeout: 60_000 }, async () => {
+  const clean = new Cleanup();
+  try {
+    const channels = [uniq('lifetime-a'), uniq('lifetime-b')];
+    const pub = client('poll');
+    const one = clean.add(record(client('sse'), channels[0], { since: 0 }));
+    const two = clean.add(record(client('sse'), channels, { since: 0 }));
+    await Promise.all([opened(one), opened(two)]);
+    // Events for 2.5 lifetimes, one per channel every 200 ms.
+    let n = 0;
+    for (const end = Date.now() + 2.5 * SSE_MAX * 1000; Date.now() < end && n < 500;) {
+      n++;
+      await Promise.all(channels.map((c) => publishMany(pub, c, 1, { start: n })));
+      await sleep(200);
+    }
+    const all = await storedCount(hub.base, channels, n);
+    await expectDelivered(one, { [channels[0]]: all[channels[0]] }, { label: 'sse, one channel, across stream ends' });
+    await expectDelivered(two, all, { label: 'sse, two channels, across stream ends' });
+    for (const r of [one, two]) {
+      assert.ok(r.states.filter((s) => s.state === 'open').length >= 2, `the hub ended the stream and it was resumed: ${stateLine(r.states)}`);
+      assert.ok(!r.states.some((s) => s.state === 'closed'), stateLine(r.states));
+    }
+  } finally {
+    await clean.run();
+  }
 });

@@ -20,8 +20,7 @@ const TIMEOUT = 90_000;
 
 let hub;
 let EdgeHub;
-const state = {};
-const it = bindIt(() => hub, state);
+const it = bindIt(() => hub);
 
 before(async () => {
   ({ EdgeHub } = await loadClient());
@@ -29,7 +28,7 @@ before(async () => {
 });
 
 after(async () => {
-  await hub?.cleanup({ keep: state.failed });
+  await hub?.cleanup();
 });
 
 /** A client on the hub with every right, over `transport`, quick to poll and to retry. */
@@ -178,6 +177,33 @@ describe('every transport', { concurrency: true }, () => {
         await Promise.race([loop, sleep(10_000).then(() => assert.fail('the for-await loop did not end within 10 s of close()'))]);
         assert.equal(ended, true);
         assert.equal(sub.state, 'closed');
+      } finally {
+        sub.close();
+      }
+    });
+  }
+
+  for (const transport of ['ws', 'sse', 'poll']) {
+    it(`${transport}: without onEvent, events wait for a for-await loop started late; break closes the subscription`, { timeout: TIMEOUT }, async () => {
+      const channels = [uniq(`late-${transport}-a`), uniq(`late-${transport}-b`)];
+      const hubc = client(transport);
+      await publishAll(hubc, channels, 2, 1);
+      const states = [];
+      const sub = hubc.subscribe(channels, { since: 0, onState: (s) => states.push(s) });
+      try {
+        const all = await storedCount(hub.base, channels, 2);
+        // Everything is delivered before the loop exists: the cursor says so.
+        await until(() => sub.cursor === channels.map((c) => `${c}=2`).join(','), {
+          what: 'the replay delivered before any loop', details: () => `${sub.cursor} ${stateLine(states)}`,
+        });
+        const got = [];
+        for await (const e of sub) {
+          got.push(e);
+          if (got.length === 4) break;
+        }
+        await expectDelivered({ events: got, describe: () => summary(got) }, all, { label: `${transport} late loop` });
+        assert.equal(sub.state, 'closed', 'leaving the loop closed the subscription');
+        assert.equal(states.at(-1).state, 'closed');
       } finally {
         sub.close();
       }
