@@ -64,7 +64,7 @@ test: setup-test bundle
 	cargo test --test e2e -- --exact $(STORM)
 	cargo build -q -p edgehub-launch --bin edgehub-launch
 	node --test tests/browser/
-	node --test clients/js/test/
+	node --test clients/js/test/*.test.mjs
 
 # Proves the deploy bundle without an account: what `wrangler deploy` would upload, checked for
 # the wasm module and the Durable Object class export.

@@ -7,7 +7,7 @@
 //   HubError, and `for await` throws it;
 // - presence over ws and sse: sync, join, leave (and the hub's batched `diff`), `members()` and
 //   `hub.presence()` agree; a ws member stays in well past 3 × HEARTBEAT_SECONDS (the client pings).
-// Run: `node clients/js/build.mjs && node --test clients/js/test/` (this file alone:
+// Run: `node clients/js/build.mjs && node --test clients/js/test/*.test.mjs` (this file alone:
 // `node --test clients/js/test/auth-presence.test.mjs`).
 
 import assert from 'node:assert/strict';

@@ -5,7 +5,7 @@
 // cursor resuming a second subscription, with a string token (minted into a query token by
 // the client for ws) and with a token function. What the page received is compared with what
 // /poll says is stored; the page must log no errors and no failed request.
-// Run: `node clients/js/build.mjs && node --test clients/js/test/` (this file alone:
+// Run: `node clients/js/build.mjs && node --test clients/js/test/*.test.mjs` (this file alone:
 // `node --test clients/js/test/browser.test.mjs`); needs playwright-core and /usr/bin/chromium.
 
 import assert from 'node:assert/strict';

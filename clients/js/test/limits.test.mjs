@@ -7,7 +7,7 @@
 // - gaps: a subscription `since` an id retention already pruned gets `onGap` once, naming its
 //   channel, then exactly what is retained, on ws, sse and poll, one channel and two;
 // - SSE streams the hub ends after their lifetime are resumed from the cursor, losing nothing.
-// Run: `node clients/js/build.mjs && node --test clients/js/test/` (this file alone:
+// Run: `node clients/js/build.mjs && node --test clients/js/test/*.test.mjs` (this file alone:
 // `node --test clients/js/test/limits.test.mjs`).
 
 import assert from 'node:assert/strict';

@@ -9,7 +9,7 @@
 //   network error) or answers 503: retried with the same idempotency key, stored once, and the
 //   id returned is the stored one; a 4xx is not retried.
 // Every delivery is compared with what /poll says is stored.
-// Run: `node clients/js/build.mjs && node --test clients/js/test/` (this file alone:
+// Run: `node clients/js/build.mjs && node --test clients/js/test/*.test.mjs` (this file alone:
 // `node --test clients/js/test/resilience.test.mjs`).
 
 import assert from 'node:assert/strict';

@@ -4,7 +4,7 @@
 // channel, nothing missing. Also: "from now on" starts, `since` forms, resuming a new
 // subscription from `sub.cursor` (on the same and on another transport), async iteration ending
 // on `close()`, topic filters on each transport, and `hub.poll()`.
-// Run: `node clients/js/build.mjs && node --test clients/js/test/` (this file alone:
+// Run: `node clients/js/build.mjs && node --test clients/js/test/*.test.mjs` (this file alone:
 // `node --test clients/js/test/transports.test.mjs`); needs the Worker bundle (`make -s build`)
 // and `target/debug/edgehub-launch`.
 
