@@ -81,6 +81,7 @@ async fn measure(
     }
 
     let events = plan.fanout_rate * plan.fanout_seconds;
+    let before = Restarts::read(setup);
     let cpu_before = cpu_now(setup);
     let first_publish = Instant::now();
     let deadline = first_publish + Duration::from_secs(plan.fanout_seconds) + DRAIN;
@@ -88,7 +89,7 @@ async fn measure(
         .into_iter()
         .map(|(_, sub)| tokio::spawn(read(sub, events, deadline)))
         .collect();
-    let (published, failure) = publish_paced(plan, setup, &c, events).await;
+    let (published, failures) = publish_paced(plan, setup, &c, events).await;
     let mut seen = Vec::with_capacity(readers.len());
     for r in readers {
         seen.push(
@@ -98,6 +99,7 @@ async fn measure(
     }
 
     let cpu_after = cpu_now(setup);
+    let restarts = before.since(&Restarts::read(setup));
     let delivered: u64 = seen.iter().map(|s| s.delivered).sum();
     let ended: Vec<String> = seen.iter().filter_map(|s| s.ended.clone()).collect();
     let last = seen.iter().filter_map(|s| s.last_at).max();
@@ -171,6 +173,36 @@ async fn measure(
             100.0 * (after - before) / span.max(1e-3),
         );
     }
+    // Restarts are counted, not taken from the proxy's word: it answers "Your worker
+    // restarted mid-request" for any failed fetch to the runtime. A restart of a runtime
+    // process shows as a new pid, and drops the subscribers it holds (their streams end). The
+    // object's instance id is no sign: it changes whenever the object hibernates.
+    if main {
+        f.add(
+            SCENARIO,
+            &id("restarts"),
+            "restarts of a runtime process (a pid gone)",
+            Unit::Count,
+            Some(Target::AtMost(0.0)),
+            restarts as f64,
+        );
+        f.add(
+            SCENARIO,
+            &id("ended_early"),
+            "subscriber streams that ended before the last event",
+            Unit::Count,
+            Some(Target::AtMost(0.0)),
+            ended.len() as f64,
+        );
+        f.add(
+            SCENARIO,
+            &id("publishes_failed"),
+            "publishes that failed (the runtime closed their kept-alive connection unread)",
+            Unit::Count,
+            Some(Target::AtMost(0.0)),
+            (events - published) as f64,
+        );
+    }
     let per_s = connected as f64 / connect_time.as_secs_f64().max(1e-3);
     f.add(
         SCENARIO,
@@ -180,10 +212,17 @@ async fn measure(
         None,
         per_s,
     );
-    if let Some(why) = failure {
+    if let Some((why, after)) = failures.first() {
+        let waited: Vec<String> = failures
+            .iter()
+            .map(|(_, after)| format!("{:.1}", after.as_secs_f64()))
+            .collect();
         f.note(format!(
-            "fanout: {} of {events} publishes failed, the first: {why}",
-            events - published
+            "fanout: {} of {events} publishes failed, the first after {:.1} s: {why}; each \
+             failed after (s): {}",
+            events - published,
+            after.as_secs_f64(),
+            waited.join(" ")
         ));
     }
     if let Some(why) = ended.first() {
@@ -266,10 +305,14 @@ async fn read(mut sub: Sub, events: u64, deadline: Instant) -> Seen {
     seen
 }
 
-/// Publishes `events` events at `plan.fanout_rate` a second, each in its own task; how many
-/// were stored.
-/// Publishes `events` at `fanout_rate` a second; how many were stored, and the first failure.
-async fn publish_paced(plan: &Plan, setup: &Setup, c: &str, events: u64) -> (u64, Option<String>) {
+/// Publishes `events` at `fanout_rate` a second, each in its own task; how many were stored,
+/// and each failure with how long its publish had waited.
+async fn publish_paced(
+    plan: &Plan,
+    setup: &Setup,
+    c: &str,
+    events: u64,
+) -> (u64, Vec<(String, Duration)>) {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.fanout_rate as f64));
     let mut sent = Vec::new();
     for k in 0..events {
@@ -277,16 +320,40 @@ async fn publish_paced(plan: &Plan, setup: &Setup, c: &str, events: u64) -> (u64
         let (hub, c) = (setup.hub.clone(), c.to_string());
         sent.push(tokio::spawn(async move {
             let body = format!(r#"{{"data":{{"t":{},"k":{k}}}}}"#, client::micros());
-            client::publish(&hub, &c, body.into_bytes()).await
+            let started = Instant::now();
+            let result = client::publish(&hub, &c, body.into_bytes()).await;
+            result.map_err(|why| (why, started.elapsed()))
         }));
     }
-    let (mut ok, mut failure) = (0, None);
+    let (mut ok, mut failures) = (0, Vec::new());
     for s in sent {
         match s.await {
             Ok(Ok(_)) => ok += 1,
-            Ok(Err(why)) => failure = failure.or(Some(why)),
-            Err(e) => failure = failure.or(Some(format!("a publish task failed: {e}"))),
+            Ok(Err(failed)) => failures.push(failed),
+            Err(e) => failures.push((format!("a publish task failed: {e}"), Duration::ZERO)),
         }
     }
-    (ok, failure)
+    (ok, failures)
+}
+
+/// What would show a restart: the runtime's process ids.
+struct Restarts {
+    pids: Vec<u32>,
+}
+
+impl Restarts {
+    fn read(setup: &Setup) -> Restarts {
+        let mut pids: Vec<u32> = procfs::group(setup.hub_pgid, setup.hub_port)
+            .into_iter()
+            .filter(|p| p.role.is_some())
+            .map(|p| p.pid)
+            .collect();
+        pids.sort_unstable();
+        Restarts { pids }
+    }
+
+    /// How many processes of `self` are gone in `later`.
+    fn since(&self, later: &Restarts) -> u64 {
+        self.pids.iter().filter(|p| !later.pids.contains(p)).count() as u64
+    }
 }
