@@ -9,6 +9,7 @@ pub mod backlog;
 pub mod fanout;
 pub mod flow;
 pub mod merge;
+pub mod page_cache;
 pub mod poll;
 pub mod poll_filtered;
 pub mod poll_many;

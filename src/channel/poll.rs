@@ -147,10 +147,11 @@ impl PollPage {
     }
 }
 
-/// Mirror windows read recently, per channel, so that a conditional poll whose answer has not
-/// changed can be a 304 without asking D1. A window is used for `ttl_ms` after it was read:
-/// a 304 may then be that much late (more lag, never a hole: a changed answer always comes from
-/// D1). At most `capacity` channels are held; a full cache starts over.
+/// Mirror windows read recently, per channel, so that a poll whose answer this isolate knows
+/// for that window (a 304 for a matching tag, or a page it made: `page_cache`) needs no D1. A
+/// window is used for `ttl_ms` after it was read: an answer may then be that much late (more
+/// lag, never a hole: every answer is one the mirror gave at some moment). At most `capacity`
+/// channels are held; a full cache starts over.
 #[derive(Debug, Clone, Default)]
 pub struct WindowCache {
     entries: HashMap<String, (Window, i64)>,
@@ -163,6 +164,11 @@ impl WindowCache {
     pub fn fresh(&self, channel: &str, now_ms: i64, ttl_ms: i64) -> Option<Window> {
         let (window, at) = self.entries.get(channel)?;
         (now_ms.saturating_sub(*at) < ttl_ms && now_ms >= *at).then_some(*window)
+    }
+
+    /// Drops `channel`'s window: its next poll reads D1.
+    pub fn forget(&mut self, channel: &str) {
+        self.entries.remove(channel);
     }
 
     pub fn put(&mut self, channel: &str, window: Window, now_ms: i64) {
@@ -400,6 +406,8 @@ mod tests {
         assert_eq!(cache.fresh("c", 999, 250), None, "a clock that went back");
         assert_eq!(cache.fresh("c", 1000, 0), None, "ttl 0 turns it off");
         assert_eq!(cache.fresh("d", 1000, 250), None);
+        cache.forget("c");
+        assert_eq!(cache.fresh("c", 1000, 250), None, "forgotten");
         for n in 0..WindowCache::CAPACITY {
             cache.put(&format!("x{n}"), w, 1000);
         }

@@ -9,6 +9,7 @@ use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
 use crate::channel::merge::Face;
+use crate::channel::page_cache::PageCache;
 use crate::channel::poll::{cut_page, PollRequest, WindowCache};
 use crate::channel::poll_many::{cut_many, ManyRequest};
 use crate::channel::Window;
@@ -31,6 +32,8 @@ const MINT_BODY_BYTES: usize = 16 * 1024;
 thread_local! {
     /// Mirror windows this isolate read recently, for 304s without D1 (`POLL_CACHE_MS`).
     static WINDOWS: RefCell<WindowCache> = RefCell::new(WindowCache::default());
+    /// Poll answers made for those windows, served again without D1 (`channel::page_cache`).
+    static PAGES: RefCell<PageCache> = RefCell::new(PageCache::default());
 }
 
 /// A routed request: the request itself, its query string, its credentials (not yet checked),
@@ -63,16 +66,27 @@ pub async fn publish(at: &mut Incoming<'_>, channel: &ChannelName) -> Answer {
         Some(k) => Some(parse_idempotency_key(k.trim())?),
         None => None,
     };
-    Hub::get(at.env, channel)?
+    let answer = Hub::get(at.env, channel)?
         .publish(&events, key.as_deref(), access.publisher)
-        .await
+        .await;
+    forget_window(channel);
+    answer
+}
+
+/// A publish or purge through this isolate changes the channel's mirror: its window (and so
+/// the pages made for it) is read from D1 again at the next poll here, rather than served for
+/// up to `POLL_CACHE_MS` more. Other isolates keep that bound.
+fn forget_window(channel: &ChannelName) {
+    WINDOWS.with(|w| w.borrow_mut().forget(channel.as_str()));
 }
 
 /// `DELETE /channels/{c}/events`.
 pub async fn purge(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     at.credentials
         .check(at.env, at.config, Action::Publish, channel)?;
-    Hub::get(at.env, channel)?.purge().await
+    let answer = Hub::get(at.env, channel)?.purge().await;
+    forget_window(channel);
+    answer
 }
 
 /// `GET /channels/{c}`.
@@ -232,9 +246,10 @@ fn since(query: &str) -> Result<Option<u64>, Error> {
         .transpose()
 }
 
-/// `GET /poll/{c}`, from the D1 mirror alone: the channel's object is never woken by a poll. A
-/// conditional poll that matches the window this isolate read less than `POLL_CACHE_MS` ago is
-/// a 304 without D1; any other answer comes from D1 (and refreshes that window).
+/// `GET /poll/{c}`, from the D1 mirror alone: the channel's object is never woken by a poll.
+/// When this isolate read the channel's window less than `POLL_CACHE_MS` ago, a conditional poll
+/// that matches it is a 304, and a poll whose answer for that window it made already gets that
+/// answer again, both without D1; any other answer comes from D1 (and refreshes the window).
 pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     at.credentials
         .check(at.env, at.config, Action::Subscribe, channel)?;
@@ -259,6 +274,9 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
         if unchanged(at, &etag) {
             return not_modified(etag);
         }
+        if let Some(page) = cached_page(channel.as_str(), &etag) {
+            return page_answer(etag, page, Source::Isolate);
+        }
     }
     let db = mirror_db(at)?;
     if let Some(filter) = &filter {
@@ -270,7 +288,8 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
         if unchanged(at, &etag) {
             return not_modified(etag);
         }
-        return page_answer(etag, read.page().encode(channel));
+        let page = keep_page(channel.as_str(), &etag, read.page().encode(channel));
+        return page_answer(etag, page, Source::Mirror);
     }
     let (window, rows) = mirror::read_page(&db, channel, &request)
         .await
@@ -280,8 +299,31 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     if unchanged(at, &etag) {
         return not_modified(etag);
     }
-    let page = cut_page(&request, window, rows, channel);
-    page_answer(etag, page.encode(channel))
+    let page = cut_page(&request, window, rows, channel).encode(channel);
+    let page = keep_page(channel.as_str(), &etag, page);
+    page_answer(etag, page, Source::Mirror)
+}
+
+/// Where a poll's answer came from, said in `x-edgehub-cache` (`hit`: this isolate's pages).
+#[derive(Clone, Copy)]
+enum Source {
+    Isolate,
+    Mirror,
+}
+
+/// The answer this isolate made for `channels` (a route's channel, or its set's tag) and `etag`.
+fn cached_page(channels: &str, etag: &str) -> Option<Rc<str>> {
+    PAGES.with(|p| p.borrow_mut().get(&PageCache::key(channels, etag)))
+}
+
+/// Keeps an answer just made from D1 for the pollers that follow.
+fn keep_page(channels: &str, etag: &str, body: String) -> Rc<str> {
+    let body: Rc<str> = Rc::from(body);
+    PAGES.with(|p| {
+        p.borrow_mut()
+            .put(PageCache::key(channels, etag), body.clone())
+    });
+    body
 }
 
 /// `GET /poll?channel=a&channel=b…`: the same rules as `poll`, over a set of channels, in one
@@ -310,9 +352,13 @@ pub async fn poll_many(at: &Incoming<'_>) -> Answer {
             .map(|c| w.fresh(c.as_str(), now, at.config.poll_cache_ms))
             .collect()
     });
+    // The set's tag covers its channels, so the page key needs no names of its own.
     if let Some(etag) = cached.map(|w| tag(&w)) {
         if unchanged(at, &etag) {
             return not_modified(etag);
+        }
+        if let Some(page) = cached_page("", &etag) {
+            return page_answer(etag, page, Source::Isolate);
         }
     }
     let remember = |windows: &[Window]| {
@@ -337,7 +383,8 @@ pub async fn poll_many(at: &Incoming<'_>) -> Answer {
         if unchanged(at, &etag) {
             return not_modified(etag);
         }
-        return page_answer(etag, read.many_page(channels).encode());
+        let page = keep_page("", &etag, read.many_page(channels).encode());
+        return page_answer(etag, page, Source::Mirror);
     }
     let (windows, rows) = mirror::read_many(&db, &request)
         .await
@@ -347,7 +394,8 @@ pub async fn poll_many(at: &Incoming<'_>) -> Answer {
     if unchanged(at, &etag) {
         return not_modified(etag);
     }
-    page_answer(etag, cut_many(&request, &windows, rows).encode())
+    let page = keep_page("", &etag, cut_many(&request, &windows, rows).encode());
+    page_answer(etag, page, Source::Mirror)
 }
 
 fn now_ms() -> i64 {
@@ -389,8 +437,20 @@ fn not_modified(etag: String) -> Answer {
     poll_headers(Response::builder().with_status(304).empty(), &etag)
 }
 
-fn page_answer(etag: String, body: String) -> Answer {
-    poll_headers(json(200, body).map_err(internal("answering"))?, &etag)
+fn page_answer(etag: String, body: Rc<str>, source: Source) -> Answer {
+    let response = poll_headers(
+        json(200, body.to_string()).map_err(internal("answering"))?,
+        &etag,
+    )?;
+    let cache = match source {
+        Source::Isolate => "hit",
+        Source::Mirror => "miss",
+    };
+    response
+        .headers()
+        .set("x-edgehub-cache", cache)
+        .map_err(internal("answering"))?;
+    Ok(response)
 }
 
 fn poll_headers(response: Response, etag: &str) -> Answer {

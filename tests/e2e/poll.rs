@@ -18,7 +18,7 @@ pub fn cases() -> Vec<Case> {
         case!(cursor_none_ahead_of_head_and_unknown_channel),
         case!(bad_poll_parameters_are_400),
         case!(polling_leaves_the_durable_object_untouched),
-        case_own_hub!(a_cached_window_only_ever_answers_304s),
+        case_own_hub!(a_cached_window_answers_304s_and_the_pages_made_for_it),
     ]
 }
 
@@ -175,26 +175,77 @@ async fn if_none_match_is_304_until_a_new_event_is_mirrored(api: Api) {
 /// last: a new event stays invisible to it (a 304 is only late, never wrong), while any poll
 /// that reads D1 sees the event at once and refreshes the window, after which the old tag gets
 /// a 200 with the event.
-async fn a_cached_window_only_ever_answers_304s(_: Api) {
+/// With a window cached for as long as the test runs (`POLL_CACHE_MS`), this isolate answers
+/// from it: a 304 for a matching tag, and the very page it made for the same request (single,
+/// multi-channel and filtered polls), marked `x-edgehub-cache: hit`, without D1. Another
+/// request is a miss; a publish or purge through this isolate drops the window, so the next
+/// poll reads D1 again.
+async fn a_cached_window_answers_304s_and_the_pages_made_for_it(_: Api) {
     let hub = Hub::start(HubOptions::with_vars(&[("POLL_CACHE_MS", "600000")])).await;
     let hub = hub.unwrap_or_else(|why| panic!("starting this test's own hub: {why}"));
     let api = Api::new(hub.base());
-    let c = channel("cached");
+    let (c, d) = (channel("cached"), channel("cached-b"));
     fill(&api, &c, 1).await;
-    let (path, token) = (format!("/poll/{c}?since=0&limit=10"), admin());
+    fill(&api, &d, 1).await;
+    let token = admin();
+    let path = format!("/poll/{c}?since=0&limit=10");
     let first = api.get(&path, Some(&token)).await;
     assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-edgehub-cache").as_deref(), Some("miss"));
     let etag = first.header("etag").unwrap_or_default();
-
-    fill_more(&api, &c, 2).await;
+    let again = api.get(&path, Some(&token)).await;
+    assert_eq!(
+        (again.status, again.header("x-edgehub-cache").as_deref()),
+        (200, Some("hit")),
+        "the same poll again: the page this isolate made"
+    );
+    assert_eq!(
+        (again.text(), again.header("etag")),
+        (first.text(), Some(etag.clone()))
+    );
+    let other = api
+        .get(&format!("/poll/{c}?since=0&limit=5"), Some(&token))
+        .await;
+    assert_eq!(
+        other.header("x-edgehub-cache").as_deref(),
+        Some("miss"),
+        "another request"
+    );
     let cached = client_get_if_none_match(&api, &path, &token, &etag).await;
-    assert_eq!(cached.status, 304, "answered from the cached window");
-    assert_eq!(cached.header("etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(cached.status, 304, "a matching tag");
+
+    // Multi-channel and filtered polls are kept the same way.
+    for path in [
+        format!("/poll?channel={c}&channel={d}&since=0"),
+        format!("/poll/{c}?since=0&topic=nothing-has-it"),
+    ] {
+        let miss = api.get(&path, Some(&token)).await;
+        let hit = api.get(&path, Some(&token)).await;
+        assert_eq!(
+            (miss.status, miss.header("x-edgehub-cache").as_deref()),
+            (200, Some("miss")),
+            "{path}: {}",
+            miss.text()
+        );
+        assert_eq!(
+            (hit.header("x-edgehub-cache").as_deref(), hit.text()),
+            (Some("hit"), miss.text()),
+            "{path}"
+        );
+    }
+
+    // A publish through this isolate (`fill_more` then waits for the mirror by asking the
+    // channel's object, not D1) drops the window.
+    fill_more(&api, &c, 2).await;
     let fresh = api.get(&path, Some(&token)).await;
     assert_eq!(
-        (fresh.status, event_ids(&fresh.json())),
-        (200, vec![1, 2]),
-        "an unconditional poll reads D1"
+        (
+            fresh.status,
+            event_ids(&fresh.json()),
+            fresh.header("x-edgehub-cache").as_deref()
+        ),
+        (200, vec![1, 2], Some("miss")),
+        "a publish through this isolate: the next poll reads D1"
     );
     let refreshed = client_get_if_none_match(&api, &path, &token, &etag).await;
     assert_eq!(
@@ -203,6 +254,22 @@ async fn a_cached_window_only_ever_answers_304s(_: Api) {
         "the old tag after the window was refreshed"
     );
     assert_eq!(refreshed.header("etag"), fresh.header("etag"));
+
+    // A purge through this isolate drops it too.
+    let purge = crate::api::client()
+        .delete(format!("{}/channels/{c}/events", api.base))
+        .bearer_auth(&token);
+    assert_eq!(api.send(purge).await.status, 204);
+    let after = api.get(&path, Some(&token)).await;
+    assert_eq!(
+        (
+            event_ids(&after.json()),
+            after.header("x-edgehub-cache").as_deref()
+        ),
+        (vec![], Some("miss")),
+        "after a purge: {}",
+        after.text()
+    );
     hub.cleanup().await;
 }
 
