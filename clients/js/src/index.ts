@@ -468,7 +468,14 @@ class Sub implements Subscription {
 
   #set(state: State, attempt: number, error?: Error) {
     this.state = state;
-    this.#o.onState?.({ state, transport: this.transport, attempt, error });
+    try {
+      this.#o.onState?.({ state, transport: this.transport, attempt, error });
+    } catch (e) {
+      // The application's error is reported as an uncaught one would be, and the reconnect
+      // loop goes on.
+      const g = globalThis as Json;
+      g.reportError ? g.reportError(e) : console.error(e);
+    }
   }
 
   async #run() {

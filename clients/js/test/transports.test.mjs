@@ -210,6 +210,32 @@ describe('every transport', { concurrency: true }, () => {
     });
   }
 
+  it('an onState callback that throws does not stop the subscription: its error is reported', { timeout: TIMEOUT }, async () => {
+    // Node 20 has no reportError: the client reports on console.error there.
+    const thrown = [];
+    const original = console.error;
+    console.error = (e) => thrown.push(e);
+    const ch = uniq('throwing-onstate');
+    const hubc = client('sse');
+    const got = [];
+    const sub = hubc.subscribe(ch, {
+      since: 0,
+      onEvent: (e) => got.push(e),
+      onState: () => {
+        throw new Error('the application failed');
+      },
+    });
+    try {
+      await publishMany(hubc, ch, 3);
+      const all = await storedCount(hub.base, [ch], 3);
+      await expectDelivered({ events: got, describe: () => summary(got) }, all, { label: 'throwing onState' });
+      assert.ok(thrown.length > 0 && thrown.every((e) => e.message === 'the application failed'), `reported: ${thrown}`);
+    } finally {
+      console.error = original;
+      sub.close();
+    }
+  });
+
   for (const transport of ['ws', 'sse', 'poll']) {
     it(`${transport}: without a token, a public channel can be read`, { timeout: TIMEOUT }, async () => {
       const clean = new Cleanup();
