@@ -828,7 +828,8 @@ async fn presence_ws_gets_ready_then_a_sorted_sync_then_replay_then_live(api: Ap
     assert!(ready["window"].is_u64(), "{ready}");
     assert_eq!(
         ready,
-        json!({"op": "ready", "head": 2, "window": ready["window"], "heartbeat": ready["heartbeat"]})
+        json!({"op": "ready", "head": 2, "window": ready["window"],
+               "heartbeat": SHARED_HEARTBEAT_SECONDS})
     );
     expect(
         &mut bob_ws,
