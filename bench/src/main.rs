@@ -2,10 +2,13 @@
 //! dev`, both behind its proxy), runs the seven scenarios of docs/benchmarks.md a few times each,
 //! prints every figure beside its target (never asserting one), writes bench/results.json and
 //! regenerates the table in docs/benchmarks.md. Run it with `make bench` (`ARGS=--quick` for a
-//! small smoke run). Modules: `runtime` (the `wrangler dev` processes), `procfs` (memory, fds,
-//! machine), `client` and `streams` (HTTP, SSE, WebSocket), `stats`, `report`, `scenario/`.
+//! small smoke run). With `--nchan`, nchan runs beside it as a comparison column (issue 18).
+//! Modules: `runtime` (the `wrangler dev` processes), `nchan` (nginx with nchan), `procfs`
+//! (memory, fds, machine), `client` and `streams` (HTTP, SSE, WebSocket), `stats`, `report`,
+//! `scenario/`.
 
 mod client;
+mod nchan;
 mod procfs;
 mod report;
 mod runtime;
@@ -17,11 +20,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::nchan::Nchan;
 use crate::scenario::{Plan, Scenario, Setup};
 use crate::stats::Figures;
 
 const USAGE: &str = "usage: edgehub-bench [--quick] [--runs N] [--only LIST] [--idle-connections N]
-                     [--out FILE] [--docs FILE] [--merge] [--keep]
+                     [--nchan | --no-nchan] [--out FILE] [--docs FILE] [--merge] [--keep]
 
 Benchmarks edgehub under local workerd (wrangler dev). Build the Worker first (`make build`;
 `make bench` does both).
@@ -33,6 +37,11 @@ Benchmarks edgehub under local workerd (wrangler dev). Build the Worker first (`
   --idle-connections N
                 idle connections wanted per kind (default 10000; 200 with --quick); fewer
                 are opened when the fd limit cannot hold them
+  --nchan       also measure nchan (nginx-light with libnginx-mod-nchan, installed with
+                apt-get when missing) on 127.0.0.1 in latency, fanout, idle and polling, and
+                report edgehub ÷ nchan; if it cannot be installed or started, the column is
+                skipped with the reason
+  --no-nchan    do not (the default)
   --out FILE    the results (default bench/results.json)
   --docs FILE   the page whose generated table is rewritten (default docs/benchmarks.md)
   --merge       keep the figures and notes of the scenarios that do not run from the results
@@ -53,6 +62,7 @@ struct Args {
     docs: PathBuf,
     merge: bool,
     keep: bool,
+    nchan: bool,
 }
 
 fn main() -> ExitCode {
@@ -111,11 +121,19 @@ async fn run(args: Args) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut hub = runtime::start_hub(args.keep).await?;
+    let (mut nchan, nchan_skipped) = start_nchan(&args, fd_limit).await;
+    let mut hub = match runtime::start_hub(args.keep).await {
+        Ok(h) => h,
+        Err(why) => {
+            stop_nchan(&mut nchan, args.keep).await;
+            return Err(why);
+        }
+    };
     let mut noop = match runtime::start_noop(args.keep).await {
         Ok(n) => n,
         Err(why) => {
             hub.stop().await;
+            stop_nchan(&mut nchan, args.keep).await;
             return Err(why);
         }
     };
@@ -127,7 +145,8 @@ async fn run(args: Args) -> Result<(), String> {
         noop.pgid().unwrap_or(0),
         started.elapsed()
     );
-    let setup = Setup::new(&hub, &noop, args.keep);
+    let mut setup = Setup::new(&hub, &noop, args.keep);
+    setup.nchan = nchan.as_ref().map(Nchan::endpoint);
     let deadline = if args.quick {
         QUICK_DEADLINE
     } else {
@@ -142,12 +161,18 @@ async fn run(args: Args) -> Result<(), String> {
     };
     hub.stop().await;
     noop.stop().await;
+    let nchan_version = nchan.as_ref().map(|n| n.version.clone());
+    stop_nchan(&mut nchan, args.keep).await;
     if !args.keep {
         hub.remove_dir();
         noop.remove_dir();
     }
     let mut figures: Figures = outcome?;
+    if let Some(why) = nchan_skipped {
+        figures.note(format!("nchan column skipped: {why}"));
+    }
     let mut meta = report::Meta::collect(&plan, &args.only, started.elapsed());
+    meta.nchan = nchan_version;
     if let Some(kept) = kept {
         meta.kept = kept.from.clone();
         figures = report::merge(figures, kept);
@@ -164,11 +189,53 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Starts nchan when `--nchan` asked for it and a scenario with an nchan column runs; otherwise,
+/// or when it cannot be installed or started, says why the column is skipped (never an error).
+async fn start_nchan(args: &Args, fd_limit: u64) -> (Option<Nchan>, Option<String>) {
+    if !args.nchan {
+        return (None, None);
+    }
+    if !args.only.iter().any(|s| s.has_nchan_column()) {
+        let why = "none of the scenarios run has an nchan column (latency, fanout, idle, polling)";
+        eprintln!("edgehub-bench: nchan column skipped: {why}");
+        return (None, Some(why.into()));
+    }
+    let started = Instant::now();
+    match Nchan::start(fd_limit).await {
+        Ok(n) => {
+            let e = n.endpoint();
+            eprintln!(
+                "edgehub-bench: nchan at {} (pgid {}; {}; config {}), up after {:.1?}",
+                e.base,
+                e.pgid,
+                n.version,
+                n.dir().join("nginx.conf").display(),
+                started.elapsed()
+            );
+            (Some(n), None)
+        }
+        Err(why) => {
+            eprintln!("edgehub-bench: nchan column skipped: {why}");
+            (None, Some(why))
+        }
+    }
+}
+
+async fn stop_nchan(nchan: &mut Option<Nchan>, keep: bool) {
+    if let Some(n) = nchan {
+        n.stop().await;
+        if !keep {
+            n.remove_dir();
+        }
+    }
+}
+
 fn parse_args(list: Vec<String>) -> Result<Option<Args>, String> {
     let root = runtime::root();
     let (mut quick, mut runs, mut only, mut out, mut docs, mut keep) =
         (false, None, None, None, None, false);
     let mut merge = false;
+    let mut nchan = false;
     let mut idle_connections = None;
     let mut it = list.into_iter();
     while let Some(arg) = it.next() {
@@ -177,6 +244,8 @@ fn parse_args(list: Vec<String>) -> Result<Option<Args>, String> {
             "--quick" => quick = true,
             "--keep" => keep = true,
             "--merge" => merge = true,
+            "--nchan" => nchan = true,
+            "--no-nchan" => nchan = false,
             "--runs" => {
                 let n: usize = value("--runs")?
                     .parse()
@@ -220,5 +289,6 @@ fn parse_args(list: Vec<String>) -> Result<Option<Args>, String> {
         docs: docs.unwrap_or(default_docs),
         merge,
         keep,
+        nchan,
     }))
 }

@@ -102,6 +102,19 @@ pub fn cpu_by_role(pgid: u32, port: u16) -> Vec<(&'static str, f64)> {
     out
 }
 
+/// PSS of every live process of a group (nchan's nginx master and worker), in KiB.
+pub fn group_pss_kib(pgid: u32) -> u64 {
+    group_pids(pgid).into_iter().filter_map(pss_kib).sum()
+}
+
+/// CPU seconds used so far by every live process of a group.
+pub fn group_cpu_seconds(pgid: u32) -> f64 {
+    group_pids(pgid)
+        .into_iter()
+        .filter_map(|pid| cpu_seconds(&pid.to_string()))
+        .sum()
+}
+
 /// PSS of the group's workerd and node processes.
 pub fn memory(pgid: u32, port: u16) -> Memory {
     let mut mem = Memory::default();

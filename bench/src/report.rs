@@ -3,7 +3,8 @@
 //! generated part of `docs/benchmarks.md`: everything below `MARKER` is rewritten, everything
 //! above it is the hand-written page and is kept as it is. With `--merge`, the figures and
 //! notes of the scenarios that did not run are kept from the results file being replaced
-//! (`read_kept`), and both say which run they came from.
+//! (`read_kept`), and both say which run they came from. With nchan's figures (`--nchan`), a
+//! table sets the hub's beside nchan's, with the ratios issue 18's targets name.
 
 use std::fs;
 use std::path::Path;
@@ -39,6 +40,8 @@ pub struct Meta {
     /// With `--merge`: the earlier runs whose figures were kept, for the scenarios this run did
     /// not measure.
     pub kept: Vec<KeptFrom>,
+    /// With `--nchan`, when it ran: the packages' versions.
+    pub nchan: Option<String>,
 }
 
 /// An earlier run some of whose scenarios' figures were kept (`--merge`).
@@ -239,6 +242,7 @@ impl Meta {
             fd_limit: plan.fd_limit,
             wall,
             kept: Vec::new(),
+            nchan: None,
         }
     }
 
@@ -266,10 +270,15 @@ impl Meta {
                 ""
             }
         ) + &self
-            .kept
-            .iter()
-            .map(|k| format!("; kept by `--merge`: {}", k.describe()))
-            .collect::<String>()
+            .nchan
+            .as_ref()
+            .map(|v| format!("; nchan beside it: {v}"))
+            .unwrap_or_default()
+            + &self
+                .kept
+                .iter()
+                .map(|k| format!("; kept by `--merge`: {}", k.describe()))
+                .collect::<String>()
     }
 }
 
@@ -288,6 +297,104 @@ fn by_scenario(figures: &Figures) -> Vec<(Scenario, Vec<&Figure>)> {
             )
         })
         .filter(|(_, list)| !list.is_empty())
+        .collect()
+}
+
+/// The nchan comparison (issue 18), one row each: what, the hub's figure, nchan's, and the
+/// ratio figure (the hub's ÷ nchan's in each run; "" for none).
+const BESIDE_NCHAN: [(&str, &str, &str, &str); 9] = [
+    (
+        "SSE publish → deliver p50, one subscriber",
+        "latency.sse.p50",
+        "latency.nchan.sse.p50",
+        "latency.sse.p50.vs_nchan",
+    ),
+    (
+        "SSE publish → deliver p99, one subscriber",
+        "latency.sse.p99",
+        "latency.nchan.sse.p99",
+        "latency.sse.p99.vs_nchan",
+    ),
+    (
+        "fan-out to SSE subscribers only: delivered share",
+        "fanout.sse.delivered",
+        "fanout.nchan.delivered",
+        "",
+    ),
+    (
+        "fan-out to SSE subscribers only: deliveries per second",
+        "fanout.sse.deliveries_per_s",
+        "fanout.nchan.deliveries_per_s",
+        "fanout.sse.deliveries_per_s.vs_nchan",
+    ),
+    (
+        "fan-out to SSE subscribers only: publish → deliver p50",
+        "fanout.sse.p50",
+        "fanout.nchan.p50",
+        "fanout.sse.p50.vs_nchan",
+    ),
+    (
+        "fan-out to SSE subscribers only: publish → deliver p99",
+        "fanout.sse.p99",
+        "fanout.nchan.p99",
+        "fanout.sse.p99.vs_nchan",
+    ),
+    (
+        "idle SSE streams held (after the warm-up)",
+        "idle.sse.connections",
+        "idle.nchan.sse.connections",
+        "",
+    ),
+    (
+        "idle SSE: memory (PSS) per stream",
+        "idle.sse.kib_per_connection",
+        "idle.nchan.sse.kib_per_connection",
+        "idle.sse.kib_per_connection.vs_nchan",
+    ),
+    (
+        "poll answered 200: requests per second",
+        "polling.200.per_s",
+        "polling.nchan.200.per_s",
+        "polling.200.per_s.vs_nchan",
+    ),
+];
+
+/// The rows of `BESIDE_NCHAN` whose nchan figure was measured: what, edgehub's median, nchan's,
+/// the ratio's median (with its range over the runs), its target and verdict.
+fn beside_nchan(figures: &Figures) -> Vec<[String; 6]> {
+    let find = |id: &str| figures.list.iter().find(|f| f.id == id);
+    let median = |id: &str| find(id).map_or("—".to_string(), |f| f.unit.format(f.median()));
+    BESIDE_NCHAN
+        .iter()
+        .filter(|(_, _, nchan, _)| find(nchan).is_some())
+        .map(|(what, hub, nchan, ratio)| {
+            let (ratio, target, verdict) = match find(ratio) {
+                Some(r) => {
+                    let [median, min, max, target, verdict] = cells(r);
+                    let range = match r.values.len() {
+                        1 => String::new(),
+                        _ => format!(" ({min} – {max})"),
+                    };
+                    (format!("{median}{range}"), target, verdict)
+                }
+                // No ratio: the hub's own target, if it has one.
+                None => match find(hub) {
+                    Some(h) => {
+                        let [_, _, _, target, verdict] = cells(h);
+                        ("—".into(), target, verdict)
+                    }
+                    None => ("—".into(), "—".into(), String::new()),
+                },
+            };
+            [
+                what.to_string(),
+                median(hub),
+                median(nchan),
+                ratio,
+                target,
+                verdict,
+            ]
+        })
         .collect()
 }
 
@@ -318,6 +425,17 @@ fn cells(f: &Figure) -> [String; 5] {
 
 pub fn print(figures: &Figures, meta: &Meta) {
     println!("\nedgehub-bench: {}", meta.summary());
+    let rows = beside_nchan(figures);
+    if !rows.is_empty() {
+        println!("\nedgehub beside nchan (medians; edgehub ÷ nchan per run)");
+        println!(
+            "  {:<56} {:>12} {:>12} {:>24}   target",
+            "figure", "edgehub", "nchan", "edgehub ÷ nchan"
+        );
+        for [what, hub, nchan, ratio, target, verdict] in rows {
+            println!("  {what:<56} {hub:>12} {nchan:>12} {ratio:>24}   {target} {verdict}");
+        }
+    }
     for (s, list) in by_scenario(figures) {
         println!("\n{}", s.title());
         println!(
@@ -385,7 +503,12 @@ pub fn write_json(path: &Path, figures: &Figures, meta: &Meta) -> Result<(), Str
             ),
             (
                 "runtime",
-                json!({"wrangler": meta.wrangler, "workerd": meta.workerd, "fd_limit": meta.fd_limit}),
+                json!({
+                    "wrangler": meta.wrangler,
+                    "workerd": meta.workerd,
+                    "fd_limit": meta.fd_limit,
+                    "nchan": meta.nchan,
+                }),
             ),
             ("runs_per_scenario", json!(meta.runs)),
             ("scenarios", json!(meta.scenarios)),
@@ -439,6 +562,21 @@ pub fn write_docs(path: &Path, figures: &Figures, meta: &Meta) -> Result<(), Str
         "Median, min and max are over the runs; the median is what is compared with the target \
          (a yes/no figure meets it only if every run did). Targets are never asserted.\n",
     );
+    let rows = beside_nchan(figures);
+    if !rows.is_empty() {
+        out.push_str(
+            "\n### edgehub beside nchan, in the same run\n\n\
+             Medians over the runs; \"edgehub ÷ nchan\" is the median of each run's ratio, with \
+             its range ([how nchan runs](#nchan)).\n\n\
+             | figure | edgehub | nchan | edgehub ÷ nchan | target | |\n\
+             |---|---:|---:|---:|---|---|\n",
+        );
+        for [what, hub, nchan, ratio, target, verdict] in rows {
+            out.push_str(&format!(
+                "| {what} | {hub} | {nchan} | {ratio} | {target} | {verdict} |\n"
+            ));
+        }
+    }
     for (s, list) in by_scenario(figures) {
         out.push_str(&format!("\n### {}\n\n", s.title()));
         out.push_str("| figure | median | min | max | target | |\n|---|---:|---:|---:|---|---|\n");
@@ -534,6 +672,7 @@ mod tests {
             fd_limit: 20000,
             wall: Duration::from_secs(3),
             kept: Vec::new(),
+            nchan: None,
         };
         let path =
             std::env::temp_dir().join(format!("edgehub-bench-test-{}.json", std::process::id()));
@@ -565,6 +704,7 @@ mod tests {
             fd_limit: 20000,
             wall: Duration::from_secs(3),
             kept: Vec::new(),
+            nchan: None,
         }
     }
 
@@ -657,6 +797,51 @@ mod tests {
             ]
         );
         assert_eq!(again.figures.list.len(), 2);
+    }
+
+    #[test]
+    fn nchan_rows_show_only_what_nchan_measured_with_the_ratios() {
+        let mut f = Figures::default();
+        f.add("latency", "latency.sse.p99", "p99", Unit::Ms, None, 14.0);
+        assert!(beside_nchan(&f).is_empty(), "no nchan figure, no table");
+        let target = Some(Target::AtMost(2.0));
+        for (hub, nchan, ratio) in [(100.0, 20.0, 5.0), (60.0, 20.0, 3.0)] {
+            let percent = Some(Target::AtLeast(100.0));
+            f.add("fanout", "fanout.sse.p99", "p99", Unit::Ms, None, hub);
+            f.add("fanout", "fanout.nchan.p99", "p99", Unit::Ms, None, nchan);
+            let id = "fanout.sse.p99.vs_nchan";
+            f.add("fanout", id, "ratio", Unit::Ratio, target, ratio);
+            f.add(
+                "fanout",
+                "fanout.sse.delivered",
+                "d",
+                Unit::Percent,
+                percent,
+                90.0,
+            );
+            f.add(
+                "fanout",
+                "fanout.nchan.delivered",
+                "d",
+                Unit::Percent,
+                None,
+                100.0,
+            );
+        }
+        let rows = beside_nchan(&f);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[1][1..],
+            [
+                "80.0 ms",
+                "20.0 ms",
+                "4.00 × (3.00 × – 5.00 ×)",
+                "≤ 2.00 ×",
+                "misses"
+            ]
+        );
+        // No ratio: the hub's own target.
+        assert_eq!(rows[0][3..], ["—", "≥ 100.0 %", "misses"]);
     }
 
     #[test]

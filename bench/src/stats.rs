@@ -15,6 +15,8 @@ pub enum Unit {
     Count,
     /// 1 for yes, 0 for no.
     YesNo,
+    /// One figure divided by another (edgehub's by nchan's): 2.0 is twice as much.
+    Ratio,
 }
 
 impl Unit {
@@ -26,6 +28,7 @@ impl Unit {
             Unit::Kib => "KiB",
             Unit::Count => "",
             Unit::YesNo => "yes/no",
+            Unit::Ratio => "x",
         }
     }
 
@@ -38,6 +41,7 @@ impl Unit {
             Unit::Kib,
             Unit::Count,
             Unit::YesNo,
+            Unit::Ratio,
         ]
         .into_iter()
         .find(|u| u.name() == name)
@@ -55,6 +59,10 @@ impl Unit {
             Unit::Count => thousands(v),
             Unit::YesNo if v >= 0.5 => "yes".into(),
             Unit::YesNo => "no".into(),
+            Unit::Ratio if v < 0.1 => format!("{v:.3} ×"),
+            Unit::Ratio if v < 10.0 => format!("{v:.2} ×"),
+            Unit::Ratio if v < 100.0 => format!("{v:.1} ×"),
+            Unit::Ratio => format!("{} ×", thousands(v)),
         }
     }
 }
@@ -207,6 +215,15 @@ pub fn percent_of(part: f64, whole: f64) -> f64 {
         100.0 * part / whole
     } else {
         0.0
+    }
+}
+
+/// `a ÷ b` (NaN when `b` is not positive: nothing to compare with).
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        f64::NAN
     }
 }
 

@@ -631,6 +631,19 @@ mod tests {
     }
 
     #[test]
+    fn nchan_eventsource_blocks_are_read_by_their_data() {
+        // nchan 1.3.6's `nchan_subscriber eventsource` (docs/benchmarks.md#nchan): `id:` is its
+        // own `time:tag`, `data:` the message as published.
+        let (events, last_id) = read(&[b": hi\n\nid: 1796614317:0\ndata: {\"i\":1,\"t\":5}\n\n"]);
+        let want = Event {
+            sent_us: Some(5),
+            ..Event::default()
+        };
+        assert_eq!(events, vec![want]);
+        assert_eq!(last_id.as_deref(), Some("1796614317:0"));
+    }
+
+    #[test]
     fn cursor_ids() {
         assert_eq!(cursor_id("a=1,b-2=22", "b-2"), Some(22));
         assert_eq!(cursor_id("a=1,b-2=22", "a"), Some(1));

@@ -4,7 +4,8 @@
 //! (fewer when the fd limit cannot hold them), let them sit, and read the growth of the hub's
 //! runtime memory (PSS of its workerd and node processes) per connection; check that the
 //! channel's object hibernates (its `instance` changes across the idle time) while they stay
-//! connected, and that every one of them gets a publish after it.
+//! connected, and that every one of them gets a publish after it. With `--nchan`, then the same
+//! for SSE streams on nchan (its nginx's PSS per stream; nothing there hibernates).
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,10 @@ use tokio::task::JoinHandle;
 
 use super::{Plan, Setup};
 use crate::client;
+use crate::nchan::{self, Endpoint};
 use crate::procfs::{self, Memory, ROLES};
 use crate::runtime;
-use crate::stats::{Figures, Target, Unit};
+use crate::stats::{ratio, Figures, Target, Unit};
 use crate::streams::{Kind, Next, Sub};
 
 const SCENARIO: &str = "idle";
@@ -47,6 +49,30 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         }
         result?;
     }
+    if let Some(n) = &setup.nchan {
+        let began = Instant::now();
+        let pass = nchan_sse(plan, n, &mut f).await;
+        eprintln!("    (nchan pass: {:.1?})", began.elapsed());
+        match pass {
+            Ok(per_stream) => {
+                let hub = f
+                    .list
+                    .iter()
+                    .find(|fig| fig.id == "idle.sse.kib_per_connection")
+                    .and_then(|fig| fig.values.last().copied())
+                    .unwrap_or(f64::NAN);
+                f.add(
+                    SCENARIO,
+                    "idle.sse.kib_per_connection.vs_nchan",
+                    "SSE: memory per idle stream, edgehub ÷ nchan",
+                    Unit::Ratio,
+                    None,
+                    ratio(hub, per_stream),
+                );
+            }
+            Err(why) => f.note(format!("idle, nchan: the pass failed: {why}")),
+        }
+    }
     Ok(f)
 }
 
@@ -54,14 +80,15 @@ async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Re
     let c = client::channel(&format!("idle-{}", kind.name()));
     let procs = procfs::group(setup.hub_pgid, setup.hub_port);
     let fds_cold: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
-    let warm = connect(WARM_UP, kind, setup, &c).await;
+    let server = (setup.hub.as_str(), setup.hub_port);
+    let warm = connect(WARM_UP, kind, server, &c).await;
     tokio::time::sleep(SETTLE).await;
     let fds_warm: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
     let before = memory(setup);
 
     let connecting = Instant::now();
     let budget = FdBudget::new(plan, procs, &fds_cold, &fds_warm, warm.len());
-    let (mut subs, fd_note) = connect_within(plan, setup, kind, &c, budget).await;
+    let (mut subs, fd_note) = connect_within(plan, server, kind, &c, budget).await;
     let connect_time = connecting.elapsed();
     let connected = subs.len() as u64;
     if connected == 0 {
@@ -291,7 +318,7 @@ impl FdBudget {
 /// each step, so no process runs out of fds; says how it went.
 async fn connect_within(
     plan: &Plan,
-    setup: &Setup,
+    server: (&str, u16),
     kind: Kind,
     c: &str,
     mut budget: FdBudget,
@@ -312,7 +339,7 @@ async fn connect_within(
             stopped = "; stopped by the fd limit";
             break;
         }
-        let opened = connect(step, kind, setup, c).await;
+        let opened = connect(step, kind, server, c).await;
         if opened.is_empty() {
             stopped = "; stopped: no connection opened";
             break;
@@ -321,6 +348,115 @@ async fn connect_within(
     }
     budget.room(subs.len());
     (subs, format!("{}{stopped}", budget.describe()))
+}
+
+/// nchan's idle SSE streams, as `one_kind` does the hub's: warm-up, baseline, connections in
+/// steps within the fd budget (ours and nginx's), readers, `idle_wait`, one publish that all
+/// must get. Memory is the growth of the PSS of nginx's processes (master and worker) per
+/// stream. Returns that figure.
+async fn nchan_sse(plan: &Plan, n: &Endpoint, f: &mut Figures) -> Result<f64, String> {
+    let c = client::channel("idle-nchan");
+    let server = (n.base.as_str(), n.port);
+    let procs: Vec<procfs::Proc> = procfs::group_pids(n.pgid)
+        .into_iter()
+        .map(|pid| procfs::Proc {
+            pid,
+            role: Some("nginx"),
+        })
+        .collect();
+    let fds_cold: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
+    let warm = connect(WARM_UP, Kind::Sse, server, &c).await;
+    tokio::time::sleep(SETTLE).await;
+    let fds_warm: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
+    let before = procfs::group_pss_kib(n.pgid);
+
+    let connecting = Instant::now();
+    let budget = FdBudget::new(plan, procs, &fds_cold, &fds_warm, warm.len());
+    let (mut subs, fd_note) = connect_within(plan, server, Kind::Sse, &c, budget).await;
+    let connect_time = connecting.elapsed();
+    let connected = subs.len() as u64;
+    if connected == 0 {
+        return Err("no SSE stream could connect to nchan".into());
+    }
+    let held = connected + warm.len() as u64;
+    subs.extend(warm);
+    let deadline = Instant::now() + plan.idle_wait + DELIVERY_WAIT + COUNTS_WAIT;
+    let readers: Vec<JoinHandle<bool>> = subs
+        .into_iter()
+        .map(|sub| tokio::spawn(await_first_event(sub, deadline)))
+        .collect();
+    let counted = nchan::await_subscribers(&n.base, &c, held, COUNTS_WAIT).await;
+    tokio::time::sleep(SETTLE).await;
+    let awake = procfs::group_pss_kib(n.pgid);
+    tokio::time::sleep(plan.idle_wait).await;
+    let idle = procfs::group_pss_kib(n.pgid);
+
+    nchan::publish(&n.base, &c, br#"{"after":"idle"}"#.to_vec()).await?;
+    let until = tokio::time::Instant::now() + DELIVERY_WAIT;
+    let mut got = 0u64;
+    for mut r in readers {
+        match tokio::time::timeout_at(until, &mut r).await {
+            Ok(Ok(true)) => got += 1,
+            Ok(_) => {}
+            Err(_) => r.abort(),
+        }
+    }
+
+    let per = |now: u64| (now as f64 - before as f64) / connected as f64;
+    let per_stream = per(idle);
+    let id = |q: &str| format!("idle.nchan.sse.{q}");
+    for (q, label, unit, value) in [
+        (
+            "connections",
+            "connections measured (after the warm-up)",
+            Unit::Count,
+            connected as f64,
+        ),
+        (
+            "kib_per_connection",
+            "nginx memory per idle stream",
+            Unit::Kib,
+            per_stream,
+        ),
+        (
+            "awake_kib",
+            "nginx memory per stream, just connected",
+            Unit::Kib,
+            per(awake),
+        ),
+        (
+            "delivered",
+            "got a publish after the idle time",
+            Unit::Percent,
+            100.0 * got as f64 / held as f64,
+        ),
+        (
+            "connects_per_s",
+            "connections opened per second",
+            Unit::PerSec,
+            connected as f64 / connect_time.as_secs_f64().max(1e-3),
+        ),
+    ] {
+        f.add(
+            SCENARIO,
+            &id(q),
+            &format!("nchan SSE: {label}"),
+            unit,
+            None,
+            value,
+        );
+    }
+    f.note(format!(
+        "idle, nchan: SSE streams on nchan (`GET /sse/{{c}}`, docs/benchmarks.md#nchan) after \
+         the hub's passes; {WARM_UP} warm-up streams, then {connected} of {} wanted (fd limit \
+         {}; {fd_note}); nchan counted {counted} subscribers once connected; memory per stream \
+         = (PSS of nginx's master and worker after {} s idle − PSS after the warm-up) / \
+         streams; \"edgehub ÷ nchan\" is the hub's SSE figure over nchan's, per run",
+        plan.idle_connections,
+        plan.fd_limit,
+        plan.idle_wait.as_secs(),
+    ));
+    Ok(per_stream)
 }
 
 fn memory(setup: &Setup) -> Memory {
@@ -332,16 +468,16 @@ async fn instance(setup: &Setup, c: &str) -> Result<String, String> {
     Ok(v["object"]["instance"].to_string())
 }
 
-async fn connect(n: usize, kind: Kind, setup: &Setup, c: &str) -> Vec<Sub> {
+/// Opens `n` connections of `kind` to `server` (base URL, port); those that fail are left out.
+async fn connect(n: usize, kind: Kind, server: (&str, u16), c: &str) -> Vec<Sub> {
     let started = Instant::now();
+    let (base, port) = server;
     stream::iter(0..n)
         .map(|_| async move {
             if started.elapsed() > CONNECT_BUDGET {
                 return None;
             }
-            Sub::open(kind, &setup.hub, setup.hub_port, c, Some(0))
-                .await
-                .ok()
+            Sub::open(kind, base, port, c, Some(0)).await.ok()
         })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .filter_map(|s| async move { s })

@@ -6,7 +6,8 @@
 //! publish is sent; a many-channel figure is also given as a share of the single-channel one of
 //! the same run. For the floor, the same number of requests one at a time to the no-op Worker,
 //! and to its no-op Durable Object (`/do/{name}`): a delivery takes at least a request into an
-//! object.
+//! object. With `--nchan`, the SSE pass's rounds also against nchan, after the hub's SSE
+//! passes.
 
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,9 @@ use serde_json::Value;
 
 use super::{Plan, Setup};
 use crate::client;
-use crate::stats::{percentile_ms, Figures, Target, Unit};
-use crate::streams::{cursor_id, Kind, Next, Sub};
+use crate::nchan::{self, Endpoint};
+use crate::stats::{percentile_ms, ratio, Figures, Target, Unit};
+use crate::streams::{cursor_id, Kind, Next, SseSub, Sub};
 
 const SCENARIO: &str = "latency";
 /// The most one round may wait for its delivery.
@@ -30,6 +32,8 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut f = Figures::default();
     // The many-channel figures go below the single-channel ones, though measured beside them.
     let mut many = Figures::default();
+    // So do nchan's, and the ratios to them.
+    let mut beside = Figures::default();
     for kind in [Kind::Sse, Kind::Ws] {
         let (mut delivered, mut answered) = live_pass(plan, setup, kind).await?;
         delivered.sort();
@@ -59,6 +63,16 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
             Some(p99),
             percentile_ms(&delivered, 0.99),
         );
+        if let (Kind::Sse, Some(n)) = (kind, &setup.nchan) {
+            // After the hub's SSE passes, the same rounds against nchan.
+            let began = Instant::now();
+            let pass = nchan_pass(plan, n).await;
+            eprintln!("    (nchan pass: {:.1?})", began.elapsed());
+            match pass {
+                Ok((d, a)) => add_nchan(&mut beside, d, a, one),
+                Err(why) => beside.note(format!("latency, nchan: the pass failed: {why}")),
+            }
+        }
         if kind == Kind::Sse {
             let p = |q| percentile_ms(&answered, q);
             f.add(
@@ -141,6 +155,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         }
     }
     f.extend(many);
+    f.extend(beside);
     f.note(format!(
         "latency: {} sequential events per pass after {} unmeasured warm-up events; one \
          subscriber per pass (SSE, WebSocket, poller), each on a fresh channel",
@@ -204,6 +219,84 @@ fn add_many(
         None,
         opened.as_secs_f64() * 1000.0,
     );
+}
+
+/// nchan's figures beside the hub's SSE ones, and the hub's `one` (p50, p99) ÷ nchan's.
+fn add_nchan(
+    f: &mut Figures,
+    mut delivered: Vec<Duration>,
+    mut answered: Vec<Duration>,
+    one: [f64; 2],
+) {
+    delivered.sort();
+    answered.sort();
+    for ((q, at), hub) in [("p50", 0.5), ("p99", 0.99)].into_iter().zip(one) {
+        let v = percentile_ms(&delivered, at);
+        f.add(
+            SCENARIO,
+            &format!("latency.nchan.sse.{q}"),
+            &format!("nchan: SSE publish → deliver {q}"),
+            Unit::Ms,
+            None,
+            v,
+        );
+        f.add(
+            SCENARIO,
+            &format!("latency.nchan.publish.{q}"),
+            &format!("nchan: publish answered (201) {q}"),
+            Unit::Ms,
+            None,
+            percentile_ms(&answered, at),
+        );
+        f.add(
+            SCENARIO,
+            &format!("latency.sse.{q}.vs_nchan"),
+            &format!("SSE publish → deliver {q}, edgehub ÷ nchan"),
+            Unit::Ratio,
+            None,
+            ratio(hub, v),
+        );
+    }
+    f.note(
+        "latency, nchan: the SSE pass's rounds against nchan (docs/benchmarks.md#nchan), after \
+         the hub's SSE passes, on a fresh channel: each message `{\"i\":N,\"t\":T}` POSTed to \
+         `/pub/{c}`, read from `/sse/{c}` (`nchan_subscriber eventsource`) by the same SSE \
+         reader, checked by its `t`; \"edgehub ÷ nchan\" is the hub's SSE figure over nchan's, \
+         per run"
+            .to_string(),
+    );
+}
+
+/// One SSE subscriber of nchan, the rounds of `live_pass`: each message carries its send time
+/// `t`, by which its delivery is checked. Returns (publish → delivered, publish → answered).
+async fn nchan_pass(plan: &Plan, n: &Endpoint) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    let c = client::channel("lat-nchan");
+    let mut sub = SseSub::open(&n.base, &c, None).await?;
+    let (mut delivered, mut answered) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for i in 1..=plan.latency_warmup + plan.latency_events {
+        if started.elapsed() > PASS_BUDGET {
+            return Err(format!("nchan pass: over {PASS_BUDGET:?} after {i} events"));
+        }
+        let t = client::micros();
+        let body = format!(r#"{{"i":{i},"t":{t}}}"#).into_bytes();
+        let deadline = tokio::time::Instant::now() + ROUND_WAIT;
+        let sent = Instant::now();
+        let (publish, got) = tokio::join!(
+            async { (nchan::publish(&n.base, &c, body).await, Instant::now()) },
+            async { (sub.next_event(deadline).await, Instant::now()) },
+        );
+        publish.0?;
+        match got.0 {
+            Next::Event(e) if !e.gap && e.sent_us == Some(t) => {}
+            other => return Err(format!("nchan event {i}: published t={t}, got {other:?}")),
+        }
+        if i > plan.latency_warmup {
+            delivered.push(got.1 - sent);
+            answered.push(publish.1 - sent);
+        }
+    }
+    Ok((delivered, answered))
 }
 
 /// `warmup` unmeasured GETs of `url`, then `n` measured ones, one after the other.

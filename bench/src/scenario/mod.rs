@@ -12,6 +12,7 @@ mod topics;
 
 use std::time::{Duration, Instant};
 
+use crate::nchan::Endpoint;
 use crate::runtime::Runtime;
 use crate::stats::Figures;
 
@@ -72,6 +73,14 @@ impl Scenario {
             Scenario::Presence => "6. Presence: a join storm of members on one channel",
             Scenario::Topics => "7. Topics and Mercure: filtered subscribers and the Mercure face",
         }
+    }
+
+    /// Whether the scenario measures nchan too, with `--nchan`.
+    pub fn has_nchan_column(self) -> bool {
+        matches!(
+            self,
+            Scenario::Latency | Scenario::Fanout | Scenario::Idle | Scenario::Polling
+        )
     }
 
     pub fn from_name(name: &str) -> Option<Scenario> {
@@ -176,6 +185,8 @@ pub struct Setup {
     pub noop_pgid: u32,
     /// Keep the persist dirs of runtimes started by a scenario.
     pub keep: bool,
+    /// nchan, when `--nchan` asked for the comparison and it could start.
+    pub nchan: Option<Endpoint>,
 }
 
 impl Setup {
@@ -188,6 +199,7 @@ impl Setup {
             noop_port: noop.port(),
             noop_pgid: noop.pgid().unwrap_or(0),
             keep,
+            nchan: None,
         }
     }
 

@@ -10,6 +10,8 @@
 //! Then the largest page the limits allow: 5 anonymous pollers of a public channel asking for
 //! `limit=1000` of 60 KB events, with the worker workerd's memory sampled while they poll; and,
 //! as the runtime's own floor, 5 pollers of a no-op Worker path that answers a body as large.
+//! With `--nchan`, the one-channel 200 again against nchan: its interval-poll subscriber
+//! answering the same page's bytes as its one message.
 
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,9 @@ use serde_json::Value;
 
 use super::{Plan, Setup};
 use crate::client;
+use crate::nchan::{self, Endpoint};
 use crate::procfs;
-use crate::stats::{percent_of, percentile_ms, Figures, Target, Unit};
+use crate::stats::{self, percent_of, percentile_ms, Figures, Target, Unit};
 use crate::streams::channel_query;
 
 const SCENARIO: &str = "polling";
@@ -91,6 +94,15 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     // The runtime's own cost of a request that long: the no-op Worker, the same path and query.
     let many_noop_url = many_url.replacen(&setup.hub, &setup.noop, 1);
     let many_noop = load(n, &many_noop_url, None, 200, seconds).await;
+    let beside = match &setup.nchan {
+        Some(nchan) => {
+            let began = Instant::now();
+            let load = nchan_poll(plan, nchan, &url).await;
+            eprintln!("    (nchan load: {:.1?})", began.elapsed());
+            Some(load)
+        }
+        None => None,
+    };
 
     let big = big_pages(plan, setup).await?;
 
@@ -144,6 +156,13 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         &format!("no-op Worker, the {MANY}-channel poll's URL"),
         &many_noop,
     );
+    if let Some(Ok(nchan)) = &beside {
+        add(
+            "nchan.200",
+            "nchan: interval poll answered 200 (the same page)",
+            nchan,
+        );
+    }
     let ratio = |l: &Load| percent_of(l.per_s, noop.per_s);
     f.add(
         SCENARIO,
@@ -153,6 +172,29 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         Some(Target::AtLeast(70.0)),
         ratio(&full),
     );
+    match &beside {
+        Some(Ok(nchan)) => {
+            f.add(
+                SCENARIO,
+                "polling.200.per_s.vs_nchan",
+                "poll 200 (pollers on one cursor), edgehub ÷ nchan: requests per second",
+                Unit::Ratio,
+                None,
+                stats::ratio(full.per_s, nchan.per_s),
+            );
+            f.note(format!(
+                "polling, nchan: the one-channel 200's page, its bytes as they came from the hub, \
+                 published as one message to a fresh nchan channel, then the same {} pollers, \
+                 connections and time asking nchan's interval-poll subscriber for it \
+                 (`GET /poll/{{c}}`, `nchan_subscriber intervalpoll`, no message id: the oldest \
+                 message retained, at once; docs/benchmarks.md#nchan), with the same headers; \
+                 {} answers were not 200",
+                plan.poll_concurrency, nchan.errors
+            ));
+        }
+        Some(Err(why)) => f.note(format!("polling, nchan: the load failed: {why}")),
+        None => {}
+    }
     f.add(
         SCENARIO,
         "polling.200.d1.vs_noop",
@@ -284,6 +326,46 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         many_url.len().div_ceil(1024)
     ));
     Ok(f)
+}
+
+/// The one-channel 200's page (`hub_url`), its bytes published to a fresh nchan channel as one
+/// message, checked to come back from nchan's interval poll, then the same load against it.
+async fn nchan_poll(plan: &Plan, n: &Endpoint, hub_url: &str) -> Result<Load, String> {
+    let page = client::http()
+        .get(hub_url)
+        .header("authorization", client::bearer())
+        .send()
+        .await
+        .map_err(|e| format!("GET {hub_url}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {hub_url}: {e}"))?;
+    let c = client::channel("poll-nchan");
+    nchan::publish(&n.base, &c, page.to_vec()).await?;
+    let url = format!("{}/poll/{c}", n.base);
+    let r = client::http()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = r.status().as_u16();
+    let body = r.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+    if status != 200 || body != page {
+        return Err(format!(
+            "GET {url}: {status}, {} bytes, not the {} published",
+            body.len(),
+            page.len()
+        ));
+    }
+    let seconds = Duration::from_secs_f64(plan.poll_seconds);
+    let l = load(plan.poll_concurrency, &url, None, 200, seconds).await;
+    match l.answers {
+        0 => Err(format!(
+            "GET {url}: no 200 in the load, {} errors",
+            l.errors
+        )),
+        _ => Ok(l),
+    }
 }
 
 /// Fills `MANY` fresh channels with one event each, waits (bounded) until the D1 mirror holds
