@@ -16,6 +16,7 @@ pub mod poll_many;
 pub mod presence;
 pub mod retention;
 pub mod subscriber;
+pub mod tap;
 
 /// What a channel holds: ids `earliest..=head` are retained. `head` is the last id ever given
 /// (0 before the first publish); `earliest` is `head + 1` when nothing is retained.

@@ -38,6 +38,10 @@ pub struct Attachment {
     /// left, so it is never counted again.
     #[serde(default)]
     pub member: Option<Ticket>,
+    /// An SSE bridge that is its isolate's shared upstream (`runtime::tap`): how many SSE
+    /// clients it carries, as it last reported; counted as one until it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u64>,
 }
 
 /// A presence connection's member, kept on its socket so that the roster can be rebuilt from
@@ -86,6 +90,7 @@ impl Attachment {
             credit: None,
             sent: None,
             member: None,
+            members: None,
         }
     }
 

@@ -53,6 +53,47 @@ fn encode(id: Option<u64>, event_type: &str, default_type: bool, data: &str) -> 
     out
 }
 
+/// The id an event block starts with (`id: N` as `event` writes it), if it has one.
+fn block_id(block: &str) -> Option<u64> {
+    let (digits, _) = block.strip_prefix("id: ")?.split_once('\n')?;
+    digits.parse().ok()
+}
+
+/// The blocks of a chunk of our own SSE text (events as `event` writes them, one after
+/// another), each with its byte offset. Every block ends with a blank line, and none holds
+/// one inside: field values are single lines.
+fn blocks(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.split_inclusive("\n\n").scan(0, |offset, block| {
+        let at = *offset;
+        *offset += block.len();
+        Some((at, block))
+    })
+}
+
+/// The ids of the first and last events of a chunk, if it holds any.
+pub fn chunk_ids(text: &str) -> Option<(u64, u64)> {
+    let mut ids = blocks(text).filter_map(|(_, b)| block_id(b));
+    let first = ids.next()?;
+    Some((first, ids.last().unwrap_or(first)))
+}
+
+/// What of a chunk is after the event with id `through`: the chunk from its first event with
+/// a greater id (blocks without an id before it go too), or nothing.
+pub fn after(text: &str, through: u64) -> &str {
+    blocks(text)
+        .find(|(_, b)| block_id(b).is_some_and(|id| id > through))
+        .map_or("", |(at, _)| &text[at..])
+}
+
+/// Reads a gap notice as `gap` writes it: `(requested, earliest)`.
+pub fn parse_gap(text: &str) -> Option<(u64, u64)> {
+    let json = text
+        .strip_prefix("event: gap\ndata: {\"requested\":")?
+        .strip_suffix("}\n\n")?;
+    let (requested, earliest) = json.split_once(",\"earliest\":")?;
+    Some((requested.parse().ok()?, earliest.parse().ok()?))
+}
+
 /// Belt and braces for field values other than data: a stray CR or LF would end the field.
 fn single_line(s: &str) -> String {
     s.replace(['\r', '\n'], "")
@@ -62,6 +103,42 @@ fn single_line(s: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn chunks_are_read_back_by_their_event_ids() {
+        let typed = EventType::parse("order.created").unwrap();
+        let chunk = [
+            event(7, &EventType::default(), "{}"),
+            event(8, &typed, "1"),
+            event(10, &EventType::default(), "[2]"),
+        ]
+        .concat();
+        assert_eq!(chunk_ids(&chunk), Some((7, 10)));
+        assert_eq!(after(&chunk, 6), chunk);
+        assert_eq!(after(&chunk, 7), &chunk[chunk.find("id: 8").unwrap()..]);
+        assert_eq!(after(&chunk, 9), "id: 10\ndata: [2]\n\n");
+        assert_eq!(after(&chunk, 10), "");
+        assert_eq!(chunk_ids(&gap(3, 10)), None);
+        assert_eq!(chunk_ids(heartbeat()), None);
+        assert_eq!(after(&gap(3, 10), 0), "");
+        let with_gap = gap(3, 10) + &event(10, &EventType::default(), "1");
+        assert_eq!(chunk_ids(&with_gap), Some((10, 10)));
+        assert_eq!(after(&with_gap, 3), "id: 10\ndata: 1\n\n");
+    }
+
+    #[test]
+    fn gap_notices_are_read_back() {
+        assert_eq!(parse_gap(&gap(3, 10)), Some((3, 10)));
+        assert_eq!(
+            parse_gap(&gap(0, 9_007_199_254_740_991)),
+            Some((0, 9_007_199_254_740_991))
+        );
+        assert_eq!(parse_gap(&event(1, &EventType::default(), "{}")), None);
+        assert_eq!(
+            parse_gap("event: gap\ndata: {\"requested\":x,\"earliest\":1}\n\n"),
+            None
+        );
+    }
 
     #[test]
     fn exact_bytes() {

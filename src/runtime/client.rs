@@ -12,6 +12,8 @@ use crate::protocol::filter::FilterSpec;
 use crate::protocol::presence::Entrant;
 use crate::protocol::publish::NewEvent;
 use crate::protocol::ChannelName;
+use worker::js_sys::{Function, Promise, Reflect};
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{Env, Headers, Method, Request, RequestInit, Response, Stub};
 
 const DO_BINDING: &str = "CHANNEL_HUB";
@@ -127,7 +129,42 @@ impl Hub {
         self.call(Call::Presence).await
     }
 
+    /// Starts subscribing an isolate's shared upstream (`runtime::tap`) from `cursor`, at once:
+    /// the call is made before this returns, so it belongs to the request running now, which
+    /// alone may then use its socket. The promise resolves to the object's answer.
+    pub fn start_shared(self, cursor: u64) -> Result<Promise, Error> {
+        let req = self.request(&Call::Subscribe {
+            transport: Transport::Sse,
+            cursor: Some(cursor),
+            publish: false,
+            expires: None,
+            publisher: None,
+            member: None,
+            filter: None,
+            resume: None,
+        })?;
+        let failed = |e: JsValue| Error::Unavailable(format!("channel object: {e:?}"));
+        let stub: JsValue = self.stub.into_rpc();
+        let fetch: Function = Reflect::get(&stub, &JsValue::from_str("fetch"))
+            .map_err(failed)?
+            .dyn_into()
+            .map_err(failed)?;
+        fetch
+            .call1(&stub, req.inner())
+            .map_err(failed)?
+            .dyn_into()
+            .map_err(failed)
+    }
+
     async fn call(&self, call: Call) -> Result<Response, Error> {
+        let req = self.request(&call)?;
+        self.stub
+            .fetch_with_request(req)
+            .await
+            .map_err(|e| Error::Unavailable(format!("channel object: {e}")))
+    }
+
+    fn request(&self, call: &Call) -> Result<Request, Error> {
         let encoded = call.encode(&self.channel)?;
         let failed = internal("building a hub request");
         let headers = Headers::new();
@@ -147,11 +184,6 @@ impl Hub {
         if let Some(body) = encoded.body {
             init.with_body(Some(body.into()));
         }
-        let req = Request::new_with_init(&format!("https://hub{}", encoded.path), &init)
-            .map_err(failed)?;
-        self.stub
-            .fetch_with_request(req)
-            .await
-            .map_err(|e| Error::Unavailable(format!("channel object: {e}")))
+        Request::new_with_init(&format!("https://hub{}", encoded.path), &init).map_err(failed)
     }
 }

@@ -20,6 +20,7 @@ mod routes;
 mod sse;
 mod stream;
 mod subscribers;
+mod tap;
 mod topic_poll;
 
 use crate::config::Config;

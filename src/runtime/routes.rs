@@ -4,7 +4,7 @@
 use super::access::{self, Access, Credentials, Permits};
 use super::client::Hub;
 use super::http::{internal, is_json, json, read_body};
-use super::{mirror, sse, stream, topic_poll};
+use super::{mirror, sse, stream, tap, topic_poll};
 use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
@@ -127,17 +127,20 @@ pub async fn sse(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
         Some(id) if !id.trim().is_empty() => Some(parse_cursor(id.trim())?),
         _ => since(&at.query)?,
     };
+    let limits = sse::BridgeLimits {
+        heartbeat_s: at.config.heartbeat_seconds,
+        lifetime_s: at.config.sse_max_seconds,
+        max_backlog: at.config.slow_consumer_bytes,
+    };
+    if member.is_none() && filter.is_none() {
+        return tap::subscribe(at.env, channel, cursor, access, limits).await;
+    }
     let upstream = Hub::get(at.env, channel)?
         .subscribe(Transport::Sse, cursor, access, member, filter)
         .await?;
     if upstream.status_code() != 101 {
         return Ok(upstream);
     }
-    let limits = sse::BridgeLimits {
-        heartbeat_s: at.config.heartbeat_seconds,
-        lifetime_s: at.config.sse_max_seconds,
-        max_backlog: at.config.slow_consumer_bytes,
-    };
     sse::bridge(upstream, limits, access.expires)
 }
 

@@ -1,6 +1,7 @@
 //! The Worker's SSE bridge: answers the client with `text/event-stream` at once, subscribes to
-//! the channel's object over a hibernatable WebSocket, and pipes the SSE text the object sends
-//! (already framed, once per publish) into the stream, adding heartbeats. The stream ends after
+//! the channel's object over a hibernatable WebSocket (its own, or its isolate's shared one:
+//! `runtime::tap`), and pipes the SSE text the object sends (already framed, once per publish)
+//! into the stream, adding heartbeats. The stream ends after
 //! `SSE_MAX_SECONDS`, when the token expires, or when the object closes the socket; when the
 //! client goes away, dropping the stream closes the socket, so the object forgets it. A client
 //! that stops reading is dropped once `SLOW_CONSUMER_BYTES` wait for it and it has taken nothing
@@ -12,15 +13,17 @@
 use super::http::internal;
 use crate::channel::backlog::Backlog;
 use crate::error::Error;
-use crate::protocol::bridge::{Downstream, Upstream};
+use crate::protocol::bridge::Upstream;
 use crate::protocol::sse;
-use crate::protocol::ws::CloseCode;
-use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{stream, StreamExt};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
-use worker::{Date, Delay, Headers, Response, WebSocket, WebsocketEvent};
+use worker::js_sys::{Array, Function, Object, Reflect, Uint8Array};
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::web_sys::ReadableStream;
+use worker::{Date, Delay, Headers, Response, ResponseBody, WebSocket};
 
 /// The bridge's settings, from `Config`.
 pub struct BridgeLimits {
@@ -49,201 +52,333 @@ where
 {
     let preamble =
         stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
+    let body = Response::from_stream(preamble.chain(chunks)).map_err(internal("answering"))?;
+    Ok(body.with_headers(stream_headers()?))
+}
+
+/// The answer of an event stream fed by a `Feed`: its headers and `body`.
+fn body_response(body: ReadableStream) -> Result<Response, Error> {
+    let answer = Response::from_body(ResponseBody::Stream(body)).map_err(internal("answering"))?;
+    Ok(answer.with_headers(stream_headers()?))
+}
+
+fn stream_headers() -> Result<Headers, Error> {
     let headers = Headers::new();
     let set = |k: &str, v: &str| headers.set(k, v).map_err(internal("answering"));
     set("content-type", sse::CONTENT_TYPE)?;
     set("cache-control", sse::CACHE_CONTROL)?;
     set("x-accel-buffering", "no")?;
-    Ok(Response::from_stream(preamble.chain(chunks))
-        .map_err(internal("answering"))?
-        .with_headers(headers))
+    Ok(headers)
 }
 
-/// Closes the object's socket when the client's stream is dropped, whatever the reason.
-struct CloseOnDrop(WebSocket);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.close(Some(1000), Some("sse client gone"));
-    }
-}
-
-/// The client's backlog (`channel::backlog`), shared by the tasks that feed the stream, and
-/// whether it overflowed (the stream then ends).
+/// SSE bytes for a client, made a JS `Uint8Array` once: every member of a tap that gets a
+/// whole chunk is given the same array (nothing writes to it).
 #[derive(Clone)]
-struct Shared {
-    backlog: Rc<Cell<Backlog>>,
-    overflowed: Rc<Cell<bool>>,
+pub struct Chunk {
+    bytes: JsValue,
+    len: usize,
 }
 
-impl Shared {
-    fn new() -> Shared {
-        Shared {
-            backlog: Rc::new(Cell::new(Backlog::opened(now_ms()))),
-            overflowed: Rc::new(Cell::new(false)),
+impl Chunk {
+    pub fn new(text: &str) -> Chunk {
+        Chunk {
+            bytes: Uint8Array::from(text.as_bytes()).into(),
+            len: text.len(),
         }
     }
-
-    /// Applies `change` to the backlog at the current time.
-    fn update<T>(&self, change: impl FnOnce(&mut Backlog, i64) -> T) -> T {
-        let mut backlog = self.backlog.get();
-        let out = change(&mut backlog, now_ms());
-        self.backlog.set(backlog);
-        out
-    }
 }
+
+/// The socket a bridge's request owns, if any (its own, or the tap's upstream it opened): only
+/// that request may use it, and it is closed when the bridge goes.
+pub type Owned = Rc<RefCell<Option<WebSocket>>>;
 
 pub fn now_ms() -> i64 {
     Date::now().as_millis() as i64
 }
 
-struct Bridge {
-    items: UnboundedReceiver<Item>,
-    shared: Shared,
-    socket: CloseOnDrop,
+/// A callback of a client's JS stream.
+type Callback = Closure<dyn FnMut(JsValue) -> JsValue>;
+
+/// One client's stream: a JS `ReadableStream` that its feeders enqueue into at once. Feeding
+/// runs no task of the client's request, so an isolate's shared upstream, running in another
+/// request, can feed it; the stream's own callbacks (`pull`, `cancel`) and its pacer's timer
+/// run in its request.
+///
+/// The stream's queue counts bytes and its high-water mark is 0: what waits in it is
+/// `-desiredSize`, and the runtime calls `pull` when its reader waits on an empty queue, i.e.
+/// when the client has taken everything.
+#[derive(Clone)]
+pub struct Feed(Rc<FeedState>);
+
+struct FeedState {
+    controller: RefCell<Option<JsValue>>,
+    enqueue: RefCell<Option<Function>>,
+    backlog: Cell<Backlog>,
+    /// What waited in the queue after our last enqueue.
+    queued: Cell<usize>,
+    max_backlog: usize,
+    closed: Cell<bool>,
+    /// A paced replay waits for the client to take everything before this id.
+    held: Cell<Option<u64>>,
+    socket: Owned,
+    on_drop: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// The stream's callbacks, alive as long as the stream.
+    callbacks: RefCell<Vec<Callback>>,
 }
 
-/// What the client's stream gets next: a frame from the object, a heartbeat, or its end; or
-/// the object's notice that a paced replay waits until the client has taken everything before
-/// it (not sent to the client: the bridge reports the cursor then).
-enum Item {
-    Frame(String),
-    Heartbeat,
-    Held(u64),
-    End,
+impl Feed {
+    /// What waits in the stream's queue now.
+    fn waiting(&self) -> usize {
+        let controller = self.0.controller.borrow();
+        let desired = controller
+            .as_ref()
+            .and_then(|c| Reflect::get(c, &JsValue::from_str("desiredSize")).ok())
+            .and_then(|d| d.as_f64())
+            .unwrap_or(0.0);
+        if desired < 0.0 {
+            (-desired) as usize
+        } else {
+            0
+        }
+    }
+
+    /// Queues a chunk; false when the client is gone, or over its backlog and stalled: then
+    /// the caller ends it (`end`: its stream ends after what it holds, and it resumes from
+    /// `Last-Event-ID`), once it holds no borrow that leaving needs.
+    pub fn offer(&self, chunk: &Chunk, now: i64) -> bool {
+        if self.0.closed.get() {
+            return false;
+        }
+        let waiting = self.waiting();
+        let mut backlog = self.0.backlog.get();
+        let taken = self.0.queued.get().saturating_sub(waiting);
+        if taken > 0 {
+            backlog.took(taken, now);
+        }
+        backlog.queued(chunk.len, now);
+        backlog.heartbeat(now);
+        let stalled = backlog.stalled(self.0.max_backlog, now);
+        self.0.backlog.set(backlog);
+        if stalled {
+            return false;
+        }
+        self.0.queued.set(waiting.saturating_add(chunk.len));
+        self.put(&chunk.bytes)
+    }
+
+    fn put(&self, bytes: &JsValue) -> bool {
+        let controller = self.0.controller.borrow();
+        let enqueue = self.0.enqueue.borrow();
+        match (controller.as_ref(), enqueue.as_ref()) {
+            (Some(c), Some(f)) => f.call1(c, bytes).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// A paced replay waits: report the cursor once the client has taken what came before.
+    pub fn held(&self, sent: u64) {
+        self.0.held.set(Some(sent));
+        if self.waiting() == 0 {
+            self.drained();
+        }
+    }
+
+    /// The client has taken everything queued (the stream's `pull`, in its own request).
+    fn drained(&self) {
+        let now = now_ms();
+        let mut backlog = self.0.backlog.get();
+        backlog.took(self.0.queued.replace(0), now);
+        self.0.backlog.set(backlog);
+        if let Some(sent) = self.0.held.take() {
+            if let Some(socket) = self.0.socket.borrow().as_ref() {
+                // A failed send shows as the socket's close, which ends the stream.
+                let _ = socket.send_with_str(Upstream::Cursor(sent).encode());
+            }
+        }
+    }
+
+    /// Ends the stream (after what it holds) and lets go of what feeds it.
+    pub fn end(&self) {
+        if self.0.closed.replace(true) {
+            return;
+        }
+        if let Some(controller) = self.0.controller.borrow().as_ref() {
+            let close = Reflect::get(controller, &JsValue::from_str("close"))
+                .and_then(|f| f.dyn_into::<Function>());
+            if let Ok(close) = close {
+                let _ = close.call0(controller);
+            }
+        }
+        self.gone();
+    }
+
+    /// The stream is over: leave (`runtime::tap`), then close the socket this request owns.
+    fn gone(&self) {
+        self.0.closed.set(true);
+        let leave = self.0.on_drop.borrow_mut().take();
+        if let Some(leave) = leave {
+            leave();
+        }
+        if let Some(socket) = self.0.socket.borrow_mut().take() {
+            let _ = socket.close(Some(1000), Some("sse client gone"));
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.get()
+    }
+
+    /// A heartbeat when the client has been sent nothing for `period_ms`; returns how long
+    /// until the next is due.
+    fn pace(&self, period_ms: i64) -> i64 {
+        let now = now_ms();
+        let mut backlog = self.0.backlog.get();
+        let due = backlog.heartbeat_in(period_ms, now);
+        if due.is_none() {
+            backlog.heartbeat(now);
+        }
+        self.0.backlog.set(backlog);
+        match due {
+            Some(wait) => wait,
+            None => {
+                if !self.put(&Uint8Array::from(sse::heartbeat().as_bytes()).into()) {
+                    self.gone();
+                }
+                period_ms
+            }
+        }
+    }
 }
 
-/// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream.
-/// Two tasks feed it: `forward` (the object's frames) and `pace` (heartbeats and the end of the
-/// stream's lifetime), so a frame costs no timer of its own.
-pub fn bridge(
-    upstream: Response,
-    limits: BridgeLimits,
+/// Opens a client's stream: the answer, and the `Feed` that fills it. A pacer sends
+/// heartbeats and ends the stream at its lifetime or at `token_exp`; `on_drop` runs when the
+/// stream goes (the client left, or it ended), before `socket` is closed.
+pub fn open(
+    limits: &BridgeLimits,
     token_exp: Option<i64>,
-) -> Result<Response, Error> {
-    let socket = upstream
-        .websocket()
-        .ok_or_else(|| Error::Unavailable("the channel object did not open a socket".into()))?;
-    socket
-        .accept()
-        .map_err(internal("accepting the hub socket"))?;
-    let (tx, rx) = unbounded();
-    let shared = Shared::new();
-    let forwarding = forward(
-        socket.clone(),
-        tx.clone(),
-        shared.clone(),
-        limits.max_backlog,
-    );
-    worker::wasm_bindgen_futures::spawn_local(forwarding);
-
+    socket: Owned,
+    on_drop: Option<Box<dyn FnOnce()>>,
+) -> Result<(Feed, Response), Error> {
+    let feed = Feed(Rc::new(FeedState {
+        controller: RefCell::new(None),
+        enqueue: RefCell::new(None),
+        backlog: Cell::new(Backlog::opened(now_ms())),
+        queued: Cell::new(0),
+        max_backlog: limits.max_backlog,
+        closed: Cell::new(false),
+        held: Cell::new(None),
+        socket,
+        on_drop: RefCell::new(on_drop),
+        callbacks: RefCell::new(Vec::new()),
+    }));
+    let body = readable(&feed)?;
     let lifetime_ms = i64::try_from(limits.lifetime_s.saturating_mul(1000)).unwrap_or(i64::MAX);
     let mut deadline_ms = now_ms().saturating_add(lifetime_ms);
     if let Some(exp) = token_exp {
         deadline_ms = deadline_ms.min(exp.saturating_mul(1000));
     }
     let period_ms = heartbeat_period_ms(limits.heartbeat_s);
-    worker::wasm_bindgen_futures::spawn_local(pace(tx, shared.clone(), period_ms, deadline_ms));
-    let bridge = Bridge {
-        items: rx,
-        shared,
-        socket: CloseOnDrop(socket),
-    };
-    stream_response(stream::unfold(bridge, next_chunk))
+    worker::wasm_bindgen_futures::spawn_local(pace(feed.clone(), period_ms, deadline_ms));
+    Ok((feed, body_response(body)?))
 }
 
-async fn next_chunk(mut bridge: Bridge) -> Option<(Result<Vec<u8>, worker::Error>, Bridge)> {
-    loop {
-        if bridge.shared.overflowed.get() {
-            return None;
+/// The stream itself: `start` keeps its controller and queues the preamble, `pull` reports
+/// that the client took everything, `cancel` (the client left) lets go of its feeders. The
+/// callbacks hold the feed weakly; the feed holds them.
+fn readable(feed: &Feed) -> Result<ReadableStream, Error> {
+    let weak = Rc::downgrade(&feed.0);
+    let start = Closure::new(move |controller: JsValue| {
+        if let Some(state) = weak.upgrade() {
+            let enqueue = Reflect::get(&controller, &JsValue::from_str("enqueue"))
+                .and_then(|f| f.dyn_into::<Function>())
+                .ok();
+            state.enqueue.replace(enqueue);
+            state.controller.replace(Some(controller));
+            Feed(state).put(&Uint8Array::from(sse::preamble().as_bytes()).into());
         }
-        match bridge.items.next().await? {
-            Item::Frame(text) => {
-                bridge.shared.update(|b, now| b.took(text.len(), now));
-                return Some((Ok(text.into_bytes()), bridge));
-            }
-            Item::Heartbeat => return Some((Ok(sse::heartbeat().as_bytes().to_vec()), bridge)),
-            Item::Held(sent) => {
-                // The client has taken all the replay sent so far: ask for the next step. A
-                // failed send shows as the socket's close, which ends the stream.
-                let _ = bridge
-                    .socket
-                    .0
-                    .send_with_str(Upstream::Cursor(sent).encode());
-            }
-            Item::End => return None,
+        JsValue::UNDEFINED
+    });
+    let weak = Rc::downgrade(&feed.0);
+    let pull = Closure::new(move |_: JsValue| {
+        if let Some(state) = weak.upgrade() {
+            Feed(state).drained();
         }
-    }
+        JsValue::UNDEFINED
+    });
+    let weak = Rc::downgrade(&feed.0);
+    let cancel = Closure::new(move |_: JsValue| {
+        if let Some(state) = weak.upgrade() {
+            Feed(state).gone();
+        }
+        JsValue::UNDEFINED
+    });
+    let size = Closure::new(|chunk: JsValue| {
+        let len = Reflect::get(&chunk, &JsValue::from_str("byteLength")).unwrap_or(JsValue::NULL);
+        JsValue::from_f64(len.as_f64().unwrap_or(0.0))
+    });
+    let failed = |e: JsValue| Error::Internal(format!("making a stream: {e:?}"));
+    let source = Object::new();
+    let strategy = Object::new();
+    let set = |o: &Object, k: &str, v: &JsValue| Reflect::set(o, &JsValue::from_str(k), v);
+    set(&source, "start", start.as_ref()).map_err(failed)?;
+    set(&source, "pull", pull.as_ref()).map_err(failed)?;
+    set(&source, "cancel", cancel.as_ref()).map_err(failed)?;
+    set(&strategy, "highWaterMark", &JsValue::from_f64(0.0)).map_err(failed)?;
+    set(&strategy, "size", size.as_ref()).map_err(failed)?;
+    feed.0
+        .callbacks
+        .borrow_mut()
+        .extend([start, pull, cancel, size]);
+    let class: Function = Reflect::get(
+        &worker::js_sys::global(),
+        &JsValue::from_str("ReadableStream"),
+    )
+    .map_err(failed)?
+    .dyn_into()
+    .map_err(failed)?;
+    let stream = Reflect::construct(&class, &Array::of2(&source, &strategy)).map_err(failed)?;
+    Ok(stream.unchecked_into())
 }
 
-/// Sends a heartbeat whenever the client has been sent nothing for `period_ms`, and the end
-/// at `deadline_ms`; stops when the stream is gone.
-async fn pace(tx: UnboundedSender<Item>, shared: Shared, period_ms: i64, deadline_ms: i64) {
+/// Sends heartbeats whenever the client has been sent nothing for `period_ms`, and ends the
+/// stream at `deadline_ms`; stops when the stream is gone. Its timer is the request's own, so
+/// the runtime never takes a stream fed only from another request for hung.
+async fn pace(feed: Feed, period_ms: i64, deadline_ms: i64) {
     loop {
+        if feed.is_closed() {
+            return;
+        }
         let left_ms = deadline_ms.saturating_sub(now_ms());
         if left_ms <= 0 {
-            let _ = tx.unbounded_send(Item::End);
+            feed.end();
             return;
         }
-        let due = shared.update(|b, now| b.heartbeat_in(period_ms, now));
-        let wait_ms = match due {
-            Some(wait) => wait,
-            None => {
-                if tx.unbounded_send(Item::Heartbeat).is_err() {
-                    return;
-                }
-                shared.update(|b, now| b.heartbeat(now));
-                period_ms
-            }
-        };
+        let wait_ms = feed.pace(period_ms);
         Delay::from(Duration::from_millis(wait_ms.min(left_ms).max(1) as u64)).await;
-        if tx.is_closed() {
-            return;
-        }
     }
 }
 
-/// Moves the object's text frames into the stream until either side closes, or until the
-/// client has left more than `max_backlog` bytes unread and stalled: then the object's socket
-/// is closed as too slow and the stream ends.
-async fn forward(socket: WebSocket, tx: UnboundedSender<Item>, shared: Shared, max_backlog: usize) {
-    if let Ok(events) = socket.events() {
-        forward_events(&socket, events, &tx, &shared, max_backlog).await;
-    }
-    let _ = tx.unbounded_send(Item::End);
+/// Turns the object's answer to a subscribe (a 101 with a WebSocket) into the client's stream,
+/// on its own socket: a subscriber that shares nothing (a filter, presence, Mercure).
+pub fn bridge(
+    upstream: Response,
+    limits: BridgeLimits,
+    token_exp: Option<i64>,
+) -> Result<Response, Error> {
+    let socket = accept(upstream)?;
+    let owned: Owned = Rc::new(RefCell::new(Some(socket.clone())));
+    let (feed, response) = open(&limits, token_exp, owned, None)?;
+    worker::wasm_bindgen_futures::spawn_local(super::tap::alone(socket, feed));
+    Ok(response)
 }
 
-async fn forward_events(
-    socket: &WebSocket,
-    mut events: worker::EventStream<'_>,
-    tx: &UnboundedSender<Item>,
-    shared: &Shared,
-    max_backlog: usize,
-) {
-    while let Some(event) = events.next().await {
-        let text = match event {
-            Ok(WebsocketEvent::Message(message)) => message.text(),
-            Ok(WebsocketEvent::Close(_)) | Err(_) => break,
-        };
-        let Some(text) = text else { continue };
-        if let Downstream::Held(sent) = Downstream::decode(&text) {
-            if tx.unbounded_send(Item::Held(sent)).is_err() {
-                break;
-            }
-            continue;
-        }
-        let stalled = shared.update(|b, now| {
-            b.queued(text.len(), now);
-            b.stalled(max_backlog, now)
-        });
-        if stalled {
-            shared.overflowed.set(true);
-            let code = CloseCode::TooSlow;
-            let _ = socket.close(Some(code.code()), Some(code.reason()));
-            break;
-        }
-        if tx.unbounded_send(Item::Frame(text)).is_err() {
-            break;
-        }
-    }
+/// The socket of the object's 101, accepted.
+pub fn accept(upstream: Response) -> Result<WebSocket, Error> {
+    let socket = upstream
+        .websocket()
+        .ok_or_else(|| Error::Unavailable("the channel object did not open a socket".into()))?;
+    socket
+        .accept()
+        .map_err(internal("accepting the hub socket"))?;
+    Ok(socket)
 }

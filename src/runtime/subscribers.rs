@@ -96,6 +96,27 @@ pub fn sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
     all
 }
 
+/// How many clients the open sockets of one transport carry: one each, or what an SSE bridge
+/// that is its isolate's shared upstream last reported (`runtime::tap`).
+pub fn clients(state: &State, transport: Transport) -> u64 {
+    sockets(state, transport)
+        .iter()
+        .map(|ws| attachment(ws).and_then(|a| a.members).unwrap_or(1))
+        .sum()
+}
+
+/// Keeps a shared upstream's report of how many clients it carries (SSE bridges only; a
+/// WebSocket client's report is ignored, it is one client).
+pub fn carried(ws: &WebSocket, n: u64) {
+    let Some(mut attachment) = attachment(ws) else {
+        return;
+    };
+    if attachment.transport == Transport::Sse {
+        attachment.members = Some(n);
+        let _ = ws.serialize_attachment(&attachment);
+    }
+}
+
 /// Every socket with `tag`, closing ones included: a publish sends to these without asking
 /// each for its state (a send to a closing one fails and is ignored).
 pub fn any_with_tag(state: &DurableObjectState, tag: &str) -> Vec<WebSocket> {
@@ -218,12 +239,15 @@ pub fn accept(
         filter_key,
     )?;
     let sink = SocketSink(server.clone());
-    if attachment.transport == Transport::Ws {
-        deliver(
-            std::slice::from_ref(&sink),
-            &[ready_frame(window.head, join.flow_window, join.heartbeat)],
-        );
-    }
+    let first = match attachment.transport {
+        Transport::Ws => ready_frame(window.head, join.flow_window, join.heartbeat),
+        Transport::Sse => Downstream::Start {
+            after: cursor.unwrap_or(window.head),
+            head: window.head,
+        }
+        .encode(),
+    };
+    deliver(std::slice::from_ref(&sink), &[first]);
     if let Some(sync) = &join.greeting {
         let frame = presence::frame(attachment.transport, sync);
         deliver(std::slice::from_ref(&sink), &[frame]);

@@ -19,6 +19,7 @@ use crate::channel::retention::Policy;
 use crate::channel::subscriber::Attachment;
 use crate::config::Config;
 use crate::error::Error;
+use crate::protocol::bridge::Upstream;
 use crate::protocol::call::{Call, RESUMED_HEADER};
 use crate::protocol::mercure::EARLIEST;
 use crate::protocol::publish::PublishLimits;
@@ -137,6 +138,10 @@ impl DurableObject for ChannelHub {
         };
         if text == PING {
             let _ = ws.send_with_str(PONG);
+            return Ok(());
+        }
+        if let Some(n) = Upstream::decode_members(&text) {
+            subscribers::carried(&ws, n);
             return Ok(());
         }
         let limits = PublishLimits {
@@ -298,7 +303,7 @@ impl ChannelHub {
             "retained": window.retained(),
             "mirrored": mirrored,
             "subscribers": {
-                "sse": subscribers::sockets(&self.state, Transport::Sse).len(),
+                "sse": subscribers::clients(&self.state, Transport::Sse),
                 "ws": subscribers::sockets(&self.state, Transport::Ws).len(),
             },
             "presence": self.presence.count(),

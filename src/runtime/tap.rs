@@ -1,0 +1,537 @@
+//! One upstream per isolate (`docs/architecture.md#tap`): the plain SSE subscribers of a channel
+//! in one Worker isolate share one hibernatable WebSocket to its object (the *tap*), and the
+//! isolate fans each chunk out to their streams. `channel::tap` decides who gets what; this file
+//! holds the sockets, the clock and the runtime's rules about requests:
+//!
+//! - A socket is usable only by the request that opened it. The tap's upstream is opened by one
+//!   member's request (its *owner*), and only that request sends on it. The others are fed by
+//!   `sse::Feed`, which wakes nothing of theirs that does I/O.
+//! - A promise's continuation runs in the request that made the promise. A *bell* is such a
+//!   promise: ringing it from any request runs its reaction in the request that made it. The
+//!   owner's bell reports the member count on the upstream; each member's bell makes it take
+//!   the tap over when the owner leaves (it opens a new upstream from the tap's position, so
+//!   nothing published meanwhile is lost and nothing is given twice).
+//! - Every member keeps its own heartbeat timer (`sse::pace`), so the runtime never takes a
+//!   stream fed from another request for hung; and its own backlog, so a slow member is let go
+//!   alone.
+
+use super::access::Access;
+use super::client::Hub;
+use super::sse::{self, now_ms, BridgeLimits, Chunk, Feed, Owned};
+use crate::channel::fanout::Transport;
+use crate::channel::tap::{catch_up, entry, Catchup, Entry, Frame, Share, TapView};
+use crate::error::Error;
+use crate::protocol::bridge::{Downstream, Upstream};
+use crate::protocol::ws::CloseCode;
+use crate::protocol::ChannelName;
+use futures::StreamExt;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use worker::js_sys::{Function, Promise};
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
+use worker::{Env, Response, WebSocket, WebsocketEvent};
+
+thread_local! {
+    static TAPS: RefCell<HashMap<ChannelName, Rc<Tap>>> = RefCell::new(HashMap::new());
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// `GET /sse/{c}` for a subscriber with no filter and no presence: attaches to the isolate's
+/// tap when it has nothing to replay, else opens its own socket, which joins the tap (or
+/// becomes it) once caught up.
+pub async fn subscribe(
+    env: &Env,
+    channel: &ChannelName,
+    since: Option<u64>,
+    access: Access,
+    limits: BridgeLimits,
+) -> Result<Response, Error> {
+    let tap = find(channel);
+    let view = tap.as_ref().map_or(TapView::None, |t| t.view());
+    if let (Entry::Attach { through }, Some(tap)) = (entry(view, since), tap) {
+        let (member, response) = Member::open(env, channel, &limits, access.expires)?;
+        member.through.set(through);
+        tap.attach(&member);
+        return Ok(response);
+    }
+    // The object closes a socket at its token's expiry; this one may come to carry other
+    // clients, so its stream ends at its own client's expiry instead (`sse::open`).
+    let shared = Access {
+        expires: None,
+        ..access
+    };
+    let upstream = Hub::get(env, channel)?
+        .subscribe(Transport::Sse, since, shared, None, None)
+        .await?;
+    if upstream.status_code() != 101 {
+        return Ok(upstream);
+    }
+    let socket = sse::accept(upstream)?;
+    let (member, response) = Member::open(env, channel, &limits, access.expires)?;
+    member.socket.replace(Some(socket.clone()));
+    spawn_local(run(socket, member, Role::Lone { start: None }));
+    Ok(response)
+}
+
+/// A bridge on its own socket that never shares it (`sse::bridge`).
+pub async fn alone(socket: WebSocket, feed: Feed) {
+    let member = Rc::new(Member {
+        id: 0,
+        channel: None,
+        feed,
+        through: Cell::new(0),
+        env: None,
+        socket: Rc::new(RefCell::new(Some(socket.clone()))),
+        bell: RefCell::new(None),
+    });
+    run(socket, member, Role::Alone).await;
+}
+
+fn find(channel: &ChannelName) -> Option<Rc<Tap>> {
+    TAPS.with(|taps| taps.borrow().get(channel).cloned())
+}
+
+/// One client of a channel in this isolate.
+struct Member {
+    id: u64,
+    channel: Option<ChannelName>,
+    feed: Feed,
+    /// The last id it was given.
+    through: Cell<u64>,
+    env: Option<Env>,
+    /// The socket its own request holds: its own, or the tap's upstream when it is the owner.
+    socket: Owned,
+    /// Rung to make it take the tap over; made in its own request.
+    bell: RefCell<Option<Rc<Bell>>>,
+}
+
+impl Member {
+    /// Opens the client's stream; when it goes, the member leaves its channel's tap.
+    fn open(
+        env: &Env,
+        channel: &ChannelName,
+        limits: &BridgeLimits,
+        token_exp: Option<i64>,
+    ) -> Result<(Rc<Member>, Response), Error> {
+        let id = NEXT_ID.with(|n| n.replace(n.get().wrapping_add(1)));
+        let socket: Owned = Rc::new(RefCell::new(None));
+        let leaving = channel.clone();
+        let on_drop = Box::new(move || {
+            if let Some(tap) = find(&leaving) {
+                tap.leave(id);
+            }
+        });
+        let (feed, response) = sse::open(limits, token_exp, socket.clone(), Some(on_drop))?;
+        let member = Rc::new(Member {
+            id,
+            channel: Some(channel.clone()),
+            feed,
+            through: Cell::new(0),
+            env: Some(env.clone()),
+            socket,
+            bell: RefCell::new(None),
+        });
+        Ok((member, response))
+    }
+}
+
+/// A promise made in one request whose reaction runs there, whoever resolves it. Its reaction
+/// lives as long as the bell, which can be armed again (from its reaction, say) with a new
+/// promise; ringing an unarmed bell does nothing, so rings before the reaction ran are one.
+struct Bell {
+    resolve: RefCell<Option<Function>>,
+    reaction: Closure<dyn FnMut(JsValue)>,
+}
+
+impl Bell {
+    /// A bell of the request running now, armed.
+    fn new(on_ring: impl FnMut() + 'static) -> Rc<Bell> {
+        let mut on_ring = on_ring;
+        let bell = Rc::new(Bell {
+            resolve: RefCell::new(None),
+            reaction: Closure::new(move |_: JsValue| on_ring()),
+        });
+        bell.arm();
+        bell
+    }
+
+    fn arm(&self) {
+        let mut resolve = None;
+        let promise = Promise::new(&mut |res, _| resolve = Some(res));
+        let _ = promise.then(&self.reaction);
+        self.resolve.replace(resolve);
+    }
+
+    fn ring(&self) {
+        let resolve = self.resolve.borrow_mut().take();
+        if let Some(resolve) = resolve {
+            let _ = resolve.call0(&JsValue::UNDEFINED);
+        }
+    }
+}
+
+/// The shared upstream of one channel in this isolate, and its members.
+struct Tap {
+    channel: ChannelName,
+    state: RefCell<TapState>,
+}
+
+struct TapState {
+    source: Source,
+    /// Changes with every upstream: a socket loop of an older one stops feeding.
+    generation: u64,
+    /// The last id the tap brought.
+    position: u64,
+    members: Vec<Rc<Member>>,
+    /// The owner's bell: reports the member count on the upstream.
+    count: Option<Rc<Bell>>,
+}
+
+/// Where the tap's upstream stands.
+enum Source {
+    Live { owner: u64 },
+    Opening { by: u64 },
+    Orphaned,
+}
+
+impl Tap {
+    fn view(&self) -> TapView {
+        let state = self.state.borrow();
+        match state.source {
+            Source::Live { .. } => TapView::Live(state.position),
+            _ => TapView::Busy,
+        }
+    }
+
+    fn current(&self, generation: u64) -> bool {
+        self.state.borrow().generation == generation
+    }
+
+    /// A new member, fed from now on after its `through`; it gets a bell of its own request.
+    fn attach(self: &Rc<Tap>, member: &Rc<Member>) {
+        let tap = Rc::downgrade(self);
+        let who = Rc::downgrade(member);
+        let bell = Bell::new(move || {
+            if let (Some(tap), Some(member)) = (tap.upgrade(), who.upgrade()) {
+                tap.take_over(&member);
+            }
+        });
+        member.bell.replace(Some(bell));
+        self.state.borrow_mut().members.push(member.clone());
+        self.count_changed();
+    }
+
+    /// Makes `member`'s socket, caught up at `position`, the upstream of a new tap.
+    fn promote(member: &Rc<Member>, channel: &ChannelName, position: u64) -> Rc<Tap> {
+        let tap = Rc::new(Tap {
+            channel: channel.clone(),
+            state: RefCell::new(TapState {
+                source: Source::Live { owner: member.id },
+                generation: 1,
+                position,
+                members: Vec::new(),
+                count: None,
+            }),
+        });
+        member.through.set(position);
+        TAPS.with(|taps| taps.borrow_mut().insert(channel.clone(), tap.clone()));
+        tap.attach(member);
+        tap.ring_count_from_owner();
+        tap
+    }
+
+    /// Arms the owner's count bell (in the owner's request, which is running now).
+    fn ring_count_from_owner(self: &Rc<Tap>) {
+        let tap = Rc::downgrade(self);
+        let bell = Rc::new_cyclic(|me: &Weak<Bell>| {
+            let me = me.clone();
+            Bell {
+                resolve: RefCell::new(None),
+                reaction: Closure::new(move |_: JsValue| {
+                    if let Some(tap) = tap.upgrade() {
+                        tap.report_count();
+                    }
+                    if let Some(bell) = me.upgrade() {
+                        bell.arm();
+                    }
+                }),
+            }
+        });
+        bell.arm();
+        self.state.borrow_mut().count = Some(bell);
+        self.report_count();
+    }
+
+    /// Tells the object how many clients the upstream carries (in the owner's request).
+    fn report_count(&self) {
+        let state = self.state.borrow();
+        let Source::Live { owner } = state.source else {
+            return;
+        };
+        let n = state.members.len() as u64;
+        if let Some(owner) = state.members.iter().find(|m| m.id == owner) {
+            if let Some(socket) = owner.socket.borrow().as_ref() {
+                let _ = socket.send_with_str(Upstream::Members(n).encode());
+            }
+        }
+    }
+
+    fn count_changed(&self) {
+        let bell = self.state.borrow().count.clone();
+        if let Some(bell) = bell {
+            bell.ring();
+        }
+    }
+
+    /// Gives each member what it has not had of one upstream frame.
+    fn distribute(&self, text: &str, now: i64) {
+        let frame = Frame::read(text);
+        let chunk = Chunk::new(text);
+        let mut state = self.state.borrow_mut();
+        let mut gone = Vec::new();
+        for member in &state.members {
+            let through = member.through.get();
+            let given = match frame.share(text, through) {
+                Share::Whole => Some(chunk.clone()),
+                Share::Part(part) => Some(Chunk::new(part)),
+                Share::Gap(notice) => Some(Chunk::new(&notice)),
+                Share::Nothing => None,
+            };
+            if let Some(last) = frame.last() {
+                member.through.set(through.max(last));
+            }
+            if given.is_some_and(|given| !member.feed.offer(&given, now)) {
+                gone.push(member.clone());
+            }
+        }
+        if let Some(last) = frame.last() {
+            state.position = state.position.max(last);
+        }
+        // Those let go here (too slow, or gone) are fed no more; each leaves as it ends.
+        state.members.retain(|m| !gone.iter().any(|g| g.id == m.id));
+        drop(state);
+        for member in &gone {
+            member.feed.end();
+        }
+        if !gone.is_empty() {
+            self.count_changed();
+        }
+    }
+
+    /// A member's stream went. When it was the owner, another member takes over.
+    fn leave(self: &Rc<Tap>, id: u64) {
+        let mut state = self.state.borrow_mut();
+        let before = state.members.len();
+        state.members.retain(|m| m.id != id);
+        let was_member = state.members.len() < before;
+        let owned = match state.source {
+            Source::Live { owner } => owner == id,
+            Source::Opening { by } => by == id,
+            Source::Orphaned => false,
+        };
+        if owned {
+            state.generation = state.generation.wrapping_add(1);
+            state.source = Source::Orphaned;
+            state.count = None;
+        }
+        let orphaned = matches!(state.source, Source::Orphaned);
+        let next = state.members.first().cloned();
+        drop(state);
+        match (orphaned, next) {
+            (true, None) => self.forget(),
+            (true, Some(next)) => {
+                let bell = next.bell.borrow().clone();
+                match bell {
+                    Some(bell) => bell.ring(),
+                    None => self.end_all(),
+                }
+            }
+            (false, _) if was_member => self.count_changed(),
+            (false, _) => {}
+        }
+    }
+
+    /// Opens a new upstream from the tap's position, in `member`'s request (its bell's
+    /// reaction): the call starts before this returns, so the socket is that request's.
+    fn take_over(self: &Rc<Tap>, member: &Rc<Member>) {
+        let mut state = self.state.borrow_mut();
+        let here = state.members.iter().any(|m| m.id == member.id);
+        if !matches!(state.source, Source::Orphaned) || !here {
+            return;
+        }
+        state.generation = state.generation.wrapping_add(1);
+        state.source = Source::Opening { by: member.id };
+        let (generation, position) = (state.generation, state.position);
+        drop(state);
+        let started = member
+            .env
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a tap member without its bindings".into()))
+            .and_then(|env| Hub::get(env, &self.channel)?.start_shared(position));
+        match started {
+            Ok(answer) => spawn_local(reopen(self.clone(), member.clone(), generation, answer)),
+            Err(e) => {
+                worker::console_error!("tap {}: taking over: {e}", self.channel.as_str());
+                self.end_all();
+            }
+        }
+    }
+
+    /// Ends every member's stream (each resumes from `Last-Event-ID`) and forgets the tap.
+    fn end_all(self: &Rc<Tap>) {
+        let members = std::mem::take(&mut self.state.borrow_mut().members);
+        self.forget();
+        for member in members {
+            member.feed.end();
+        }
+    }
+
+    fn forget(self: &Rc<Tap>) {
+        {
+            let mut state = self.state.borrow_mut();
+            state.generation = state.generation.wrapping_add(1);
+            state.source = Source::Orphaned;
+            state.count = None;
+        }
+        TAPS.with(|taps| {
+            let mut taps = taps.borrow_mut();
+            if taps.get(&self.channel).is_some_and(|t| Rc::ptr_eq(t, self)) {
+                taps.remove(&self.channel);
+            }
+        });
+    }
+}
+
+/// The rest of a take-over, in the member's request: the object's answer becomes the upstream.
+async fn reopen(tap: Rc<Tap>, member: Rc<Member>, generation: u64, answer: Promise) {
+    let socket = JsFuture::from(answer)
+        .await
+        .ok()
+        .and_then(|r| r.dyn_into::<worker::web_sys::Response>().ok())
+        .map(Response::from)
+        .filter(|r| r.status_code() == 101)
+        .ok_or_else(|| Error::Unavailable("the channel object refused the tap".into()))
+        .and_then(sse::accept);
+    let socket = match socket {
+        Ok(socket) if tap.current(generation) => socket,
+        Ok(socket) => {
+            let _ = socket.close(Some(1000), Some("tap moved on"));
+            return;
+        }
+        Err(e) => {
+            worker::console_error!("tap {}: reopening: {e}", tap.channel.as_str());
+            if tap.current(generation) {
+                tap.end_all();
+            }
+            return;
+        }
+    };
+    member.socket.replace(Some(socket.clone()));
+    tap.state.borrow_mut().source = Source::Live { owner: member.id };
+    tap.ring_count_from_owner();
+    run(socket, member, Role::Owner { tap, generation }).await;
+}
+
+/// What a socket's loop does with its frames.
+enum Role {
+    /// Feeds its own client, never shares.
+    Alone,
+    /// Feeds its own client until caught up (`start`: where it stands and the head it was
+    /// told), then joins the tap or becomes it.
+    Lone { start: Option<(u64, u64)> },
+    /// The tap's upstream: feeds every member.
+    Owner { tap: Rc<Tap>, generation: u64 },
+}
+
+/// Reads the object's frames until the socket closes, the member leaves it (joined the tap),
+/// or the tap moves on (its owner left).
+async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
+    let Ok(mut events) = socket.events() else {
+        member.feed.end();
+        return;
+    };
+    while let Some(event) = events.next().await {
+        let text = match event {
+            Ok(WebsocketEvent::Message(message)) => message.text(),
+            Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+        };
+        let Some(text) = text else { continue };
+        let now = now_ms();
+        if let Role::Owner { tap, generation } = &role {
+            if !tap.current(*generation) {
+                return;
+            }
+            match Downstream::decode(&text) {
+                // The members' own backlogs pace them; the upstream never waits.
+                Downstream::Held(sent) => {
+                    let _ = socket.send_with_str(Upstream::Cursor(sent).encode());
+                }
+                Downstream::Start { .. } => {}
+                Downstream::Sse(text) => tap.distribute(text, now),
+            }
+            continue;
+        }
+        match Downstream::decode(&text) {
+            Downstream::Held(sent) => {
+                member.feed.held(sent);
+            }
+            Downstream::Start { after, head } => {
+                if let Role::Lone { start } = &mut role {
+                    *start = Some((after, head));
+                }
+            }
+            Downstream::Sse(text) => {
+                if !member.feed.offer(&Chunk::new(text), now) {
+                    member.socket.replace(None);
+                    let code = CloseCode::TooSlow;
+                    let _ = socket.close(Some(code.code()), Some(code.reason()));
+                    member.feed.end();
+                    return;
+                }
+                if let (Role::Lone { start: Some(start) }, Some((_, last))) =
+                    (&mut role, crate::protocol::sse::chunk_ids(text))
+                {
+                    start.0 = start.0.max(last);
+                }
+            }
+        }
+        let Role::Lone {
+            start: Some((position, head)),
+        } = role
+        else {
+            continue;
+        };
+        let Some(channel) = member.channel.clone() else {
+            continue;
+        };
+        let tap = find(&channel);
+        let view = tap.as_ref().map_or(TapView::None, |t| t.view());
+        match (catch_up(view, position, head), tap) {
+            (Catchup::Join { through }, Some(tap)) => {
+                member.through.set(through);
+                tap.attach(&member);
+                member.socket.replace(None);
+                let _ = socket.close(Some(1000), Some("joined the isolate's tap"));
+                return;
+            }
+            (Catchup::Promote { position }, _) => {
+                let tap = Tap::promote(&member, &channel, position);
+                let generation = tap.state.borrow().generation;
+                role = Role::Owner { tap, generation };
+            }
+            _ => {}
+        }
+    }
+    match role {
+        Role::Owner { tap, generation } => {
+            // The object closed the upstream (a restart, a purge): every member resumes.
+            if tap.current(generation) {
+                tap.end_all();
+            }
+        }
+        Role::Alone | Role::Lone { .. } => member.feed.end(),
+    }
+}
