@@ -188,6 +188,9 @@ struct TapState {
     members: Vec<Rc<Member>>,
     /// The owner's bell: reports the member count on the upstream.
     count: Option<Rc<Bell>>,
+    /// The upstream, for the owner's request only (it reports the count on it even after
+    /// its own client was let go as too slow).
+    socket: Option<WebSocket>,
 }
 
 /// Where the tap's upstream stands.
@@ -234,6 +237,7 @@ impl Tap {
                 position,
                 members: Vec::new(),
                 count: None,
+                socket: member.socket.borrow().clone(),
             }),
         });
         member.through.set(position);
@@ -268,14 +272,12 @@ impl Tap {
     /// Tells the object how many clients the upstream carries (in the owner's request).
     fn report_count(&self) {
         let state = self.state.borrow();
-        let Source::Live { owner } = state.source else {
+        let Source::Live { .. } = state.source else {
             return;
         };
         let n = state.members.len() as u64;
-        if let Some(owner) = state.members.iter().find(|m| m.id == owner) {
-            if let Some(socket) = owner.socket.borrow().as_ref() {
-                let _ = socket.send_with_str(Upstream::Members(n).encode());
-            }
+        if let Some(socket) = state.socket.as_ref() {
+            let _ = socket.send_with_str(Upstream::Members(n).encode());
         }
     }
 
@@ -336,6 +338,7 @@ impl Tap {
             state.generation = state.generation.wrapping_add(1);
             state.source = Source::Orphaned;
             state.count = None;
+            state.socket = None;
         }
         let orphaned = matches!(state.source, Source::Orphaned);
         let next = state.members.first().cloned();
@@ -395,6 +398,7 @@ impl Tap {
             state.generation = state.generation.wrapping_add(1);
             state.source = Source::Orphaned;
             state.count = None;
+            state.socket = None;
         }
         TAPS.with(|taps| {
             let mut taps = taps.borrow_mut();
@@ -430,7 +434,11 @@ async fn reopen(tap: Rc<Tap>, member: Rc<Member>, generation: u64, answer: Promi
         }
     };
     member.socket.replace(Some(socket.clone()));
-    tap.state.borrow_mut().source = Source::Live { owner: member.id };
+    {
+        let mut state = tap.state.borrow_mut();
+        state.source = Source::Live { owner: member.id };
+        state.socket = Some(socket.clone());
+    }
     tap.ring_count_from_owner();
     run(socket, member, Role::Owner { tap, generation }).await;
 }
@@ -478,6 +486,9 @@ async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
             Downstream::Held(sent) => {
                 member.feed.held(sent);
             }
+            // A cursor ahead of the head: the object tells this socket of the gap once events
+            // reach it, which the tap would not; it stays alone.
+            Downstream::Start { after, head } if after > head => role = Role::Alone,
             Downstream::Start { after, head } => {
                 if let Role::Lone { start } = &mut role {
                     *start = Some((after, head));
