@@ -32,6 +32,7 @@ mod publish;
 mod retention;
 mod slow;
 mod sse;
+mod tap;
 mod sse_client;
 mod sse_parser;
 mod streams;
@@ -133,6 +134,7 @@ fn main() {
         durability::cases(),
         sse_parser::cases(),
         sse::cases(),
+        tap::cases(),
         ws::cases(),
         live::cases(),
         live_auth::cases(),

@@ -1,0 +1,133 @@
+//! One upstream per isolate (`docs/architecture.md#tap`): plain SSE subscribers of a channel
+//! share one socket to its object. Subscribers at every cursor get each event exactly once
+//! across the seam between their own replay and the shared stream; when the subscriber whose
+//! request holds the shared socket leaves, another takes it over and nothing is lost or
+//! doubled; the channel's count stays the count of clients.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::api::{admin, channel, Api};
+use crate::live::info;
+use crate::sse_client::{event_ids, SseStream};
+use crate::{case, Case};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case!(tap_subscribers_at_every_cursor_get_each_event_once),
+        case!(tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles),
+    ]
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn publish(api: &Api, c: &str, i: u64) {
+    let r = api.publish(c, &json!({"data": {"i": i}}), &admin()).await;
+    assert_eq!(r.status, 201, "publish {i}: {}", r.text());
+}
+
+async fn sse_count(api: &Api, c: &str) -> Value {
+    info(api, c).await["subscribers"]["sse"].clone()
+}
+
+/// Subscribers from nothing, from the head, from old cursors and from "now", some opening
+/// while events flow: each gets exactly the ids after its cursor, in order.
+async fn tap_subscribers_at_every_cursor_get_each_event_once(api: Api) {
+    let c = format!("public:{}", channel("tapseam"));
+    for i in 1..=20 {
+        publish(&api, &c, i).await;
+    }
+    let mut first = SseStream::subscribe(&api, &c, None, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut opened = vec![
+        (5, SseStream::subscribe(&api, &c, Some(5), None).await),
+        (20, SseStream::subscribe(&api, &c, Some(20), None).await),
+        (20, SseStream::subscribe(&api, &c, None, None).await),
+        (0, SseStream::subscribe(&api, &c, Some(0), None).await),
+    ];
+    for i in 21..=40 {
+        publish(&api, &c, i).await;
+        if i % 5 == 0 {
+            let since = i - 13;
+            opened.push((since, SseStream::subscribe(&api, &c, Some(since), None).await));
+        }
+    }
+    for i in 41..=50 {
+        publish(&api, &c, i).await;
+    }
+    assert_eq!(
+        event_ids(&first.events_through(50, WAIT).await),
+        (21..=50).collect::<Vec<_>>(),
+        "the first subscriber (from now on)"
+    );
+    for (since, s) in &mut opened {
+        let want: Vec<u64> = (*since + 1..=50).collect();
+        assert_eq!(event_ids(&s.events_through(50, WAIT).await), want, "since {since}");
+    }
+    assert_eq!(sse_count(&api, &c).await, json!(1 + opened.len()));
+}
+
+/// The first subscriber's request opens the shared socket; it leaves while events flow. The
+/// others go on without a gap or a double, and the count falls to theirs.
+async fn tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles(api: Api) {
+    let c = format!("public:{}", channel("taphandover"));
+    let owner = SseStream::subscribe(&api, &c, None, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(SseStream::subscribe(&api, &c, None, None).await);
+    }
+    assert_eq!(sse_count(&api, &c).await, json!(4));
+    for i in 1..=5 {
+        publish(&api, &c, i).await;
+    }
+    drop(owner);
+    // Events go on while the runtime notices the owner's client is gone (at a failed write)
+    // and another member's request opens a new upstream from where the tap stood.
+    let started = Instant::now();
+    let mut n = 5;
+    let mut left = None;
+    while n < 200 && started.elapsed() < Duration::from_secs(60) {
+        n += 1;
+        publish(&api, &c, n).await;
+        if sse_count(&api, &c).await == json!(3) {
+            left = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = left.unwrap_or_else(|| panic!("the owner never left the count ({n} events)"));
+    let last = n + 10;
+    for i in n + 1..=last {
+        publish(&api, &c, i).await;
+    }
+    for (k, s) in others.iter_mut().enumerate() {
+        assert_eq!(
+            event_ids(&s.events_through(last, WAIT).await),
+            (1..=last).collect::<Vec<_>>(),
+            "member {k}"
+        );
+    }
+    // And once more: the new owner leaves too.
+    others.remove(0);
+    others.remove(0);
+    let mut n = last;
+    let mut gone = false;
+    while n < last + 200 && started.elapsed() < Duration::from_secs(120) {
+        n += 1;
+        publish(&api, &c, n).await;
+        if sse_count(&api, &c).await == json!(1) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "two more members never left the count");
+    for i in n + 1..=n + 5 {
+        publish(&api, &c, i).await;
+    }
+    let got = event_ids(&others[0].events_through(n + 5, WAIT).await);
+    assert_eq!(got, (1..=n + 5).collect::<Vec<_>>(), "the last member");
+    eprintln!("e2e: tap: the owner left the count after {left:.1?}; {} events", n + 5);
+}
