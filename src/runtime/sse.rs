@@ -122,6 +122,8 @@ struct FeedState {
     held: Cell<Option<u64>>,
     socket: Owned,
     on_drop: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// Called at every tick of the stream's pacer, in its own request (`runtime::tap`).
+    on_tick: RefCell<Option<Box<dyn Fn()>>>,
     /// The stream's callbacks, alive as long as the stream.
     callbacks: RefCell<Vec<Callback>>,
 }
@@ -224,6 +226,11 @@ impl Feed {
         }
     }
 
+    /// Runs `tick` at every tick of the stream's pacer, in the stream's own request.
+    pub fn on_tick(&self, tick: Box<dyn Fn()>) {
+        self.0.on_tick.replace(Some(tick));
+    }
+
     pub fn is_closed(&self) -> bool {
         self.0.closed.get()
     }
@@ -269,6 +276,7 @@ pub fn open(
         held: Cell::new(None),
         socket,
         on_drop: RefCell::new(on_drop),
+        on_tick: RefCell::new(None),
         callbacks: RefCell::new(Vec::new()),
     }));
     let body = readable(&feed)?;
@@ -352,6 +360,9 @@ async fn pace(feed: Feed, period_ms: i64, deadline_ms: i64) {
         if left_ms <= 0 {
             feed.end();
             return;
+        }
+        if let Some(tick) = feed.0.on_tick.borrow().as_ref() {
+            tick();
         }
         let wait_ms = feed.pace(period_ms);
         Delay::from(Duration::from_millis(wait_ms.min(left_ms).max(1) as u64)).await;

