@@ -122,6 +122,11 @@ struct FeedState {
     held: Cell<Option<u64>>,
     socket: Owned,
     on_drop: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// When the stream's pacer last ran (unix ms), and how often it runs at least: a stream
+    /// whose pacer stopped belongs to a request the runtime has ended (a client that left
+    /// without its stream being cancelled).
+    ticked_ms: Cell<i64>,
+    period_ms: i64,
     /// Called at every tick of the stream's pacer, in its own request (`runtime::tap`).
     on_tick: RefCell<Option<Box<dyn Fn()>>>,
     /// The stream's callbacks, alive as long as the stream.
@@ -231,6 +236,12 @@ impl Feed {
         self.0.on_tick.replace(Some(tick));
     }
 
+    /// Open, and its pacer ran within one heartbeat (three periods) and a second.
+    pub fn alive(&self, now: i64) -> bool {
+        let silence = now.saturating_sub(self.0.ticked_ms.get());
+        !self.0.closed.get() && silence <= self.0.period_ms.saturating_mul(3) + 1000
+    }
+
     pub fn is_closed(&self) -> bool {
         self.0.closed.get()
     }
@@ -277,6 +288,8 @@ pub fn open(
         socket,
         on_drop: RefCell::new(on_drop),
         on_tick: RefCell::new(None),
+        ticked_ms: Cell::new(now_ms()),
+        period_ms: heartbeat_period_ms(limits.heartbeat_s),
         callbacks: RefCell::new(Vec::new()),
     }));
     let body = readable(&feed)?;
@@ -361,6 +374,7 @@ async fn pace(feed: Feed, period_ms: i64, deadline_ms: i64) {
             feed.end();
             return;
         }
+        feed.0.ticked_ms.set(now_ms());
         if let Some(tick) = feed.0.on_tick.borrow().as_ref() {
             tick();
         }

@@ -201,6 +201,21 @@ struct TapState {
     /// The upstream, for the owner's request only (it reports the count on it even after
     /// its own client was let go as too slow).
     socket: Option<WebSocket>,
+    /// The owner's stream, to tell whether its request is still running.
+    owner: Option<Feed>,
+    /// When members were last checked for stopped pacers (at most once a second).
+    reaped_ms: i64,
+}
+
+impl TapState {
+    /// Without an upstream: the owner's request is gone.
+    fn orphan(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.source = Source::Orphaned;
+        self.count = None;
+        self.socket = None;
+        self.owner = None;
+    }
 }
 
 /// Where the tap's upstream stands.
@@ -248,6 +263,8 @@ impl Tap {
                 members: Vec::new(),
                 count: None,
                 socket: member.socket.borrow().clone(),
+                owner: Some(member.feed.clone()),
+                reaped_ms: 0,
             }),
         });
         member.through.set(position);
@@ -345,13 +362,11 @@ impl Tap {
             Source::Orphaned => false,
         };
         if owned {
-            state.generation = state.generation.wrapping_add(1);
-            state.source = Source::Orphaned;
-            state.count = None;
-            state.socket = None;
+            state.orphan();
         }
         let orphaned = matches!(state.source, Source::Orphaned);
-        let next = state.members.first().cloned();
+        let now = now_ms();
+        let next = state.members.iter().find(|m| m.feed.alive(now)).cloned();
         drop(state);
         match (orphaned, next) {
             (true, None) => self.forget(),
@@ -396,27 +411,40 @@ impl Tap {
         }
     }
 
-    /// A member's pacer, in its own request: a tap left without an upstream for `RESCUE_MS`
-    /// (or never told why) is taken over by this member.
+    /// A member's pacer, in its own request. Members whose requests the runtime ended without
+    /// cancelling their streams (their pacers stopped) are let go; a tap whose owner is such a
+    /// one, or that was left without an upstream for `RESCUE_MS`, is taken over by this member.
     fn rescue(self: &Rc<Tap>, id: u64) {
-        let member = {
+        let now = now_ms();
+        let (member, reaped) = {
             let mut state = self.state.borrow_mut();
+            let before = state.members.len();
+            if now.saturating_sub(state.reaped_ms) >= 1000 {
+                state.reaped_ms = now;
+                state.members.retain(|m| m.feed.alive(now));
+            }
+            let reaped = state.members.len() < before;
             let stale = match state.source {
-                Source::Live { .. } => false,
+                Source::Live { .. } => state.owner.as_ref().is_some_and(|f| !f.alive(now)),
                 Source::Orphaned => true,
-                Source::Opening { since_ms, .. } => now_ms().saturating_sub(since_ms) > RESCUE_MS,
+                Source::Opening { since_ms, .. } => now.saturating_sub(since_ms) > RESCUE_MS,
             };
             if !stale {
+                drop(state);
+                if reaped {
+                    self.count_changed();
+                }
                 return;
             }
-            if matches!(state.source, Source::Opening { .. }) {
-                state.generation = state.generation.wrapping_add(1);
-                state.source = Source::Orphaned;
+            if !matches!(state.source, Source::Orphaned) {
+                state.orphan();
             }
-            state.members.iter().find(|m| m.id == id).cloned()
+            (state.members.iter().find(|m| m.id == id).cloned(), reaped)
         };
-        if let Some(member) = member {
-            self.take_over(&member);
+        match member {
+            Some(member) => self.take_over(&member),
+            None if reaped => self.count_changed(),
+            None => {}
         }
     }
 
@@ -430,13 +458,7 @@ impl Tap {
     }
 
     fn forget(self: &Rc<Tap>) {
-        {
-            let mut state = self.state.borrow_mut();
-            state.generation = state.generation.wrapping_add(1);
-            state.source = Source::Orphaned;
-            state.count = None;
-            state.socket = None;
-        }
+        self.state.borrow_mut().orphan();
         TAPS.with(|taps| {
             let mut taps = taps.borrow_mut();
             if taps.get(&self.channel).is_some_and(|t| Rc::ptr_eq(t, self)) {
@@ -475,6 +497,7 @@ async fn reopen(tap: Rc<Tap>, member: Rc<Member>, generation: u64, answer: Promi
         let mut state = tap.state.borrow_mut();
         state.source = Source::Live { owner: member.id };
         state.socket = Some(socket.clone());
+        state.owner = Some(member.feed.clone());
     }
     tap.ring_count_from_owner();
     run(socket, member, Role::Owner { tap, generation }).await;
