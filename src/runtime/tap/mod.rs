@@ -19,24 +19,26 @@ use super::access::Access;
 use super::client::Hub;
 use super::sse::{self, now_ms, BridgeLimits, Chunk, Feed, Owned};
 use crate::channel::fanout::Transport;
-use crate::channel::tap::{catch_up, entry, Catchup, Entry, Frame, Share, TapView};
+use crate::channel::tap::{entry, Entry, Frame, Share, TapView};
 use crate::error::Error;
-use crate::protocol::bridge::{Downstream, Upstream};
-use crate::protocol::ws::CloseCode;
+use crate::protocol::bridge::Upstream;
 use crate::protocol::ChannelName;
-use futures::StreamExt;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::{Rc, Weak};
-use worker::js_sys::{Function, Promise};
-use worker::wasm_bindgen::closure::Closure;
-use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
-use worker::{Env, Response, WebSocket, WebsocketEvent};
+use std::rc::Rc;
+
+use worker::wasm_bindgen_futures::spawn_local;
+use worker::{Env, Response, WebSocket};
 
 /// How long a tap may stay without an upstream (its new owner's request never opened one, say
 /// because that client left at the same moment) before any member's pacer takes it over.
 const RESCUE_MS: i64 = 5_000;
+
+mod bell;
+mod socket;
+
+use bell::Bell;
+use socket::{reopen, run, Role};
 
 thread_local! {
     static TAPS: RefCell<HashMap<ChannelName, Rc<Tap>>> = RefCell::new(HashMap::new());
@@ -148,41 +150,6 @@ impl Member {
     }
 }
 
-/// A promise made in one request whose reaction runs there, whoever resolves it. Its reaction
-/// lives as long as the bell, which can be armed again (from its reaction, say) with a new
-/// promise; ringing an unarmed bell does nothing, so rings before the reaction ran are one.
-struct Bell {
-    resolve: RefCell<Option<Function>>,
-    reaction: Closure<dyn FnMut(JsValue)>,
-}
-
-impl Bell {
-    /// A bell of the request running now, armed.
-    fn new(on_ring: impl FnMut() + 'static) -> Rc<Bell> {
-        let mut on_ring = on_ring;
-        let bell = Rc::new(Bell {
-            resolve: RefCell::new(None),
-            reaction: Closure::new(move |_: JsValue| on_ring()),
-        });
-        bell.arm();
-        bell
-    }
-
-    fn arm(&self) {
-        let mut resolve = None;
-        let promise = Promise::new(&mut |res, _| resolve = Some(res));
-        let _ = promise.then(&self.reaction);
-        self.resolve.replace(resolve);
-    }
-
-    fn ring(&self) {
-        let resolve = self.resolve.borrow_mut().take();
-        if let Some(resolve) = resolve {
-            let _ = resolve.call0(&JsValue::UNDEFINED);
-        }
-    }
-}
-
 /// The shared upstream of one channel in this isolate, and its members.
 struct Tap {
     channel: ChannelName,
@@ -277,21 +244,11 @@ impl Tap {
     /// Arms the owner's count bell (in the owner's request, which is running now).
     fn ring_count_from_owner(self: &Rc<Tap>) {
         let tap = Rc::downgrade(self);
-        let bell = Rc::new_cyclic(|me: &Weak<Bell>| {
-            let me = me.clone();
-            Bell {
-                resolve: RefCell::new(None),
-                reaction: Closure::new(move |_: JsValue| {
-                    if let Some(tap) = tap.upgrade() {
-                        tap.report_count();
-                    }
-                    if let Some(bell) = me.upgrade() {
-                        bell.arm();
-                    }
-                }),
+        let bell = Bell::repeating(move || {
+            if let Some(tap) = tap.upgrade() {
+                tap.report_count();
             }
         });
-        bell.arm();
         self.state.borrow_mut().count = Some(bell);
         self.report_count();
     }
@@ -465,144 +422,5 @@ impl Tap {
                 taps.remove(&self.channel);
             }
         });
-    }
-}
-
-/// The rest of a take-over, in the member's request: the object's answer becomes the upstream.
-async fn reopen(tap: Rc<Tap>, member: Rc<Member>, generation: u64, answer: Promise) {
-    let socket = JsFuture::from(answer)
-        .await
-        .ok()
-        .and_then(|r| r.dyn_into::<worker::web_sys::Response>().ok())
-        .map(Response::from)
-        .filter(|r| r.status_code() == 101)
-        .ok_or_else(|| Error::Unavailable("the channel object refused the tap".into()))
-        .and_then(sse::accept);
-    let socket = match socket {
-        Ok(socket) if tap.current(generation) => socket,
-        Ok(socket) => {
-            let _ = socket.close(Some(1000), Some("tap moved on"));
-            return;
-        }
-        Err(e) => {
-            worker::console_error!("tap {}: reopening: {e}", tap.channel.as_str());
-            if tap.current(generation) {
-                tap.end_all();
-            }
-            return;
-        }
-    };
-    member.socket.replace(Some(socket.clone()));
-    {
-        let mut state = tap.state.borrow_mut();
-        state.source = Source::Live { owner: member.id };
-        state.socket = Some(socket.clone());
-        state.owner = Some(member.feed.clone());
-    }
-    tap.ring_count_from_owner();
-    run(socket, member, Role::Owner { tap, generation }).await;
-}
-
-/// What a socket's loop does with its frames.
-enum Role {
-    /// Feeds its own client, never shares.
-    Alone,
-    /// Feeds its own client until caught up (`start`: where it stands and the head it was
-    /// told), then joins the tap or becomes it.
-    Lone { start: Option<(u64, u64)> },
-    /// The tap's upstream: feeds every member.
-    Owner { tap: Rc<Tap>, generation: u64 },
-}
-
-/// Reads the object's frames until the socket closes, the member leaves it (joined the tap),
-/// or the tap moves on (its owner left).
-async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
-    let Ok(mut events) = socket.events() else {
-        member.feed.end();
-        return;
-    };
-    while let Some(event) = events.next().await {
-        let text = match event {
-            Ok(WebsocketEvent::Message(message)) => message.text(),
-            Ok(WebsocketEvent::Close(_)) | Err(_) => break,
-        };
-        let Some(text) = text else { continue };
-        let now = now_ms();
-        if let Role::Owner { tap, generation } = &role {
-            if !tap.current(*generation) {
-                return;
-            }
-            match Downstream::decode(&text) {
-                // The members' own backlogs pace them; the upstream never waits.
-                Downstream::Held(sent) => {
-                    let _ = socket.send_with_str(Upstream::Cursor(sent).encode());
-                }
-                Downstream::Start { .. } => {}
-                Downstream::Sse(text) => tap.distribute(text, now),
-            }
-            continue;
-        }
-        match Downstream::decode(&text) {
-            Downstream::Held(sent) => {
-                member.feed.held(sent);
-            }
-            // A cursor ahead of the head: the object tells this socket of the gap once events
-            // reach it, which the tap would not; it stays alone.
-            Downstream::Start { after, head } if after > head => role = Role::Alone,
-            Downstream::Start { after, head } => {
-                if let Role::Lone { start } = &mut role {
-                    *start = Some((after, head));
-                }
-            }
-            Downstream::Sse(text) => {
-                if !member.feed.offer(&Chunk::new(text), now) {
-                    member.socket.replace(None);
-                    let code = CloseCode::TooSlow;
-                    let _ = socket.close(Some(code.code()), Some(code.reason()));
-                    member.feed.end();
-                    return;
-                }
-                if let (Role::Lone { start: Some(start) }, Some((_, last))) =
-                    (&mut role, crate::protocol::sse::chunk_ids(text))
-                {
-                    start.0 = start.0.max(last);
-                }
-            }
-        }
-        let Role::Lone {
-            start: Some((position, head)),
-        } = role
-        else {
-            continue;
-        };
-        let Some(channel) = member.channel.clone() else {
-            continue;
-        };
-        let tap = find(&channel);
-        let view = tap.as_ref().map_or(TapView::None, |t| t.view());
-        match (catch_up(view, position, head), tap) {
-            (Catchup::Join { through }, Some(tap)) => {
-                member.through.set(through);
-                tap.attach(&member);
-                member.socket.replace(None);
-                let _ = socket.close(Some(1000), Some("joined the isolate's tap"));
-                return;
-            }
-            (Catchup::Promote { position }, _) => {
-                let tap = Tap::promote(&member, &channel, position);
-                let generation = tap.state.borrow().generation;
-                role = Role::Owner { tap, generation };
-            }
-            _ => {}
-        }
-    }
-    match role {
-        Role::Owner { tap, generation } => {
-            // The object closed the upstream (a restart, a purge): every member resumes.
-            if tap.current(generation) {
-                tap.end_all();
-            }
-        }
-        Role::Alone | Role::Lone { .. } => member.feed.end(),
     }
 }
