@@ -19,7 +19,7 @@ CLIENT_SOURCES := $(shell find clients/js/src -name '*.ts') clients/js/build.mjs
 RUST_SOURCES := $(shell find src -name '*.rs') assets/demo.html Cargo.toml Cargo.lock $(CLIENT)
 WRANGLER := node_modules/.bin/wrangler
 
-.PHONY: help setup setup-test dev test build bundle check token clean bench
+.PHONY: help setup setup-test dev dev-wrangler test build bundle check token clean bench
 
 help:
 	@echo "make dev    install what is missing, then run the hub at http://127.0.0.1:$(PORT)"
@@ -47,12 +47,19 @@ build/worker/shim.mjs: $(RUST_SOURCES)
 	worker-build --release
 	@touch $@
 
+# The hub on workerd without wrangler dev's proxy (scripts/serve.mjs: one fd per client
+# connection, so ~9,000 idle streams fit the 20,000-file cap); it applies the D1 migrations and
+# restarts workerd if it ever exits. `make dev-wrangler` runs `wrangler dev` instead (rebuilds
+# and reloads on change, behind its proxy).
 dev: build
+	node scripts/serve.mjs --ip 127.0.0.1 --port $(PORT) --restart
+
+dev-wrangler: build
 	$(WRANGLER) d1 migrations apply DB --local
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT)
 
 # Unit tests of the pure core natively, the client's typed examples compiled, the end-to-end
-# suite against `wrangler dev`, the demo page in headless Chromium, then the JavaScript client
+# suite against the local runtime (`scripts/serve.mjs`), the demo page in headless Chromium, then the JavaScript client
 # against the real hub (clients/js/test). The 1,000-member presence storm runs alone after the rest:
 # beside another test on two cores, wrangler dev's local proxy drops connections under it
 # (issue 18), which the storm would count against the hub.

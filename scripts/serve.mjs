@@ -242,6 +242,9 @@ async function main() {
   // esbuild reads them under wrangler dev; worker-build's build/package.json does).
   const esm = { type: 'ESModule', include: ['**/*.mjs'] };
   if (packageType(main) === 'module') esm.include.push('**/*.js');
+  // The entry of a modules-format Worker is an ES module whatever its package says (wrangler's
+  // esbuild reads it as one): the no-op Worker of the benchmark has no package.json.
+  esm.include.push(path.relative(modulesRoot, main));
   const worker = {
     name: config.name,
     modules: true,

@@ -8,9 +8,10 @@ pub use edgehub_launch::group_pids;
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-/// Roles of a runtime's processes, by what they run. The proxy is the workerd that listens on
-/// the port clients use; the worker is the workerd running the Worker, its Durable Objects and
-/// the local D1.
+/// Roles of a runtime's processes, by what they run. The proxy is wrangler dev's workerd that
+/// listens on the port clients use; the worker is the workerd running the Worker, its Durable
+/// Objects and the local D1 (under `scripts/serve.mjs`, the only workerd); node is wrangler's
+/// or `serve.mjs`'s.
 pub const ROLES: [&str; 3] = ["workerd (worker)", "workerd (proxy)", "node (wrangler)"];
 
 /// One live process of a group.
@@ -57,14 +58,20 @@ pub fn raise_fd_limit() -> Result<u64, String> {
 /// The group's processes with their roles; `port` tells the proxy workerd from the other.
 pub fn group(pgid: u32, port: u16) -> Vec<Proc> {
     let entry = format!("--socket-addr=entry=127.0.0.1:{port}");
-    group_pids(pgid)
-        .into_iter()
+    let pids = group_pids(pgid);
+    let comm = |pid: u32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    // Without wrangler dev's proxy (`scripts/serve.mjs`) the one workerd serves the port itself.
+    let workerds = pids
+        .iter()
+        .filter(|p| comm(**p).trim() == "workerd")
+        .count();
+    pids.into_iter()
         .map(|pid| {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let comm = comm(pid);
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             let role = match comm.trim() {
-                "workerd" if cmdline.contains(&entry) => Some(ROLES[1]),
+                "workerd" if workerds > 1 && cmdline.contains(&entry) => Some(ROLES[1]),
                 "workerd" => Some(ROLES[0]),
                 c if c.starts_with("node") => Some(ROLES[2]),
                 _ => None,

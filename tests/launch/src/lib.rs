@@ -1,5 +1,6 @@
-//! Starts and stops a local runtime for the end-to-end tests and the benchmark: `wrangler dev`
-//! (workerd, with D1 and SQLite-backed Durable Objects) on 127.0.0.1, persisting to a fresh
+//! Starts and stops a local runtime for the end-to-end tests and the benchmark: workerd (with D1
+//! and SQLite-backed Durable Objects) through `scripts/serve.mjs`, as `make dev` runs it, or
+//! `wrangler dev` with `EDGEHUB_RUNTIME=wrangler` (`server`), on 127.0.0.1, persisting to a fresh
 //! directory under `target/`. The Worker runs from a copy of its wrangler config without `[build]`
 //! and with absolute paths, so it runs the bundle `make build` made and never rebuilds or reloads
 //! mid-run, and no `.dev.vars` is read: its settings are the config's `[vars]` and the `--var`s
@@ -344,7 +345,16 @@ impl Runtime {
         cmd.arg("-c")
             .arg(WATCHDOG)
             .arg(format!("edgehub-{}-watchdog", self.opts.label));
-        cmd.arg(wrangler()).args(["dev", "--ip", "127.0.0.1"]);
+        match server() {
+            Server::Serve => {
+                // The launcher applied the migrations already (`migrate`).
+                cmd.arg("node").arg(root().join("scripts/serve.mjs"));
+                cmd.args(["--no-migrate", "--ip", "127.0.0.1"]);
+            }
+            Server::WranglerDev => {
+                cmd.arg(wrangler()).args(["dev", "--ip", "127.0.0.1"]);
+            }
+        }
         cmd.arg("--config").arg(&self.config);
         cmd.args(["--port", &port.to_string()]);
         cmd.args(["--inspector-port", &inspector.to_string()]);
@@ -467,6 +477,22 @@ pub fn group_pids(pgid: u32) -> Vec<u32> {
             (pgrp == pgid && state != "Z" && state != "X").then_some(pid)
         })
         .collect()
+}
+
+/// What serves the Worker: `scripts/serve.mjs` (workerd through Miniflare, without wrangler
+/// dev's proxy: one fd per client connection instead of three for SSE and seven for WebSocket,
+/// the same runtime `make dev` starts), or `wrangler dev` with `EDGEHUB_RUNTIME=wrangler`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Serve,
+    WranglerDev,
+}
+
+pub fn server() -> Server {
+    match std::env::var("EDGEHUB_RUNTIME").as_deref() {
+        Ok("wrangler") => Server::WranglerDev,
+        _ => Server::Serve,
+    }
 }
 
 fn wrangler() -> PathBuf {
