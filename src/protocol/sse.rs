@@ -82,7 +82,8 @@ pub fn chunk_ids(text: &str) -> Option<(u64, u64)> {
 pub fn after(text: &str, through: u64) -> &str {
     blocks(text)
         .find(|(_, b)| block_id(b).is_some_and(|id| id > through))
-        .map_or("", |(at, _)| &text[at..])
+        .and_then(|(at, _)| text.get(at..))
+        .unwrap_or("")
 }
 
 /// Reads a gap notice as `gap` writes it: `(requested, earliest)`.

@@ -392,8 +392,8 @@ pub fn bridge(
 ) -> Result<Response, Error> {
     let socket = accept(upstream)?;
     let owned: Owned = Rc::new(RefCell::new(Some(socket.clone())));
-    let (feed, response) = open(&limits, token_exp, owned, None)?;
-    worker::wasm_bindgen_futures::spawn_local(super::tap::alone(socket, feed));
+    let (feed, response) = open(&limits, token_exp, owned.clone(), None)?;
+    worker::wasm_bindgen_futures::spawn_local(super::tap::alone(socket, feed, owned));
     Ok(response)
 }
 

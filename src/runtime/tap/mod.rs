@@ -83,14 +83,14 @@ pub async fn subscribe(
 }
 
 /// A bridge on its own socket that never shares it (`sse::bridge`).
-pub async fn alone(socket: WebSocket, feed: Feed) {
+pub async fn alone(socket: WebSocket, feed: Feed, owned: Owned) {
     let member = Rc::new(Member {
         id: 0,
         channel: None,
         feed,
         through: Cell::new(0),
         env: None,
-        socket: Rc::new(RefCell::new(Some(socket.clone()))),
+        socket: owned,
         bell: RefCell::new(None),
     });
     run(socket, member, Role::Alone).await;
