@@ -53,6 +53,9 @@ pub struct Config {
     pub development: bool,
     /// Fault switch for tests: every D1 mirror write fails. Honoured only in development.
     pub fault_d1_writes: bool,
+    /// Fault switch for tests: every poll's D1 read waits this long first
+    /// (`EDGEHUB_FAULT_D1_READ_MS`), so that polls meet in flight. Honoured only in development.
+    pub fault_d1_read_ms: u64,
 }
 
 impl Config {
@@ -115,6 +118,11 @@ impl Config {
             },
             development,
             fault_d1_writes: development && flag("EDGEHUB_FAULT_D1_WRITES"),
+            fault_d1_read_ms: if development {
+                num("EDGEHUB_FAULT_D1_READ_MS", 0).min(10_000)
+            } else {
+                0
+            },
         }
     }
 }

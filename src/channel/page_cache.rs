@@ -5,31 +5,65 @@
 //! exactly that), and a purge or a pruning moves `earliest`, so it changes the key. Pollers that
 //! share a cursor then share one D1 read per window, and a "nothing new" answer costs none.
 //!
+//! The same cache holds still pages (`poll::StillPage`) by request alone, for any later window.
+//!
 //! Bounded: at most `MAX_ENTRIES` pages and `MAX_BYTES` of bodies; the least recently used go
 //! first. A page larger than a quarter of `MAX_BYTES` is not kept.
 
+use super::poll::StillPage;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-#[derive(Debug, Default)]
-pub struct PageCache {
-    /// Least recently used first: (key, body).
-    entries: VecDeque<(String, Rc<str>)>,
+const MAX_ENTRIES: usize = 512;
+const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a cached page weighs against `PageCache::MAX_BYTES`.
+pub trait Weigh {
+    fn bytes(&self) -> usize;
+}
+
+impl Weigh for Rc<str> {
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Weigh for Rc<StillPage> {
+    fn bytes(&self) -> usize {
+        self.before_head.len()
+    }
+}
+
+#[derive(Debug)]
+pub struct PageCache<V = Rc<str>> {
+    /// Least recently used first: (key, page).
+    entries: VecDeque<(String, V)>,
     bytes: usize,
 }
 
+impl<V> Default for PageCache<V> {
+    fn default() -> Self {
+        PageCache {
+            entries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
 impl PageCache {
-    pub const MAX_ENTRIES: usize = 512;
-    pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+    pub const MAX_ENTRIES: usize = MAX_ENTRIES;
+    pub const MAX_BYTES: usize = MAX_BYTES;
 
     /// The key of a page: the route's channels (a v1 tag does not name its channel) and the
     /// answer's ETag, which covers the request and every window.
     pub fn key(channels: &str, etag: &str) -> String {
         format!("{channels} {etag}")
     }
+}
 
-    /// The body kept under `key`, now the most recently used.
-    pub fn get(&mut self, key: &str) -> Option<Rc<str>> {
+impl<V: Weigh + Clone> PageCache<V> {
+    /// The page kept under `key`, now the most recently used.
+    pub fn get(&mut self, key: &str) -> Option<V> {
         let at = self.entries.iter().position(|(k, _)| k == key)?;
         let entry = self.entries.remove(at)?;
         let body = entry.1.clone();
@@ -37,23 +71,33 @@ impl PageCache {
         Some(body)
     }
 
+    /// Drops the page kept under `key`, if any.
+    pub fn remove(&mut self, key: &str) {
+        if let Some(at) = self.entries.iter().position(|(k, _)| k == key) {
+            if let Some((_, old)) = self.entries.remove(at) {
+                self.bytes -= old.bytes();
+            }
+        }
+    }
+
     /// Keeps `body` under `key`, dropping the least recently used pages to stay in bounds.
-    pub fn put(&mut self, key: String, body: Rc<str>) {
-        if body.len() > Self::MAX_BYTES / 4 {
+    pub fn put(&mut self, key: String, body: V) {
+        let size = body.bytes();
+        if size > MAX_BYTES / 4 {
             return;
         }
         if let Some(at) = self.entries.iter().position(|(k, _)| *k == key) {
             if let Some((_, old)) = self.entries.remove(at) {
-                self.bytes -= old.len();
+                self.bytes -= old.bytes();
             }
         }
-        while self.entries.len() >= Self::MAX_ENTRIES || self.bytes + body.len() > Self::MAX_BYTES {
+        while self.entries.len() >= MAX_ENTRIES || self.bytes + size > MAX_BYTES {
             match self.entries.pop_front() {
-                Some((_, old)) => self.bytes -= old.len(),
+                Some((_, old)) => self.bytes -= old.bytes(),
                 None => break,
             }
         }
-        self.bytes += body.len();
+        self.bytes += size;
         self.entries.push_back((key, body));
     }
 

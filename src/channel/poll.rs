@@ -136,14 +136,53 @@ impl PollPage {
         let gap = self.gap.map_or_else(String::new, |earliest| {
             format!(",\"gap\":true,\"earliest\":{earliest}")
         });
+        format!("{}{}{gap}}}", self.before_head(channel), self.head)
+    }
+
+    /// The answer up to its head's value: `{"channel",…,"more":…,"head":`.
+    fn before_head(&self, channel: &ChannelName) -> String {
         let name = serde_json::to_string(channel.as_str()).unwrap_or_default();
         format!(
-            "{{\"channel\":{name},\"events\":[{}],\"next\":{},\"more\":{},\"head\":{}{gap}}}",
+            "{{\"channel\":{name},\"events\":[{}],\"next\":{},\"more\":{},\"head\":",
             self.envelopes.join(","),
             self.next,
             self.more,
-            self.head
         )
+    }
+
+    /// This page as a still page, when it is one: it ends below the head and has no gap, so
+    /// nothing but a pruning or a purge reaching its events can change it (`StillPage`).
+    pub fn still(&self, cursor: Option<u64>, channel: &ChannelName) -> Option<StillPage> {
+        let cursor = cursor?;
+        (self.more && self.gap.is_none() && self.next < self.head).then(|| StillPage {
+            cursor,
+            next: self.next,
+            before_head: self.before_head(channel),
+        })
+    }
+}
+
+/// A page that ends below the channel's head, with no gap. Ids are never reused and an event
+/// never changes, and the mirror only ever drops a prefix of a channel's ids (pruning moves
+/// `earliest` up; a purge moves it past the head): so while `earliest` has not passed the
+/// page's cursor, the same request gets the same events, `next` and `more` for any later
+/// window, and only `head` differs. A purge or a pruning that reaches the page moves
+/// `earliest` past its cursor, and the page is no longer the answer (`answer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StillPage {
+    pub cursor: u64,
+    pub next: u64,
+    /// The encoded answer up to its head's value (`PollPage::before_head`).
+    pub before_head: String,
+}
+
+impl StillPage {
+    /// The answer to the page's request for `window`: the page with `window`'s head, or `None`
+    /// when it is not that answer any more (events after the cursor pruned or purged), or
+    /// `window` is older than the page.
+    pub fn answer(&self, window: Window) -> Option<String> {
+        let kept = plan_replay(Some(self.cursor), window, true) == Replay::After(self.cursor);
+        (kept && self.next < window.head).then(|| format!("{}{}}}", self.before_head, window.head))
     }
 }
 
@@ -164,6 +203,11 @@ impl WindowCache {
     pub fn fresh(&self, channel: &str, now_ms: i64, ttl_ms: i64) -> Option<Window> {
         let (window, at) = self.entries.get(channel)?;
         (now_ms.saturating_sub(*at) < ttl_ms && now_ms >= *at).then_some(*window)
+    }
+
+    /// The window of `channel` read last, however long ago: a hint, never an answer.
+    pub fn last(&self, channel: &str) -> Option<Window> {
+        self.entries.get(channel).map(|(window, _)| *window)
     }
 
     /// Drops `channel`'s window: its next poll reads D1.
@@ -214,6 +258,56 @@ mod tests {
         head: 10,
         earliest: 1,
     };
+
+    #[test]
+    fn a_still_page_answers_later_windows_as_a_fresh_cut_would() {
+        let w = |head, earliest| Window { head, earliest };
+        // Cursor 3, limit 4, head 10: events 4..=7, more.
+        let page = cut_page(&req(Some(3), 4), W10, rows(4..=8), &channel());
+        let still = page.still(Some(3), &channel()).unwrap();
+        assert_eq!(
+            still.answer(W10).as_deref(),
+            Some(page.encode(&channel()).as_str())
+        );
+        // Later heads, and pruning that has not reached event 4: the same events, next and
+        // more, with the new head, byte for byte what D1 would give.
+        for later in [w(11, 1), w(500, 1), w(500, 4)] {
+            let fresh = cut_page(&req(Some(3), 4), later, rows(4..=8), &channel());
+            assert_eq!(
+                still.answer(later),
+                Some(fresh.encode(&channel())),
+                "{later:?}"
+            );
+        }
+        // Pruned past the cursor, purged (earliest past the head), or a window older than the
+        // page: not the answer.
+        for gone in [w(500, 5), w(10, 11), w(7, 1), w(0, 1)] {
+            assert_eq!(still.answer(gone), None, "{gone:?}");
+        }
+    }
+
+    #[test]
+    fn only_pages_below_the_head_without_a_gap_are_still() {
+        let c = channel();
+        // Up to the head: the next publish changes it.
+        assert!(cut_page(&req(Some(5), 5), W10, rows(6..=10), &c)
+            .still(Some(5), &c)
+            .is_none());
+        // A gap: a pruning changes `earliest` in it.
+        let pruned = Window {
+            head: 10,
+            earliest: 5,
+        };
+        let gap = cut_page(&req(Some(2), 3), pruned, rows(5..=8), &c);
+        assert!(gap.more && gap.still(Some(2), &c).is_none());
+        // No cursor: from now on, never still.
+        assert!(cut_page(&req(None, 5), W10, vec![], &c)
+            .still(None, &c)
+            .is_none());
+        assert!(cut_page(&req(Some(0), 5), W10, rows(1..=6), &c)
+            .still(Some(0), &c)
+            .is_some());
+    }
 
     #[test]
     fn pages_table() {

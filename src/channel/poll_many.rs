@@ -64,21 +64,30 @@ impl ManyRequest {
         &self.cursors
     }
 
+    /// The request as text (every channel and its cursor in the set's order, and the limit):
+    /// what its answers are cached under, with their windows (`page_cache`). Channel names
+    /// hold neither `=` nor `,`, so two requests have the same key only if they are the same.
+    pub fn key(&self) -> String {
+        let mut key = String::new();
+        for (channel, cursor) in self.set.channels().iter().zip(self.cursors()) {
+            key.push_str(channel.as_str());
+            key.push('=');
+            match cursor {
+                Some(c) => key.push_str(&c.to_string()),
+                None => key.push('-'),
+            }
+            key.push(',');
+        }
+        key.push_str(&format!("|{}|", self.limit));
+        key
+    }
+
     /// The answer depends only on the request and the channels' windows (in the set's order):
-    /// the tag is a digest of both. `max_bytes` is a setting, not part of it.
+    /// the tag is a digest of both. `max_bytes` is a setting, not part of it. A digest can
+    /// collide, so a cached answer is found by `key` and the tag together, never the tag alone.
     pub fn etag(&self, windows: &[Window]) -> String {
         let mut digest = Fnv::default();
-        for (channel, cursor) in self.set.channels().iter().zip(self.cursors()) {
-            let cursor = *cursor;
-            digest.write(channel.as_str().as_bytes());
-            digest.write(b"=");
-            match cursor {
-                Some(c) => digest.write(c.to_string().as_bytes()),
-                None => digest.write(b"-"),
-            }
-            digest.write(b",");
-        }
-        digest.write(format!("|{}|", self.limit).as_bytes());
+        digest.write(self.key().as_bytes());
         for w in windows {
             digest.write(format!("{}.{},", w.head, w.earliest).as_bytes());
         }

@@ -179,6 +179,21 @@ struct PageRow {
     topics: Option<String>,
 }
 
+const SELECT_WINDOW: &str = "SELECT head, earliest FROM channels WHERE channel = ?1";
+
+/// The mirror's window for `channel` alone: one row, no events (`Window::EMPTY` for a channel
+/// never mirrored).
+pub async fn read_window(db: &D1Database, channel: &ChannelName) -> worker::Result<Window> {
+    let statement = db
+        .prepare(SELECT_WINDOW)
+        .bind(&[JsValue::from_str(channel.as_str())])?;
+    let row: Option<PageRow> = statement.first(None).await?;
+    Ok(row.map_or(Window::EMPTY, |r| Window {
+        head: r.head,
+        earliest: r.earliest,
+    }))
+}
+
 /// The mirror's window for `channel` and the rows a poll needs (at most `limit + 1`).
 pub async fn read_page(
     db: &D1Database,

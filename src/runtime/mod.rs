@@ -10,11 +10,13 @@ mod client;
 mod cors;
 mod demo;
 mod filters;
+mod flight;
 mod http;
 mod hub;
 mod log;
 mod mercure;
 mod mirror;
+mod poll;
 mod presence;
 mod routes;
 mod sse;
@@ -55,14 +57,14 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let config = config(&env);
     let origin = req.headers().get("origin").ok().flatten();
     if req.method() == Method::Options {
         return Ok(cors::preflight(&req, origin.as_deref(), &config).unwrap_or_else(|e| failed(&e)));
     }
     let cookies = req.path() == crate::protocol::mercure::HUB_PATH;
-    let response = handle(req, &env, &config)
+    let response = handle(req, &env, &config, &ctx)
         .await
         .unwrap_or_else(|e| failed(&e));
     Ok(cors::decorate(
@@ -84,6 +86,7 @@ async fn handle(
     req: Request,
     env: &Env,
     config: &Rc<Config>,
+    ctx: &Context,
 ) -> std::result::Result<Response, Error> {
     let url = req
         .url()
@@ -98,6 +101,7 @@ async fn handle(
         config,
         query,
         credentials,
+        ctx,
     };
     match found {
         Route::Health => routes::health(),
@@ -107,10 +111,10 @@ async fn handle(
         Route::Purge(channel) => routes::purge(&incoming, &channel).await,
         Route::ChannelInfo(channel) => routes::info(&incoming, &channel).await,
         Route::Presence(channel) => routes::presence(&incoming, &channel).await,
-        Route::Poll(channel) => routes::poll(&incoming, &channel).await,
+        Route::Poll(channel) => poll::poll(&incoming, &channel).await,
         Route::Ws(channel) => routes::ws(&incoming, &channel).await,
         Route::Sse(channel) => routes::sse(&incoming, &channel).await,
-        Route::PollMany => routes::poll_many(&incoming).await,
+        Route::PollMany => poll::poll_many(&incoming).await,
         Route::SseMany => routes::sse_many(&incoming).await,
         Route::WsMany => routes::ws_many(&incoming).await,
         Route::MintToken => routes::mint_token(&mut incoming).await,

@@ -4,37 +4,25 @@
 use super::access::{self, Access, Credentials, Permits};
 use super::client::Hub;
 use super::http::{internal, is_json, json, read_body};
-use super::{mirror, sse, stream, tap, topic_poll};
+use super::{poll, sse, stream, tap};
 use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
 use crate::channel::fanout::Transport;
 use crate::channel::merge::Face;
-use crate::channel::page_cache::PageCache;
-use crate::channel::poll::{cut_page, PollRequest, WindowCache};
-use crate::channel::poll_many::{cut_many, ManyRequest};
-use crate::channel::Window;
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::envelope::format_time;
 use crate::protocol::filter::{Filter, FilterSpec};
 use crate::protocol::presence::{parse_flag, Entrant};
 use crate::protocol::publish::{parse_idempotency_key, parse_publish};
-use crate::protocol::query::{etag_matches, parse_cursor, parse_limit, query_param};
+use crate::protocol::query::{parse_cursor, query_param};
 use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ChannelName;
-use std::cell::RefCell;
 use std::rc::Rc;
-use worker::{Date, Env, Request, Response};
+use worker::{Context, Env, Request, Response};
 
 /// The largest `POST /tokens` body.
 const MINT_BODY_BYTES: usize = 16 * 1024;
-
-thread_local! {
-    /// Mirror windows this isolate read recently, for 304s without D1 (`POLL_CACHE_MS`).
-    static WINDOWS: RefCell<WindowCache> = RefCell::new(WindowCache::default());
-    /// Poll answers made for those windows, served again without D1 (`channel::page_cache`).
-    static PAGES: RefCell<PageCache> = RefCell::new(PageCache::default());
-}
 
 /// A routed request: the request itself, its query string, its credentials (not yet checked),
 /// and the Worker's environment and settings.
@@ -44,6 +32,7 @@ pub struct Incoming<'a> {
     pub config: &'a Rc<Config>,
     pub query: String,
     pub credentials: Credentials,
+    pub ctx: &'a Context,
 }
 
 type Answer = Result<Response, Error>;
@@ -69,15 +58,8 @@ pub async fn publish(at: &mut Incoming<'_>, channel: &ChannelName) -> Answer {
     let answer = Hub::get(at.env, channel)?
         .publish(&events, key.as_deref(), access.publisher)
         .await;
-    forget_window(channel);
+    poll::forget_window(channel);
     answer
-}
-
-/// A publish or purge through this isolate changes the channel's mirror: its window (and so
-/// the pages made for it) is read from D1 again at the next poll here, rather than served for
-/// up to `POLL_CACHE_MS` more. Other isolates keep that bound.
-fn forget_window(channel: &ChannelName) {
-    WINDOWS.with(|w| w.borrow_mut().forget(channel.as_str()));
 }
 
 /// `DELETE /channels/{c}/events`.
@@ -85,7 +67,7 @@ pub async fn purge(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     at.credentials
         .check(at.env, at.config, Action::Publish, channel)?;
     let answer = Hub::get(at.env, channel)?.purge().await;
-    forget_window(channel);
+    poll::forget_window(channel);
     answer
 }
 
@@ -242,225 +224,17 @@ pub async fn mint_token(at: &mut Incoming<'_>) -> Answer {
     json(201, body.to_string()).map_err(internal("answering"))
 }
 
-fn since(query: &str) -> Result<Option<u64>, Error> {
+pub(super) fn since(query: &str) -> Result<Option<u64>, Error> {
     query_param(query, "since")
         .transpose()?
         .map(|s| parse_cursor(&s))
         .transpose()
 }
 
-/// `GET /poll/{c}`, from the D1 mirror alone: the channel's object is never woken by a poll.
-/// When this isolate read the channel's window less than `POLL_CACHE_MS` ago, a conditional poll
-/// that matches it is a 304, and a poll whose answer for that window it made already gets that
-/// answer again, both without D1; any other answer comes from D1 (and refreshes the window).
-pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
-    at.credentials
-        .check(at.env, at.config, Action::Subscribe, channel)?;
-    let request = PollRequest {
-        cursor: since(&at.query)?,
-        limit: limit(at)?,
-        max_bytes: at.config.max_page_bytes,
-    };
-    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
-    let tag = |window: Window| {
-        let etag = request.etag(window);
-        filter
-            .as_ref()
-            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
-    };
-    let now = now_ms();
-    let cached = WINDOWS.with(|w| {
-        w.borrow()
-            .fresh(channel.as_str(), now, at.config.poll_cache_ms)
-    });
-    if let Some(etag) = cached.map(tag) {
-        if unchanged(at, &etag) {
-            return not_modified(etag);
-        }
-        if let Some(page) = cached_page(channel.as_str(), &etag) {
-            return page_answer(etag, page, Source::Isolate);
-        }
-    }
-    let db = mirror_db(at)?;
-    if let Some(filter) = &filter {
-        let lanes = [(channel, request.cursor)];
-        let read = topic_poll::read(&db, &lanes, filter, request.limit, request.max_bytes).await?;
-        let window = read.windows.first().copied().unwrap_or(Window::EMPTY);
-        WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
-        let etag = tag(window);
-        if unchanged(at, &etag) {
-            return not_modified(etag);
-        }
-        let page = keep_page(channel.as_str(), &etag, read.page().encode(channel));
-        return page_answer(etag, page, Source::Mirror);
-    }
-    let (window, rows) = mirror::read_page(&db, channel, &request)
-        .await
-        .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-    WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
-    let etag = tag(window);
-    if unchanged(at, &etag) {
-        return not_modified(etag);
-    }
-    let page = cut_page(&request, window, rows, channel).encode(channel);
-    let page = keep_page(channel.as_str(), &etag, page);
-    page_answer(etag, page, Source::Mirror)
-}
-
-/// Where a poll's answer came from, said in `x-edgehub-cache` (`hit`: this isolate's pages).
-#[derive(Clone, Copy)]
-enum Source {
-    Isolate,
-    Mirror,
-}
-
-/// The answer this isolate made for `channels` (a route's channel, or its set's tag) and `etag`.
-fn cached_page(channels: &str, etag: &str) -> Option<Rc<str>> {
-    PAGES.with(|p| p.borrow_mut().get(&PageCache::key(channels, etag)))
-}
-
-/// Keeps an answer just made from D1 for the pollers that follow.
-fn keep_page(channels: &str, etag: &str, body: String) -> Rc<str> {
-    let body: Rc<str> = Rc::from(body);
-    PAGES.with(|p| {
-        p.borrow_mut()
-            .put(PageCache::key(channels, etag), body.clone())
-    });
-    body
-}
-
-/// `GET /poll?channel=a&channel=b…`: the same rules as `poll`, over a set of channels, in one
-/// D1 query; a 304 without D1 when every channel's window is in this isolate's cache.
-pub async fn poll_many(at: &Incoming<'_>) -> Answer {
-    let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
-    at.credentials
-        .permits(at.env, at.config)?
-        .check_all(at.config, Action::Subscribe, &set)?;
-    let since = stream_since(&at.query, &set)?;
-    let request = ManyRequest::new(set, since.as_ref(), limit(at)?, at.config.max_page_bytes);
-    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
-    let tag = |windows: &[Window]| {
-        let etag = request.etag(windows);
-        filter
-            .as_ref()
-            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
-    };
-    let now = now_ms();
-    let cached: Option<Vec<Window>> = WINDOWS.with(|w| {
-        let w = w.borrow();
-        request
-            .set
-            .channels()
-            .iter()
-            .map(|c| w.fresh(c.as_str(), now, at.config.poll_cache_ms))
-            .collect()
-    });
-    // The set's tag covers its channels, so the page key needs no names of its own.
-    if let Some(etag) = cached.map(|w| tag(&w)) {
-        if unchanged(at, &etag) {
-            return not_modified(etag);
-        }
-        if let Some(page) = cached_page("", &etag) {
-            return page_answer(etag, page, Source::Isolate);
-        }
-    }
-    let remember = |windows: &[Window]| {
-        WINDOWS.with(|w| {
-            let mut w = w.borrow_mut();
-            for (c, window) in request.set.channels().iter().zip(windows) {
-                w.put(c.as_str(), *window, now);
-            }
-        })
-    };
-    let db = mirror_db(at)?;
-    if let Some(filter) = &filter {
-        let channels = request.set.channels();
-        let lanes: Vec<(&ChannelName, Option<u64>)> = channels
-            .iter()
-            .zip(request.cursors().iter().copied())
-            .collect();
-        let limit = request.limit;
-        let read = topic_poll::read(&db, &lanes, filter, limit, request.max_bytes).await?;
-        remember(&read.windows);
-        let etag = tag(&read.windows);
-        if unchanged(at, &etag) {
-            return not_modified(etag);
-        }
-        let page = keep_page("", &etag, read.many_page(channels).encode());
-        return page_answer(etag, page, Source::Mirror);
-    }
-    let (windows, rows) = mirror::read_many(&db, &request)
-        .await
-        .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-    remember(&windows);
-    let etag = tag(&windows);
-    if unchanged(at, &etag) {
-        return not_modified(etag);
-    }
-    let page = keep_page("", &etag, cut_many(&request, &windows, rows).encode());
-    page_answer(etag, page, Source::Mirror)
-}
-
-fn now_ms() -> i64 {
-    Date::now().as_millis() as i64
-}
-
-fn limit(at: &Incoming<'_>) -> Result<u32, Error> {
-    match query_param(&at.query, "limit").transpose()? {
-        Some(s) => parse_limit(&s, at.config.poll_max_limit),
-        None => Ok(at.config.poll_default_limit),
-    }
-}
-
 /// A stream's `since`: `0` or a stream cursor over `set`; `None` when absent.
-fn stream_since(query: &str, set: &ChannelSet) -> Result<Option<StreamSince>, Error> {
+pub(super) fn stream_since(query: &str, set: &ChannelSet) -> Result<Option<StreamSince>, Error> {
     query_param(query, "since")
         .transpose()?
         .map(|s| StreamSince::parse(&s, set))
         .transpose()
-}
-
-fn mirror_db(at: &Incoming<'_>) -> Result<worker::D1Database, Error> {
-    at.env
-        .d1(mirror::BINDING)
-        .map_err(internal("the D1 binding"))
-}
-
-/// True when the request's `If-None-Match` matches `etag`.
-fn unchanged(at: &Incoming<'_>, etag: &str) -> bool {
-    at.req
-        .headers()
-        .get("if-none-match")
-        .ok()
-        .flatten()
-        .is_some_and(|v| etag_matches(&v, etag))
-}
-
-fn not_modified(etag: String) -> Answer {
-    poll_headers(Response::builder().with_status(304).empty(), &etag)
-}
-
-fn page_answer(etag: String, body: Rc<str>, source: Source) -> Answer {
-    let response = poll_headers(
-        json(200, body.to_string()).map_err(internal("answering"))?,
-        &etag,
-    )?;
-    let cache = match source {
-        Source::Isolate => "hit",
-        Source::Mirror => "miss",
-    };
-    response
-        .headers()
-        .set("x-edgehub-cache", cache)
-        .map_err(internal("answering"))?;
-    Ok(response)
-}
-
-fn poll_headers(response: Response, etag: &str) -> Answer {
-    let headers = response.headers();
-    headers.set("etag", etag).map_err(internal("answering"))?;
-    headers
-        .set("cache-control", "no-cache")
-        .map_err(internal("answering"))?;
-    Ok(response)
 }

@@ -27,6 +27,7 @@ mod load;
 mod mercure;
 mod mirror;
 mod poll;
+mod poll_cache;
 mod presence;
 mod publish;
 mod retention;
@@ -130,6 +131,7 @@ fn main() {
     let cases: Vec<Case> = [
         publish::cases(),
         poll::cases(),
+        poll_cache::cases(),
         auth::cases(),
         durability::cases(),
         sse_parser::cases(),

@@ -1,0 +1,498 @@
+//! `GET /poll/{c}` and `GET /poll?channel=…`: from the D1 mirror alone (the channel's object is
+//! never woken by a poll), through layers that each spare D1 (docs/API.md#poll-cache):
+//!
+//! 1. This isolate's mirror windows, each used for `POLL_CACHE_MS` after it was read
+//!    (`WINDOWS`), and the answers it made for them (`PAGES`): a matching tag is a 304, a
+//!    request answered already for the window gets that answer again.
+//! 2. Still pages (`channel::poll::StillPage`: pages that end below the head, without a gap),
+//!    one-channel and unfiltered: the same answer for any later window until pruning or a
+//!    purge reaches them, so they are kept by request alone, in this isolate (`STILL`) and in
+//!    the Cache API (`CACHE_NAME`, shared by the isolates of a data centre). A window read
+//!    (one row of D1) or a fresh one in `WINDOWS` says whether one is still the answer.
+//! 3. One D1 read for all the polls of one request that reach it at the same moment in this
+//!    isolate (`flight`).
+//!
+//! Every answer is one the mirror gave at some moment for that request, at most
+//! `POLL_CACHE_MS` late, so it never has a hole and never mixes before and after a purge.
+
+use super::flight::{self, Flights, Joined};
+use super::http::{internal, json};
+use super::routes::{since, stream_since, Incoming};
+use super::{mirror, topic_poll};
+use crate::auth::Action;
+use crate::channel::page_cache::PageCache;
+use crate::channel::poll::{cut_page, PollRequest, StillPage, WindowCache};
+use crate::channel::poll_many::{cut_many, ManyRequest};
+use crate::channel::Window;
+use crate::error::Error;
+use crate::protocol::filter::{Filter, FilterSpec};
+use crate::protocol::query::{etag_matches, parse_limit, query_param};
+use crate::protocol::stream::ChannelSet;
+use crate::protocol::ChannelName;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+use worker::{Cache, Date, Delay, Headers, Response, ResponseBuilder};
+
+thread_local! {
+    /// Mirror windows this isolate read recently, for 304s without D1 (`POLL_CACHE_MS`).
+    static WINDOWS: RefCell<WindowCache> = RefCell::new(WindowCache::default());
+    /// Poll answers made for those windows, served again without D1 (`channel::page_cache`).
+    static PAGES: RefCell<PageCache> = RefCell::new(PageCache::default());
+    /// Still pages, by request (`still_key`).
+    static STILL: RefCell<PageCache<Rc<StillPage>>> = RefCell::new(PageCache::default());
+    /// Page reads in flight, by request: their answer (tag and body) or their failure.
+    static PAGE_READS: Flights<Result<(String, Rc<str>), Error>> = Flights::default();
+    /// Window reads in flight, by channel.
+    static WINDOW_READS: Flights<Result<Window, Error>> = Flights::default();
+}
+
+/// The Cache API cache that holds still pages.
+const CACHE_NAME: &str = "edgehub:poll-pages";
+/// How long the Cache API keeps a still page: whether it is still the answer is checked on
+/// every use, so this only bounds the space.
+const STILL_TTL_SECONDS: u32 = 86_400;
+const NEXT_HEADER: &str = "x-edgehub-next";
+
+type Answer = Result<Response, Error>;
+
+/// Where a poll's answer came from, said in `x-edgehub-cache`.
+#[derive(Clone, Copy)]
+enum Source {
+    /// This isolate's answers or still pages.
+    Isolate,
+    /// A still page from the Cache API.
+    Stored,
+    /// The D1 read of another poll of the same request at the same moment.
+    Shared,
+    /// This poll's own D1 read.
+    Mirror,
+}
+
+impl Source {
+    fn header(self) -> &'static str {
+        match self {
+            Source::Isolate => "hit",
+            Source::Stored => "stored",
+            Source::Shared => "shared",
+            Source::Mirror => "miss",
+        }
+    }
+}
+
+/// A publish or purge through this isolate changes the channel's mirror: its window (and so
+/// the answers made for it) is read from D1 again at the next poll here, rather than used for
+/// up to `POLL_CACHE_MS` more. Other isolates keep that bound. Still pages stay: the next
+/// window read says whether each is still the answer.
+pub fn forget_window(channel: &ChannelName) {
+    WINDOWS.with(|w| w.borrow_mut().forget(channel.as_str()));
+}
+
+/// `GET /poll/{c}`.
+pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
+    at.credentials
+        .check(at.env, at.config, Action::Subscribe, channel)?;
+    let request = PollRequest {
+        cursor: since(&at.query)?,
+        limit: limit(at)?,
+        max_bytes: at.config.max_page_bytes,
+    };
+    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
+    let tag = |window: Window| {
+        let etag = request.etag(window);
+        filter
+            .as_ref()
+            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
+    };
+    let caching = at.config.poll_cache_ms > 0;
+    // Filtered pages are not kept as still pages: only plain ones.
+    let still = match (caching, &filter, request.cursor) {
+        (true, None, Some(cursor)) => Some(StillKey::new(at, channel, cursor, request.limit)),
+        _ => None,
+    };
+    // 1. A fresh window: a 304, an answer made for it, or a still page.
+    if let Some(window) = fresh_window(at, channel) {
+        if let Some(answer) = known(at, channel, window, tag(window), still.as_ref()) {
+            return answer;
+        }
+    }
+    // 2. A still page, here or in the Cache API, checked against the window now.
+    if let Some(key) = &still {
+        if let Some(answer) = still_answer(at, channel, key, &tag).await? {
+            return Ok(answer);
+        }
+    }
+    // 3. D1, once for every poll of this request here now.
+    let read = || read_page(at, channel, &request, filter.as_ref(), &tag, still.as_ref());
+    if !caching {
+        let (etag, body) = read().await?;
+        return answer(at, etag, body, Source::Mirror);
+    }
+    let flight_key = PageCache::key(channel.as_str(), &tag(Window::EMPTY));
+    let (landed, source) = match flight::join(&PAGE_READS, &flight_key).await {
+        Joined::Landed(landed) => (landed, Source::Shared),
+        Joined::Alone => (read().await, Source::Mirror),
+        Joined::Lead(lead) => {
+            let landed = read().await;
+            lead.land(landed.clone());
+            (landed, Source::Mirror)
+        }
+    };
+    let (etag, body) = landed?;
+    answer(at, etag, body, source)
+}
+
+/// The answer this isolate knows for `window` without D1: a 304, a page it made for that
+/// window, or a still page.
+fn known(
+    at: &Incoming<'_>,
+    channel: &ChannelName,
+    window: Window,
+    etag: String,
+    still: Option<&StillKey>,
+) -> Option<Answer> {
+    if unchanged(at, &etag) {
+        return Some(not_modified(etag));
+    }
+    if let Some(page) = cached_page(channel.as_str(), &etag) {
+        return Some(answer(at, etag, page, Source::Isolate));
+    }
+    let page = STILL.with(|s| s.borrow_mut().get(&still?.isolate))?;
+    let body = keep_page(channel.as_str(), &etag, page.answer(window)?);
+    Some(answer(at, etag, body, Source::Isolate))
+}
+
+/// A still page of this request, from this isolate or the Cache API, if it is the answer for
+/// the channel's window now (read from D1 unless fresh here). `None` when there is none.
+async fn still_answer(
+    at: &Incoming<'_>,
+    channel: &ChannelName,
+    key: &StillKey,
+    tag: &impl Fn(Window) -> String,
+) -> Result<Option<Response>, Error> {
+    // A poll at or past the head this isolate saw last has no still page: spare the lookup.
+    let seen = WINDOWS.with(|w| w.borrow().last(channel.as_str()));
+    if seen.is_some_and(|w| key.cursor >= w.head) {
+        return Ok(None);
+    }
+    let (page, source) = match STILL.with(|s| s.borrow_mut().get(&key.isolate)) {
+        Some(page) => (page, Source::Isolate),
+        None => match key.load().await {
+            Some(page) => (page, Source::Stored),
+            None => return Ok(None),
+        },
+    };
+    let window = match fresh_window(at, channel) {
+        Some(window) => window,
+        None => read_window(at, channel).await?,
+    };
+    let Some(body) = page.answer(window) else {
+        // Pruned or purged past its cursor: never the answer again.
+        key.forget(at);
+        return Ok(None);
+    };
+    if let Source::Stored = source {
+        STILL.with(|s| s.borrow_mut().put(key.isolate.clone(), page.clone()));
+    }
+    let etag = tag(window);
+    if unchanged(at, &etag) {
+        return not_modified(etag).map(Some);
+    }
+    let body = keep_page(channel.as_str(), &etag, body);
+    answer(at, etag, body, source).map(Some)
+}
+
+/// Reads the page from D1 and keeps what it learnt: the window, the answer, and the page as a
+/// still page when it is one.
+async fn read_page(
+    at: &Incoming<'_>,
+    channel: &ChannelName,
+    request: &PollRequest,
+    filter: Option<&Filter>,
+    tag: &impl Fn(Window) -> String,
+    still: Option<&StillKey>,
+) -> Result<(String, Rc<str>), Error> {
+    let db = mirror_db(at).await?;
+    let now = now_ms();
+    let (window, body) = if let Some(filter) = filter {
+        let lanes = [(channel, request.cursor)];
+        let read = topic_poll::read(&db, &lanes, filter, request.limit, request.max_bytes).await?;
+        let window = read.windows.first().copied().unwrap_or(Window::EMPTY);
+        (window, read.page().encode(channel))
+    } else {
+        let (window, rows) = mirror::read_page(&db, channel, request)
+            .await
+            .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+        let page = cut_page(request, window, rows, channel);
+        if let Some(key) = still {
+            if let Some(page) = page.still(request.cursor, channel) {
+                key.keep(at, Rc::new(page));
+            }
+        }
+        (window, page.encode(channel))
+    };
+    WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
+    let etag = tag(window);
+    let body = keep_page(channel.as_str(), &etag, body);
+    Ok((etag, body))
+}
+
+/// The channel's window from D1 (one row), once for every poll here that needs it now.
+async fn read_window(at: &Incoming<'_>, channel: &ChannelName) -> Result<Window, Error> {
+    let read = || async {
+        let db = mirror_db(at).await?;
+        let window = mirror::read_window(&db, channel)
+            .await
+            .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+        WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now_ms()));
+        Ok(window)
+    };
+    match flight::join(&WINDOW_READS, channel.as_str()).await {
+        Joined::Landed(window) => window,
+        Joined::Alone => read().await,
+        Joined::Lead(lead) => {
+            let window = read().await;
+            lead.land(window.clone());
+            window
+        }
+    }
+}
+
+/// Where a still page of one request is kept: its key in this isolate, and in the Cache API
+/// (a URL on the request's own origin, so on Cloudflare it stays in the zone it serves).
+struct StillKey {
+    cursor: u64,
+    isolate: String,
+    url: String,
+}
+
+impl StillKey {
+    fn new(at: &Incoming<'_>, channel: &ChannelName, cursor: u64, limit: u32) -> StillKey {
+        let origin = at
+            .req
+            .url()
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_else(|_| "http://edgehub.invalid".into());
+        let bytes = at.config.max_page_bytes;
+        StillKey {
+            cursor,
+            isolate: format!("{channel} {cursor} {limit} {bytes}"),
+            url: format!("{origin}/.edgehub/poll-pages/v1/{channel}/{cursor}/{limit}/{bytes}",),
+        }
+    }
+
+    /// Keeps `page` here, and in the Cache API after the answer has gone.
+    fn keep(&self, at: &Incoming<'_>, page: Rc<StillPage>) {
+        let stored = still_response(&page);
+        STILL.with(|s| s.borrow_mut().put(self.isolate.clone(), page));
+        let Ok(response) = stored else {
+            return;
+        };
+        let url = self.url.clone();
+        at.ctx.wait_until(async move {
+            // Where the Cache API is missing or off (workers.dev), the isolate's copy is all
+            // there is.
+            let _ = Cache::open(CACHE_NAME.into())
+                .await
+                .put(url, response)
+                .await;
+        });
+    }
+
+    /// Drops the page, here and in the Cache API.
+    fn forget(&self, at: &Incoming<'_>) {
+        STILL.with(|s| s.borrow_mut().remove(&self.isolate));
+        let url = self.url.clone();
+        at.ctx.wait_until(async move {
+            let _ = Cache::open(CACHE_NAME.into())
+                .await
+                .delete(url, false)
+                .await;
+        });
+    }
+
+    /// The still page the Cache API holds for this request, if any.
+    async fn load(&self) -> Option<Rc<StillPage>> {
+        let cache = Cache::open(CACHE_NAME.into()).await;
+        let mut response = cache.get(self.url.as_str(), false).await.ok()??;
+        let next = response.headers().get(NEXT_HEADER).ok()??.parse().ok()?;
+        let before_head = response.text().await.ok()?;
+        Some(Rc::new(StillPage {
+            cursor: self.cursor,
+            next,
+            before_head,
+        }))
+    }
+}
+
+fn still_response(page: &StillPage) -> worker::Result<Response> {
+    let headers = Headers::new();
+    headers.set(NEXT_HEADER, &page.next.to_string())?;
+    headers.set(
+        "cache-control",
+        &format!("public, max-age={STILL_TTL_SECONDS}"),
+    )?;
+    Ok(ResponseBuilder::new()
+        .with_headers(headers)
+        .fixed(page.before_head.clone().into_bytes()))
+}
+
+/// `GET /poll?channel=a&channel=b…`: the same rules as `poll`, over a set of channels, in one
+/// D1 query; a 304 without D1 when every channel's window is in this isolate's cache. Its
+/// pages are kept by window only (layer 1), and its reads are shared (layer 3).
+pub async fn poll_many(at: &Incoming<'_>) -> Answer {
+    let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
+    at.credentials
+        .permits(at.env, at.config)?
+        .check_all(at.config, Action::Subscribe, &set)?;
+    let since = stream_since(&at.query, &set)?;
+    let request = ManyRequest::new(set, since.as_ref(), limit(at)?, at.config.max_page_bytes);
+    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
+    let tag = |windows: &[Window]| {
+        let etag = request.etag(windows);
+        filter
+            .as_ref()
+            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
+    };
+    // The tag is a digest: the page is kept under the request itself too.
+    let key = match &filter {
+        Some(f) => format!("{} t{}", request.key(), f.key()),
+        None => request.key(),
+    };
+    let channels = request.set.channels();
+    let cached: Option<Vec<Window>> = channels.iter().map(|c| fresh_window(at, c)).collect();
+    if let Some(etag) = cached.map(|w| tag(&w)) {
+        if unchanged(at, &etag) {
+            return not_modified(etag);
+        }
+        if let Some(page) = cached_page(&key, &etag) {
+            return answer(at, etag, page, Source::Isolate);
+        }
+    }
+    let read = || async {
+        let db = mirror_db(at).await?;
+        let (windows, body) = if let Some(filter) = &filter {
+            let lanes: Vec<(&ChannelName, Option<u64>)> = channels
+                .iter()
+                .zip(request.cursors().iter().copied())
+                .collect();
+            let read =
+                topic_poll::read(&db, &lanes, filter, request.limit, request.max_bytes).await?;
+            let windows = read.windows.clone();
+            (windows, read.many_page(channels).encode())
+        } else {
+            let (windows, rows) = mirror::read_many(&db, &request)
+                .await
+                .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
+            let body = cut_many(&request, &windows, rows).encode();
+            (windows, body)
+        };
+        let now = now_ms();
+        WINDOWS.with(|w| {
+            let mut w = w.borrow_mut();
+            for (c, window) in channels.iter().zip(&windows) {
+                w.put(c.as_str(), *window, now);
+            }
+        });
+        let etag = tag(&windows);
+        let body = keep_page(&key, &etag, body);
+        Ok::<_, Error>((etag, body))
+    };
+    if at.config.poll_cache_ms <= 0 {
+        let (etag, body) = read().await?;
+        return answer(at, etag, body, Source::Mirror);
+    }
+    let (landed, source) = match flight::join(&PAGE_READS, &key).await {
+        Joined::Landed(landed) => (landed, Source::Shared),
+        Joined::Alone => (read().await, Source::Mirror),
+        Joined::Lead(lead) => {
+            let landed = read().await;
+            lead.land(landed.clone());
+            (landed, Source::Mirror)
+        }
+    };
+    let (etag, body) = landed?;
+    answer(at, etag, body, source)
+}
+
+fn fresh_window(at: &Incoming<'_>, channel: &ChannelName) -> Option<Window> {
+    let ttl = at.config.poll_cache_ms;
+    WINDOWS.with(|w| w.borrow().fresh(channel.as_str(), now_ms(), ttl))
+}
+
+/// The answer this isolate made for `channels` (a route's channel, or its set's key) and `etag`.
+fn cached_page(channels: &str, etag: &str) -> Option<Rc<str>> {
+    PAGES.with(|p| p.borrow_mut().get(&PageCache::key(channels, etag)))
+}
+
+/// Keeps an answer just made for the pollers that follow.
+fn keep_page(channels: &str, etag: &str, body: String) -> Rc<str> {
+    let body: Rc<str> = Rc::from(body);
+    PAGES.with(|p| {
+        p.borrow_mut()
+            .put(PageCache::key(channels, etag), body.clone())
+    });
+    body
+}
+
+fn now_ms() -> i64 {
+    Date::now().as_millis() as i64
+}
+
+fn limit(at: &Incoming<'_>) -> Result<u32, Error> {
+    match query_param(&at.query, "limit").transpose()? {
+        Some(s) => parse_limit(&s, at.config.poll_max_limit),
+        None => Ok(at.config.poll_default_limit),
+    }
+}
+
+/// The D1 mirror, after the development-only read delay (`fault_d1_read_ms`).
+async fn mirror_db(at: &Incoming<'_>) -> Result<worker::D1Database, Error> {
+    let delay = at.config.fault_d1_read_ms;
+    if delay > 0 {
+        Delay::from(Duration::from_millis(delay)).await;
+    }
+    at.env
+        .d1(mirror::BINDING)
+        .map_err(internal("the D1 binding"))
+}
+
+/// True when the request's `If-None-Match` matches `etag`.
+fn unchanged(at: &Incoming<'_>, etag: &str) -> bool {
+    at.req
+        .headers()
+        .get("if-none-match")
+        .ok()
+        .flatten()
+        .is_some_and(|v| etag_matches(&v, etag))
+}
+
+fn not_modified(etag: String) -> Answer {
+    poll_headers(Response::builder().with_status(304).empty(), &etag)
+}
+
+/// A 200 with `body`, or a 304 when the request's tag matches (a shared read's answer is
+/// checked here, per poll).
+fn answer(at: &Incoming<'_>, etag: String, body: Rc<str>, source: Source) -> Answer {
+    if unchanged(at, &etag) {
+        return not_modified(etag);
+    }
+    let response = poll_headers(
+        json(200, body.to_string()).map_err(internal("answering"))?,
+        &etag,
+    )?;
+    response
+        .headers()
+        .set("x-edgehub-cache", source.header())
+        .map_err(internal("answering"))?;
+    Ok(response)
+}
+
+fn poll_headers(response: Response, etag: &str) -> Answer {
+    let headers = response.headers();
+    headers.set("etag", etag).map_err(internal("answering"))?;
+    headers
+        .set("cache-control", "no-cache")
+        .map_err(internal("answering"))?;
+    Ok(response)
+}
