@@ -15,44 +15,39 @@
 //! Every answer is one the mirror gave at some moment for that request, at most
 //! `POLL_CACHE_MS` late, so it never has a hole and never mixes before and after a purge.
 
+mod many;
+mod still;
+
+pub use many::poll_many;
+
 use super::flight::{self, Flights, Joined};
 use super::http::{internal, json};
-use super::routes::{since, stream_since, Incoming};
+use super::routes::{since, Incoming};
 use super::{mirror, topic_poll};
 use crate::auth::Action;
 use crate::channel::page_cache::PageCache;
-use crate::channel::poll::{cut_page, PollRequest, StillPage, WindowCache};
-use crate::channel::poll_many::{cut_many, ManyRequest};
+use crate::channel::poll::{cut_page, PollRequest, WindowCache};
 use crate::channel::Window;
 use crate::error::Error;
 use crate::protocol::filter::{Filter, FilterSpec};
 use crate::protocol::query::{etag_matches, parse_limit, query_param};
-use crate::protocol::stream::ChannelSet;
 use crate::protocol::ChannelName;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-use worker::{Cache, Date, Delay, Headers, Response, ResponseBuilder};
+use still::{still_answer, StillKey};
+use worker::{Date, Delay, Response};
 
 thread_local! {
     /// Mirror windows this isolate read recently, for 304s without D1 (`POLL_CACHE_MS`).
     static WINDOWS: RefCell<WindowCache> = RefCell::new(WindowCache::default());
     /// Poll answers made for those windows, served again without D1 (`channel::page_cache`).
     static PAGES: RefCell<PageCache> = RefCell::new(PageCache::default());
-    /// Still pages, by request (`still_key`).
-    static STILL: RefCell<PageCache<Rc<StillPage>>> = RefCell::new(PageCache::default());
     /// Page reads in flight, by request: their answer (tag and body) or their failure.
     static PAGE_READS: Flights<Result<(String, Rc<str>), Error>> = Flights::default();
     /// Window reads in flight, by channel.
     static WINDOW_READS: Flights<Result<Window, Error>> = Flights::default();
 }
-
-/// The Cache API cache that holds still pages.
-const CACHE_NAME: &str = "edgehub:poll-pages";
-/// How long the Cache API keeps a still page: whether it is still the answer is checked on
-/// every use, so this only bounds the space.
-const STILL_TTL_SECONDS: u32 = 86_400;
-const NEXT_HEADER: &str = "x-edgehub-next";
 
 type Answer = Result<Response, Error>;
 
@@ -129,7 +124,17 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
         return answer(at, etag, body, Source::Mirror);
     }
     let flight_key = PageCache::key(channel.as_str(), &tag(Window::EMPTY));
-    let (landed, source) = match flight::join(&PAGE_READS, &flight_key).await {
+    let (etag, body, source) = read_once(&flight_key, read).await?;
+    answer(at, etag, body, source)
+}
+
+/// `read`, once for every poll of the request `key` in this isolate now.
+async fn read_once<F, R>(key: &str, read: F) -> Result<(String, Rc<str>, Source), Error>
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = Result<(String, Rc<str>), Error>>,
+{
+    let (landed, source) = match flight::join(&PAGE_READS, key).await {
         Joined::Landed(landed) => (landed, Source::Shared),
         Joined::Alone => (read().await, Source::Mirror),
         Joined::Lead(lead) => {
@@ -138,8 +143,7 @@ pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
             (landed, Source::Mirror)
         }
     };
-    let (etag, body) = landed?;
-    answer(at, etag, body, source)
+    landed.map(|(etag, body)| (etag, body, source))
 }
 
 /// The answer this isolate knows for `window` without D1: a 304, a page it made for that
@@ -157,49 +161,8 @@ fn known(
     if let Some(page) = cached_page(channel.as_str(), &etag) {
         return Some(answer(at, etag, page, Source::Isolate));
     }
-    let page = STILL.with(|s| s.borrow_mut().get(&still?.isolate))?;
-    let body = keep_page(channel.as_str(), &etag, page.answer(window)?);
+    let body = keep_page(channel.as_str(), &etag, still::answer_here(still?, window)?);
     Some(answer(at, etag, body, Source::Isolate))
-}
-
-/// A still page of this request, from this isolate or the Cache API, if it is the answer for
-/// the channel's window now (read from D1 unless fresh here). `None` when there is none.
-async fn still_answer(
-    at: &Incoming<'_>,
-    channel: &ChannelName,
-    key: &StillKey,
-    tag: &impl Fn(Window) -> String,
-) -> Result<Option<Response>, Error> {
-    // A poll at or past the head this isolate saw last has no still page: spare the lookup.
-    let seen = WINDOWS.with(|w| w.borrow().last(channel.as_str()));
-    if seen.is_some_and(|w| key.cursor >= w.head) {
-        return Ok(None);
-    }
-    let (page, source) = match STILL.with(|s| s.borrow_mut().get(&key.isolate)) {
-        Some(page) => (page, Source::Isolate),
-        None => match key.load().await {
-            Some(page) => (page, Source::Stored),
-            None => return Ok(None),
-        },
-    };
-    let window = match fresh_window(at, channel) {
-        Some(window) => window,
-        None => read_window(at, channel).await?,
-    };
-    let Some(body) = page.answer(window) else {
-        // Pruned or purged past its cursor: never the answer again.
-        key.forget(at);
-        return Ok(None);
-    };
-    if let Source::Stored = source {
-        STILL.with(|s| s.borrow_mut().put(key.isolate.clone(), page.clone()));
-    }
-    let etag = tag(window);
-    if unchanged(at, &etag) {
-        return not_modified(etag).map(Some);
-    }
-    let body = keep_page(channel.as_str(), &etag, body);
-    answer(at, etag, body, source).map(Some)
 }
 
 /// Reads the page from D1 and keeps what it learnt: the window, the answer, and the page as a
@@ -231,7 +194,7 @@ async fn read_page(
         }
         (window, page.encode(channel))
     };
-    WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
+    remember(channel, window, now);
     let etag = tag(window);
     let body = keep_page(channel.as_str(), &etag, body);
     Ok((etag, body))
@@ -244,7 +207,7 @@ async fn read_window(at: &Incoming<'_>, channel: &ChannelName) -> Result<Window,
         let window = mirror::read_window(&db, channel)
             .await
             .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-        WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now_ms()));
+        remember(channel, window, now_ms());
         Ok(window)
     };
     match flight::join(&WINDOW_READS, channel.as_str()).await {
@@ -258,161 +221,14 @@ async fn read_window(at: &Incoming<'_>, channel: &ChannelName) -> Result<Window,
     }
 }
 
-/// Where a still page of one request is kept: its key in this isolate, and in the Cache API
-/// (a URL on the request's own origin, so on Cloudflare it stays in the zone it serves).
-struct StillKey {
-    cursor: u64,
-    isolate: String,
-    url: String,
+/// Keeps `window`, read from D1 at `now`, for the polls that follow.
+fn remember(channel: &ChannelName, window: Window, now: i64) {
+    WINDOWS.with(|w| w.borrow_mut().put(channel.as_str(), window, now));
 }
 
-impl StillKey {
-    fn new(at: &Incoming<'_>, channel: &ChannelName, cursor: u64, limit: u32) -> StillKey {
-        let origin = at
-            .req
-            .url()
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_else(|_| "http://edgehub.invalid".into());
-        let bytes = at.config.max_page_bytes;
-        StillKey {
-            cursor,
-            isolate: format!("{channel} {cursor} {limit} {bytes}"),
-            url: format!("{origin}/.edgehub/poll-pages/v1/{channel}/{cursor}/{limit}/{bytes}",),
-        }
-    }
-
-    /// Keeps `page` here, and in the Cache API after the answer has gone.
-    fn keep(&self, at: &Incoming<'_>, page: Rc<StillPage>) {
-        let stored = still_response(&page);
-        STILL.with(|s| s.borrow_mut().put(self.isolate.clone(), page));
-        let Ok(response) = stored else {
-            return;
-        };
-        let url = self.url.clone();
-        at.ctx.wait_until(async move {
-            // Where the Cache API is missing or off (workers.dev), the isolate's copy is all
-            // there is.
-            let _ = Cache::open(CACHE_NAME.into())
-                .await
-                .put(url, response)
-                .await;
-        });
-    }
-
-    /// Drops the page, here and in the Cache API.
-    fn forget(&self, at: &Incoming<'_>) {
-        STILL.with(|s| s.borrow_mut().remove(&self.isolate));
-        let url = self.url.clone();
-        at.ctx.wait_until(async move {
-            let _ = Cache::open(CACHE_NAME.into())
-                .await
-                .delete(url, false)
-                .await;
-        });
-    }
-
-    /// The still page the Cache API holds for this request, if any.
-    async fn load(&self) -> Option<Rc<StillPage>> {
-        let cache = Cache::open(CACHE_NAME.into()).await;
-        let mut response = cache.get(self.url.as_str(), false).await.ok()??;
-        let next = response.headers().get(NEXT_HEADER).ok()??.parse().ok()?;
-        let before_head = response.text().await.ok()?;
-        Some(Rc::new(StillPage {
-            cursor: self.cursor,
-            next,
-            before_head,
-        }))
-    }
-}
-
-fn still_response(page: &StillPage) -> worker::Result<Response> {
-    let headers = Headers::new();
-    headers.set(NEXT_HEADER, &page.next.to_string())?;
-    headers.set(
-        "cache-control",
-        &format!("public, max-age={STILL_TTL_SECONDS}"),
-    )?;
-    Ok(ResponseBuilder::new()
-        .with_headers(headers)
-        .fixed(page.before_head.clone().into_bytes()))
-}
-
-/// `GET /poll?channel=a&channel=b…`: the same rules as `poll`, over a set of channels, in one
-/// D1 query; a 304 without D1 when every channel's window is in this isolate's cache. Its
-/// pages are kept by window only (layer 1), and its reads are shared (layer 3).
-pub async fn poll_many(at: &Incoming<'_>) -> Answer {
-    let set = ChannelSet::parse(&at.query, at.config.max_stream_channels)?;
-    at.credentials
-        .permits(at.env, at.config)?
-        .check_all(at.config, Action::Subscribe, &set)?;
-    let since = stream_since(&at.query, &set)?;
-    let request = ManyRequest::new(set, since.as_ref(), limit(at)?, at.config.max_page_bytes);
-    let filter = Filter::parse(&FilterSpec::from_query(&at.query)?)?;
-    let tag = |windows: &[Window]| {
-        let etag = request.etag(windows);
-        filter
-            .as_ref()
-            .map_or(etag.clone(), |f| topic_poll::etag(&etag, f))
-    };
-    // The tag is a digest: the page is kept under the request itself too.
-    let key = match &filter {
-        Some(f) => format!("{} t{}", request.key(), f.key()),
-        None => request.key(),
-    };
-    let channels = request.set.channels();
-    let cached: Option<Vec<Window>> = channels.iter().map(|c| fresh_window(at, c)).collect();
-    if let Some(etag) = cached.map(|w| tag(&w)) {
-        if unchanged(at, &etag) {
-            return not_modified(etag);
-        }
-        if let Some(page) = cached_page(&key, &etag) {
-            return answer(at, etag, page, Source::Isolate);
-        }
-    }
-    let read = || async {
-        let db = mirror_db(at).await?;
-        let (windows, body) = if let Some(filter) = &filter {
-            let lanes: Vec<(&ChannelName, Option<u64>)> = channels
-                .iter()
-                .zip(request.cursors().iter().copied())
-                .collect();
-            let read =
-                topic_poll::read(&db, &lanes, filter, request.limit, request.max_bytes).await?;
-            let windows = read.windows.clone();
-            (windows, read.many_page(channels).encode())
-        } else {
-            let (windows, rows) = mirror::read_many(&db, &request)
-                .await
-                .map_err(|e| Error::Unavailable(format!("reading the mirror: {e}")))?;
-            let body = cut_many(&request, &windows, rows).encode();
-            (windows, body)
-        };
-        let now = now_ms();
-        WINDOWS.with(|w| {
-            let mut w = w.borrow_mut();
-            for (c, window) in channels.iter().zip(&windows) {
-                w.put(c.as_str(), *window, now);
-            }
-        });
-        let etag = tag(&windows);
-        let body = keep_page(&key, &etag, body);
-        Ok::<_, Error>((etag, body))
-    };
-    if at.config.poll_cache_ms <= 0 {
-        let (etag, body) = read().await?;
-        return answer(at, etag, body, Source::Mirror);
-    }
-    let (landed, source) = match flight::join(&PAGE_READS, &key).await {
-        Joined::Landed(landed) => (landed, Source::Shared),
-        Joined::Alone => (read().await, Source::Mirror),
-        Joined::Lead(lead) => {
-            let landed = read().await;
-            lead.land(landed.clone());
-            (landed, Source::Mirror)
-        }
-    };
-    let (etag, body) = landed?;
-    answer(at, etag, body, source)
+/// The window of `channel` read last, however long ago: a hint, never an answer.
+fn last_window(channel: &ChannelName) -> Option<Window> {
+    WINDOWS.with(|w| w.borrow().last(channel.as_str()))
 }
 
 fn fresh_window(at: &Incoming<'_>, channel: &ChannelName) -> Option<Window> {
