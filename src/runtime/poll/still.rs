@@ -35,14 +35,20 @@ pub(super) async fn still_answer(
     key: &StillKey,
     tag: &impl Fn(Window) -> String,
 ) -> Result<Option<Response>, Error> {
-    // A poll at or past the head this isolate saw last has no still page: spare the lookup.
-    let seen = super::last_window(channel);
-    if seen.is_some_and(|w| key.cursor >= w.head) {
+    // The head this isolate saw last, however long ago (heads only grow): a poll at or past
+    // it has no still page, and one whose `limit` reaches it most likely has none either
+    // (only a page cut by size could be one), so the Cache API is not asked for those: the
+    // lookup would cost every poll of a caught-up reader.
+    let seen = super::last_window(channel).map(|w| w.head);
+    if seen.is_some_and(|head| key.cursor >= head) {
         return Ok(None);
     }
     let (page, source) = match STILL.with(|s| s.borrow_mut().get(&key.isolate)) {
         Some(page) => (page, Source::Isolate),
-        None => match key.load().await {
+        None if seen.is_some_and(|head| key.cursor + u64::from(key.limit) >= head) => {
+            return Ok(None)
+        }
+        None => match key.load(at).await {
             Some(page) => (page, Source::Stored),
             None => return Ok(None),
         },
@@ -67,12 +73,12 @@ pub(super) async fn still_answer(
     answer(at, etag, body, source).map(Some)
 }
 
-/// Where a still page of one request is kept: its key in this isolate, and in the Cache API
-/// (a URL on the request's own origin, so on Cloudflare it stays in the zone it serves).
+/// Where a still page of one request is kept: its key in this isolate (channel, cursor, limit
+/// and page size), and its URL in the Cache API.
 pub(super) struct StillKey {
     cursor: u64,
+    limit: u32,
     isolate: String,
-    url: String,
 }
 
 impl StillKey {
@@ -82,17 +88,24 @@ impl StillKey {
         cursor: u64,
         limit: u32,
     ) -> StillKey {
+        let bytes = at.config.max_page_bytes;
+        StillKey {
+            cursor,
+            limit,
+            isolate: format!("{channel} {cursor} {limit} {bytes}"),
+        }
+    }
+
+    /// Its URL in the Cache API: on the request's own origin, so that on Cloudflare it stays in
+    /// the zone it serves.
+    fn url(&self, at: &Incoming<'_>) -> String {
         let origin = at
             .req
             .url()
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_else(|_| "http://edgehub.invalid".into());
-        let bytes = at.config.max_page_bytes;
-        StillKey {
-            cursor,
-            isolate: format!("{channel} {cursor} {limit} {bytes}"),
-            url: format!("{origin}/.edgehub/poll-pages/v1/{channel}/{cursor}/{limit}/{bytes}",),
-        }
+        let path = self.isolate.replace(' ', "/");
+        format!("{origin}/.edgehub/poll-pages/v1/{path}")
     }
 
     /// Keeps `page` here, and in the Cache API after the answer has gone.
@@ -102,7 +115,7 @@ impl StillKey {
         let Ok(response) = stored else {
             return;
         };
-        let url = self.url.clone();
+        let url = self.url(at);
         at.ctx.wait_until(async move {
             // Where the Cache API is missing or off (workers.dev), the isolate's copy is all
             // there is.
@@ -116,7 +129,7 @@ impl StillKey {
     /// Drops the page, here and in the Cache API.
     fn forget(&self, at: &Incoming<'_>) {
         STILL.with(|s| s.borrow_mut().remove(&self.isolate));
-        let url = self.url.clone();
+        let url = self.url(at);
         at.ctx.wait_until(async move {
             let _ = Cache::open(CACHE_NAME.into())
                 .await
@@ -126,9 +139,9 @@ impl StillKey {
     }
 
     /// The still page the Cache API holds for this request, if any.
-    async fn load(&self) -> Option<Rc<StillPage>> {
+    async fn load(&self, at: &Incoming<'_>) -> Option<Rc<StillPage>> {
         let cache = Cache::open(CACHE_NAME.into()).await;
-        let mut response = cache.get(self.url.as_str(), false).await.ok()??;
+        let mut response = cache.get(self.url(at), false).await.ok()??;
         let next = response.headers().get(NEXT_HEADER).ok()??.parse().ok()?;
         let before_head = response.text().await.ok()?;
         Some(Rc::new(StillPage {

@@ -13,6 +13,8 @@
 //! With `--nchan`, the one-channel 200 again against nchan: its interval-poll subscriber
 //! answering the same page's bytes as its one message.
 
+mod catch_up;
+
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -31,6 +33,11 @@ const WARM_UP: Duration = Duration::from_millis(500);
 const MIRROR_WAIT: Duration = Duration::from_secs(30);
 /// The channels of the many-channel poll (`MAX_STREAM_CHANNELS`, the most one poll may name).
 const MANY: usize = 100;
+/// The pollers of the crowd load: all on one cursor, each one request after the other.
+const CROWD: usize = 100;
+/// The hub's `POLL_CACHE_MS` (its default; the bench sets no other): how long the isolate uses
+/// a window it read, so the crowd's D1 reads are counted per such window.
+const POLL_CACHE_MS: f64 = 250.0;
 /// Publishes in flight while the many-channel poll's channels are filled.
 const FILL_CONCURRENCY: usize = 10;
 
@@ -42,6 +49,8 @@ pub(super) struct Load {
     pub errors: u64,
     /// Answers that said `x-edgehub-cache: hit` (made by the isolate without D1).
     pub hits: u64,
+    /// Answers that said `x-edgehub-cache: miss` (the poll's own D1 read).
+    pub misses: u64,
     pub answers: u64,
 }
 
@@ -89,6 +98,8 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let distinct_url = url.replacen(&format!("limit={PAGE}"), VARY, 1);
     let distinct = load(n, &distinct_url, None, 200, seconds).await;
     let not_modified = load(n, &url, Some(&etag), 304, seconds).await;
+    let crowd = load(CROWD, &url, None, 200, seconds).await;
+    let catching_up = catch_up::run(&setup.hub, seconds).await?;
     let many_full = load(n, &many_url, None, 200, seconds).await;
     let many_not_modified = load(n, &many_url, Some(&many_etag), 304, seconds).await;
     // The runtime's own cost of a request that long: the no-op Worker, the same path and query.
@@ -141,6 +152,11 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         &distinct,
     );
     add("304", "poll answered 304", &not_modified);
+    add(
+        &format!("200.c{CROWD}"),
+        &format!("poll answered 200, {CROWD} pollers on one cursor"),
+        &crowd,
+    );
     add(
         &format!("ch{MANY}.200"),
         &format!("poll over {MANY} channels answered 200"),
@@ -222,6 +238,40 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         Some(Target::AtMost(0.0)),
         share(&distinct),
     );
+    // Issue 18: 100 pollers on one cursor ≤ 1 D1 read per window. The load runs `seconds`
+    // after its warm-up; the isolate reads a window at most once per `POLL_CACHE_MS`.
+    let windows = (seconds.as_secs_f64() * 1000.0 / POLL_CACHE_MS).max(1.0);
+    f.add(
+        SCENARIO,
+        &format!("polling.200.c{CROWD}.d1_per_window"),
+        &format!("poll 200, {CROWD} pollers on one cursor: D1 reads per {POLL_CACHE_MS} ms window"),
+        Unit::Ratio,
+        Some(Target::AtMost(1.0)),
+        crowd.misses as f64 / windows,
+    );
+    f.add(
+        SCENARIO,
+        "polling.catchup.per_s",
+        "readers catching up while published to: requests per second",
+        Unit::PerSec,
+        None,
+        catching_up.per_s,
+    );
+    f.add(
+        SCENARIO,
+        "polling.catchup.spared",
+        "readers catching up while published to: answers without a D1 read of their own",
+        Unit::Percent,
+        None,
+        catching_up.spared(),
+    );
+    let s = catching_up.sources;
+    f.note(format!(
+        "polling, catch-up: 10 readers walk 500 events 10 at a time (from 10 places, following \
+         `next`, then again from 0) while one event is published every 100 ms ({} published); \
+         answers: {} hit, {} stored, {} shared, {} miss; {} failed",
+        catching_up.published, s.hit, s.stored, s.shared, s.miss, catching_up.errors
+    ));
     f.add(
         SCENARIO,
         "polling.304.vs_noop",
@@ -574,7 +624,7 @@ pub(super) async fn load(
 ) -> Load {
     let _ = hammer(concurrency, url, etag, want, WARM_UP).await;
     let started = Instant::now();
-    let (mut times, errors, hits) = hammer(concurrency, url, etag, want, seconds).await;
+    let (mut times, errors, sources) = hammer(concurrency, url, etag, want, seconds).await;
     let elapsed = started.elapsed().as_secs_f64();
     times.sort();
     Load {
@@ -582,26 +632,56 @@ pub(super) async fn load(
         p50: percentile_ms(&times, 0.5),
         p99: percentile_ms(&times, 0.99),
         errors,
-        hits,
+        hits: sources.hit,
+        misses: sources.miss,
         answers: times.len() as u64,
     }
 }
 
-/// The request times of the answers with status `want`, how many had another status, and how
-/// many said `x-edgehub-cache: hit`.
+/// How many answers said each `x-edgehub-cache` (docs/API.md#poll-cache).
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct Sources {
+    pub hit: u64,
+    pub stored: u64,
+    pub shared: u64,
+    pub miss: u64,
+}
+
+impl Sources {
+    pub fn count(&mut self, header: Option<&reqwest::header::HeaderValue>) {
+        match header.map(reqwest::header::HeaderValue::as_bytes) {
+            Some(b"hit") => self.hit += 1,
+            Some(b"stored") => self.stored += 1,
+            Some(b"shared") => self.shared += 1,
+            Some(b"miss") => self.miss += 1,
+            _ => {}
+        }
+    }
+
+    pub fn add(&mut self, other: Sources) {
+        self.hit += other.hit;
+        self.stored += other.stored;
+        self.shared += other.shared;
+        self.miss += other.miss;
+    }
+}
+
+/// The request times of the answers with status `want`, how many had another status, and
+/// where the answers came from.
 async fn hammer(
     concurrency: usize,
     url: &str,
     etag: Option<&str>,
     want: u16,
     seconds: Duration,
-) -> (Vec<Duration>, u64, u64) {
+) -> (Vec<Duration>, u64, Sources) {
     let stop = Instant::now() + seconds;
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (url, etag) = (url.to_string(), etag.map(str::to_string));
             tokio::spawn(async move {
-                let (mut times, mut errors, mut hits) = (Vec::new(), 0u64, 0u64);
+                let (mut times, mut errors) = (Vec::new(), 0u64);
+                let mut sources = Sources::default();
                 while Instant::now() < stop {
                     let url = match url.contains(VARY) {
                         true => {
@@ -619,12 +699,11 @@ async fn hammer(
                     let asked = Instant::now();
                     let ok = match req.send().await {
                         Ok(r) => {
-                            let hit = r
-                                .headers()
-                                .get("x-edgehub-cache")
-                                .is_some_and(|v| v.as_bytes() == b"hit");
+                            let source = r.headers().get("x-edgehub-cache").cloned();
                             let ok = r.status().as_u16() == want && r.bytes().await.is_ok();
-                            hits += u64::from(ok && hit);
+                            if ok {
+                                sources.count(source.as_ref());
+                            }
                             ok
                         }
                         Err(_) => false,
@@ -634,17 +713,17 @@ async fn hammer(
                         false => errors += 1,
                     }
                 }
-                (times, errors, hits)
+                (times, errors, sources)
             })
         })
         .collect();
-    let (mut all, mut errors, mut hits) = (Vec::new(), 0, 0);
+    let (mut all, mut errors, mut sources) = (Vec::new(), 0, Sources::default());
     for t in tasks {
-        if let Ok((times, e, h)) = t.await {
+        if let Ok((times, e, s)) = t.await {
             all.extend(times);
             errors += e;
-            hits += h;
+            sources.add(s);
         }
     }
-    (all, errors, hits)
+    (all, errors, sources)
 }
