@@ -10,13 +10,15 @@ use serde_json::{json, Value};
 
 use crate::api::{admin, channel, Api};
 use crate::live::info;
+use crate::slow::{own_hub, publish_padded, stalled, RETAIN_ALL};
 use crate::sse_client::{event_ids, SseStream};
-use crate::{case, Case};
+use crate::{case, case_own_hub, Case};
 
 pub fn cases() -> Vec<Case> {
     vec![
         case!(tap_subscribers_at_every_cursor_get_each_event_once),
         case!(tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles),
+        case_own_hub!(tap_owner_let_go_as_too_slow_leaves_the_others_whole_and_the_count_true),
     ]
 }
 
@@ -147,4 +149,70 @@ async fn tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles(api: 
         "e2e: tap: the owner left the count after {left:.1?}; {} events",
         n + 5
     );
+}
+
+/// The owner's own client stops reading (a tiny receive buffer), with the smallest
+/// `SLOW_CONSUMER_BYTES`: it is let go as too slow, alone. The three other members get every
+/// event once, and the channel's count follows the clients (4, then 3, then 2 when one more
+/// leaves), whichever request carries the upstream by then.
+async fn tap_owner_let_go_as_too_slow_leaves_the_others_whole_and_the_count_true(_: Api) {
+    let hub = own_hub(RETAIN_ALL).await;
+    let api = Api::new(hub.base());
+    let c = format!("public:{}", channel("tapslowowner"));
+    let host = api.base.trim_start_matches("http://").to_string();
+    let request =
+        format!("GET /sse/{c} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    let (_owner, head, _) = stalled(&api, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(SseStream::subscribe(&api, &c, None, None).await);
+    }
+    assert_eq!(sse_count(&api, &c).await, json!(4));
+    // Padded events until the owner's client is let go: past the socket buffers (the
+    // kernel's send buffer grows to some MiB on loopback, about 500 of these events here),
+    // then past the 64 KiB backlog, then a second without taking any.
+    let mut n = 0;
+    let started = Instant::now();
+    while n < 1500 && started.elapsed() < Duration::from_secs(240) {
+        n = publish_padded(&api, &c, n + 1).await;
+        if n % 10 == 0 && sse_count(&api, &c).await == json!(3) {
+            break;
+        }
+    }
+    assert_eq!(
+        sse_count(&api, &c).await,
+        json!(3),
+        "the owner was never let go ({n} events)"
+    );
+    let last = n + 10;
+    for k in n + 1..=last {
+        publish_padded(&api, &c, k).await;
+    }
+    for (k, s) in others.iter_mut().enumerate() {
+        assert_eq!(
+            event_ids(&s.events_through(last, WAIT).await),
+            (1..=last).collect::<Vec<_>>(),
+            "member {k}"
+        );
+    }
+    drop(others.remove(0));
+    let mut count = sse_count(&api, &c).await;
+    let mut m = last;
+    let left = Instant::now();
+    while count != json!(2) && left.elapsed() < Duration::from_secs(60) {
+        m = publish_padded(&api, &c, m + 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = sse_count(&api, &c).await;
+    }
+    assert_eq!(count, json!(2), "after one more member left");
+    for (k, s) in others.iter_mut().enumerate() {
+        assert_eq!(
+            event_ids(&s.events_through(m, WAIT).await),
+            (last + 1..=m).collect::<Vec<_>>(),
+            "member {k}, after"
+        );
+    }
+    hub.cleanup().await;
 }
