@@ -166,6 +166,30 @@ mod tests {
     }
 
     #[test]
+    fn removing_a_page_gives_back_its_bytes() {
+        let mut c = PageCache::default();
+        c.put("a".into(), body(100));
+        c.put("b".into(), body(30));
+        c.remove("a");
+        c.remove("nothing");
+        assert_eq!((c.len(), c.bytes()), (1, 30));
+        assert!(c.get("a").is_none());
+    }
+
+    #[test]
+    fn still_pages_weigh_their_text() {
+        let page = Rc::new(StillPage {
+            cursor: 3,
+            next: 5,
+            before_head: "x".repeat(70),
+        });
+        let mut c: PageCache<Rc<StillPage>> = PageCache::default();
+        c.put("s".into(), page.clone());
+        assert_eq!((c.len(), c.bytes()), (1, 70));
+        assert_eq!(c.get("s"), Some(page));
+    }
+
+    #[test]
     fn putting_a_key_again_replaces_its_body_and_its_bytes() {
         let mut c = PageCache::default();
         c.put("k".into(), body(100));
