@@ -48,6 +48,8 @@ async fn start(
         under: "bench-tmp",
         label,
         keep_failed: keep,
+        serve_args: Vec::new(),
+        fd_limit: None,
     })
     .await
 }

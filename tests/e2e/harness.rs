@@ -18,10 +18,13 @@ pub const MERCURE_ISSUER: &str = "https://localhost";
 
 const LOG_TAIL_LINES: usize = 60;
 
-/// Settings beyond the suite's defaults: extra `--var NAME:VALUE` pairs.
+/// Settings beyond the suite's defaults: extra `--var NAME:VALUE` pairs, extra flags for
+/// `scripts/serve.mjs`, and a lower open-file limit to run it under.
 #[derive(Clone, Debug, Default)]
 pub struct HubOptions {
     pub vars: Vec<(String, String)>,
+    pub serve_args: Vec<String>,
+    pub fd_limit: Option<u64>,
 }
 
 /// The shared hub's heartbeat: short, so a gone SSE client leaves the subscriber set quickly.
@@ -43,6 +46,7 @@ impl HubOptions {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..HubOptions::default()
         }
     }
 
@@ -84,6 +88,8 @@ impl Hub {
             under: "e2e-tmp",
             label: "hub",
             keep_failed: true,
+            serve_args: opts.serve_args,
+            fd_limit: opts.fd_limit,
         })
         .await?;
         Ok(Hub { runtime })

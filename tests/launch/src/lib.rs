@@ -5,7 +5,9 @@
 //! and with absolute paths, so it runs the bundle `make build` made and never rebuilds or reloads
 //! mid-run, and no `.dev.vars` is read: its settings are the config's `[vars]` and the `--var`s
 //! given here. Everything it starts is one process group, held by a watchdog on our stdin pipe,
-//! so nothing outlives the caller. Every wait is bounded in tries and in time.
+//! so nothing outlives the caller. Every wait is bounded in tries and in time. `serve.mjs` runs
+//! as `make dev` runs it, its connection front included; `Options` (or `EDGEHUB_SERVE_ARGS`, for
+//! a run by hand) add flags to it, and `fd_limit` lowers the open-file limit it runs under.
 
 use std::fs;
 use std::io::Read;
@@ -29,6 +31,8 @@ const FATAL_LOG_LINES: &[&str] = &[
     "Custom build failed",
     "Command failed with exit code",
     "Address already in use",
+    // scripts/serve.mjs's connection front, when its port is taken (Node's words).
+    "EADDRINUSE",
 ];
 /// How long a restart on the same port waits for the port to be free again.
 const PORT_FREE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,14 +42,19 @@ const PORT_FREE_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRIED_LOG_LINES: &[&str] = &[
     "The Workers runtime failed to start",
     "Address already in use",
+    "EADDRINUSE",
 ];
 /// Starts tried in all before giving up.
 const LAUNCH_TRIES: u32 = 3;
 
-/// Runs the command in the background and holds it on `read` from our stdin pipe: when the
-/// caller's process dies, the pipe closes, and the watchdog takes the whole process group down
-/// (TERM, then KILL). `$EXIT_FILE` records an early exit.
-const WATCHDOG: &str = r#"( "$@"; echo "$?" > "$EXIT_FILE" ) >>"$LOG_FILE" 2>&1 </dev/null &
+/// Runs the command in the background (under the open-file limit `$FD_LIMIT`, soft and hard,
+/// when set) and holds it on `read` from our stdin pipe: when the caller's process dies, the pipe
+/// closes, and the watchdog takes the whole process group down (TERM, then KILL). `$EXIT_FILE`
+/// records an early exit.
+const WATCHDOG: &str = r#"(
+  if [ -n "$FD_LIMIT" ]; then ulimit -n "$FD_LIMIT" || exit 1; fi
+  "$@"; echo "$?" > "$EXIT_FILE"
+) >>"$LOG_FILE" 2>&1 </dev/null &
 read _line
 trap '' TERM
 kill -TERM 0
@@ -91,6 +100,12 @@ pub struct Options {
     pub label: &'static str,
     /// Keep the persist directory (and its `wrangler.log`) when the runtime fails to start.
     pub keep_failed: bool,
+    /// More flags for `scripts/serve.mjs` (after the launcher's own and `EDGEHUB_SERVE_ARGS`),
+    /// e.g. `--restart`; not given to `wrangler dev`.
+    pub serve_args: Vec<String>,
+    /// The open-file limit (soft and hard) to run the runtime under, lower than ours; `None`:
+    /// ours, inherited.
+    pub fd_limit: Option<u64>,
 }
 
 /// A running (or stopped) runtime and the persist directory it owns.
@@ -350,6 +365,8 @@ impl Runtime {
                 // The launcher applied the migrations already (`migrate`).
                 cmd.arg("node").arg(root().join("scripts/serve.mjs"));
                 cmd.args(["--no-migrate", "--ip", "127.0.0.1"]);
+                cmd.args(serve_args_from_env());
+                cmd.args(&self.opts.serve_args);
             }
             Server::WranglerDev => {
                 cmd.arg(wrangler()).args(["dev", "--ip", "127.0.0.1"]);
@@ -369,6 +386,9 @@ impl Runtime {
         }
         cmd.current_dir(root()).envs(quiet_env());
         cmd.env("LOG_FILE", &log).env("EXIT_FILE", &exit_file);
+        if let Some(limit) = self.opts.fd_limit {
+            cmd.env("FD_LIMIT", limit.to_string());
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -408,13 +428,14 @@ impl Runtime {
             if started.elapsed() > READY_TIMEOUT {
                 break;
             }
-            if let Ok(code) = fs::read_to_string(exit_file) {
-                return Err(format!("wrangler dev exited with status {}", code.trim()));
-            }
+            // The log first: a runtime that exited has logged why, and the why decides a retry.
             let text = fs::read(self.log()).unwrap_or_default();
             let text = String::from_utf8_lossy(text.get(log_from..).unwrap_or_default());
             if let Some(line) = FATAL_LOG_LINES.iter().find(|l| text.contains(*l)) {
                 return Err(format!("wrangler dev logged {line:?}"));
+            }
+            if let Ok(code) = fs::read_to_string(exit_file) {
+                return Err(format!("wrangler dev exited with status {}", code.trim()));
             }
             match client().get(&url).send().await {
                 Ok(r) if r.status().as_u16() == 200 => return Ok(()),
@@ -493,6 +514,16 @@ pub fn server() -> Server {
         Ok("wrangler") => Server::WranglerDev,
         _ => Server::Serve,
     }
+}
+
+/// `EDGEHUB_SERVE_ARGS`, split on whitespace: flags for `scripts/serve.mjs` in every runtime
+/// started, for a run by hand (e.g. `--no-front`, to measure without the connection front).
+fn serve_args_from_env() -> Vec<String> {
+    std::env::var("EDGEHUB_SERVE_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 fn wrangler() -> PathBuf {

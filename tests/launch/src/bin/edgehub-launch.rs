@@ -58,6 +58,8 @@ fn options(args: Vec<String>) -> Result<Options, String> {
         under: "launch-tmp",
         label: "hub",
         keep_failed: true,
+        serve_args: Vec::new(),
+        fd_limit: None,
     };
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
