@@ -20,21 +20,32 @@
 // reload, the inspector proxy (--inspector-port opens workerd's own inspector), `request.cf`
 // download (Miniflare's placeholder object is used).
 //
-// At its open-file limit workerd exits (`accept: Too many open files` is fatal in kj): this
-// process then exits 1, or with --restart starts workerd again on the same port and persist dir
-// (the state survives, the connections do not). --max-connections N puts a plain TCP front in
-// this process instead (2 fds per connection here, 1 in workerd): streams past N are answered
-// 503, Node survives its own open-file limit, and workerd never holds more than N + 256.
+// The open-file limit (issue 18). At its limit workerd exits (`accept: Too many open files` is
+// fatal in kj, not configurable), dropping every connection. So by default the port is this
+// process's: a plain TCP front (`listenFront`) relays each connection to workerd on a private
+// loopback port, 2 fds per connection here and 1 in workerd, and caps them under the limit this
+// process runs with (the soft "Max open files" of /proc/self/limits, which workerd inherits):
+// streams (SSE, WebSocket, Mercure subscriptions) past the cap are answered 503, other requests
+// (publish, poll, /healthz) have a reserve of their own beyond it, and past Node's own limit
+// libuv accepts and closes what it cannot hold. Everyone connected stays served, and new
+// connections are taken again as soon as others close: workerd never reaches its limit, so it
+// is never restarted. Under the usual 20,000 that is 9,244 streams + 256 other connections.
+// --max-connections N sets the stream cap by hand (reserve 256); --max-connections 0 or
+// --no-front serves workerd straight on the port (1 fd per connection, about twice as many
+// streams, and workerd exits at its limit). If workerd ever exits, this process exits 1, or
+// with --restart (`make dev`) starts it again on the same persist dir (the state survives, the
+// connections it held do not).
 //
 // Usage: node scripts/serve.mjs [--config wrangler.toml] [--ip 127.0.0.1] [--port 8787]
 //          [--persist-to .wrangler/state] [--var NAME:VALUE]... [--inspector-port P]
 //          [--log-level debug|info|log|warn|error|none] [--no-migrate] [--no-dev-vars]
-//          [--max-connections N] [--restart] [--no-drain]
+//          [--max-connections auto|N|0] [--no-front] [--restart] [--no-drain]
 // The flags `wrangler dev` takes for these (--ip --port --persist-to --var --inspector-port
 // --log-level --config, and --show-interactive-dev-session, ignored) are accepted as they are.
-// Prints `edgehub: ready on http://IP:PORT (...)` once it serves; SIGTERM/SIGINT stop it
-// (workerd included) and it exits 0.
+// Prints `edgehub: ready on http://IP:PORT (...)` once it serves, with the front's caps and the
+// open-file limit they come from; SIGTERM/SIGINT stop it (workerd included) and it exits 0.
 
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import { createRequire } from 'node:module';
@@ -48,7 +59,7 @@ const { Miniflare, Log, LogLevel } = createRequire(wranglerMain)('miniflare');
 
 const USAGE = 'usage: node scripts/serve.mjs [--config FILE] [--ip IP] [--port PORT] [--persist-to DIR] '
   + '[--var NAME:VALUE]... [--inspector-port PORT] [--log-level LEVEL] [--no-migrate] [--no-dev-vars] '
-  + '[--max-connections N] [--restart] [--no-drain]';
+  + '[--max-connections auto|N|0] [--no-front] [--restart] [--no-drain]';
 
 function parseArgs(argv) {
   const opts = {
@@ -61,7 +72,7 @@ function parseArgs(argv) {
     logLevel: 'log',
     migrate: true,
     devVars: true,
-    maxConnections: 0,
+    maxConnections: 'auto',
     restart: false,
     drain: !process.env.WRANGLER_DISABLE_REQUEST_BODY_DRAINING,
   };
@@ -81,7 +92,12 @@ function parseArgs(argv) {
       case '--log-level': opts.logLevel = value(); break;
       case '--no-migrate': opts.migrate = false; break;
       case '--no-dev-vars': opts.devVars = false; break;
-      case '--max-connections': opts.maxConnections = Number(value()); break;
+      case '--max-connections': {
+        const v = value();
+        opts.maxConnections = v === 'auto' ? v : Number(v);
+        break;
+      }
+      case '--no-front': opts.maxConnections = 0; break;
       case '--restart': opts.restart = true; break;
       case '--no-drain': opts.drain = false; break;
       case '--var': {
@@ -101,6 +117,9 @@ function parseArgs(argv) {
   }
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) throw new Error(`bad --port`);
   if (opts.inspectorPort !== undefined && !Number.isInteger(opts.inspectorPort)) throw new Error(`bad --inspector-port`);
+  if (opts.maxConnections !== 'auto' && !(Number.isInteger(opts.maxConnections) && opts.maxConnections >= 0)) {
+    throw new Error(`bad --max-connections: want auto, 0 (no front) or a count`);
+  }
   return opts;
 }
 
@@ -294,9 +313,11 @@ async function main() {
     }
   }
 
-  // 2. The hub itself: workerd on the chosen port, or, with --max-connections, on a private
-  //    port behind this process's own TCP front (see `front`).
-  const front = opts.maxConnections ? await listenFront(opts) : undefined;
+  // 2. The hub itself: workerd on a private port behind this process's own TCP front (see
+  //    `listenFront`), or, with --max-connections 0, on the chosen port.
+  const limit = openFileLimit();
+  const caps = frontCaps(opts.maxConnections, limit);
+  const front = caps ? await listenFront(opts, caps) : undefined;
   const hubOptions = { ...shared, workers: [worker, ...externalWorkers] };
   if (front) Object.assign(hubOptions, { host: '127.0.0.1', port: 0 });
   let mf = new Miniflare(hubOptions);
@@ -325,7 +346,8 @@ async function main() {
   if (front) front.upstream = { host: url.hostname, port: Number(url.port) };
   const origin = front ? `http://${opts.ip}:${front.server.address().port}` : url.origin;
   console.log(`edgehub: ready on ${origin} (workerd pid ${pid ?? '?'}, node pid ${process.pid}, persist ${path.dirname(persistRoot)}`
-    + `${front ? `, front: at most ${opts.maxConnections} streams + ${RESERVE} other connections, workerd at ${url.host}` : ''}`
+    + `, ${front ? `front: at most ${caps.streams} streams + ${caps.reserve} other connections, workerd at ${url.host}` : 'no front'}`
+    + `, open-file limit ${limit ?? '?'}`
     + `${opts.inspectorPort !== undefined ? `, inspector ${opts.ip}:${opts.inspectorPort}` : ''})`);
 
   // Miniflare does not notice workerd dying on its own (it exits at its open-file limit:
@@ -354,100 +376,250 @@ async function main() {
   }, 1000);
 }
 
+/** The soft open-file limit of this process, which workerd inherits: /proc/self/limits, else
+ *  `ulimit -n` (a child shell has ours). Infinity when unlimited, undefined when unknown. */
+function openFileLimit() {
+  let soft;
+  try {
+    const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+    soft = line?.slice('Max open files'.length).trim().split(/\s+/)[0];
+  } catch {
+    try {
+      soft = execFileSync('sh', ['-c', 'ulimit -n'], { encoding: 'utf8' }).trim();
+    } catch {}
+  }
+  if (soft === 'unlimited') return Infinity;
+  const n = Number(soft);
+  return Number.isInteger(n) && n > 0 ? n : undefined;
+}
+
 /**
- * --max-connections N: a plain TCP front in this (Node) process, in place of wrangler's proxy.
- * It relays bytes and nothing else, so it costs 2 fds per connection here (client + workerd)
- * and 1 in workerd, for HTTP, SSE and WebSocket alike (wrangler's proxy: 2 per SSE, 6 per WS).
- * A connection whose first request is a stream (GET /sse…, /ws…, /.well-known/mercure, or any
- * Upgrade) counts against N; past N it is answered 503 and closed. Other connections (publish,
- * poll, /healthz) may use RESERVE more, so a full hub still takes publishes. Node survives its
- * own open-file limit (libuv drops what it cannot accept and keeps listening; a failed connect
- * to workerd becomes a 503), so over-limit clients are refused while everyone connected stays
- * served, and workerd, behind it, holds at most N + RESERVE client connections.
+ * The front's caps: `streams` (GET /sse…, /ws…, /.well-known/mercure, any Upgrade) and
+ * `reserve`, the other connections beyond them (publish, poll, /healthz), so that a hub full of
+ * streams still takes publishes. `auto` derives them from the open-file limit: the front holds 2
+ * fds per connection (the client's and workerd's) and keeps `spare` for its own (about 25) and
+ * for connections being refused; workerd holds 1 per connection plus its own (storage, about 30
+ * at start), so it stays about half a limit below its own and never reaches it. undefined: no
+ * front.
  */
 const RESERVE = 256;
-const STREAM_LINE = /^GET \/(sse|ws)(\/|\?|\s)|^GET \/\.well-known\/mercure/;
+const UNKNOWN_LIMIT = 1024; // the usual default soft limit, when /proc and sh cannot say
+const UNLIMITED = 1 << 20; // Linux's default nr_open, the most a process may open
+function frontCaps(max, limit) {
+  if (max === 0) return undefined;
+  const files = limit === Infinity ? UNLIMITED : (limit ?? UNKNOWN_LIMIT);
+  if (max !== 'auto') {
+    const need = 2 * (max + RESERVE) + 64;
+    if (need > files) {
+      console.error(`edgehub: warning: --max-connections ${max} wants about ${need} open files and the limit is ${files}:`
+        + ' connections past it are closed unanswered, not answered 503');
+    }
+    return { streams: max, reserve: RESERVE };
+  }
+  const spare = Math.min(1024, Math.max(64, Math.floor(files / 20)));
+  const connections = Math.floor((files - spare) / 2);
+  const reserve = Math.min(RESERVE, Math.floor(connections / 4));
+  if (connections - reserve < 1) throw new Error(`an open-file limit of ${files} leaves no room for a connection`);
+  return { streams: connections - reserve, reserve };
+}
 
-async function listenFront(opts) {
+/**
+ * The connection front: a plain TCP relay in this (Node) process, in place of wrangler's proxy.
+ * It relays bytes (half-closes included) and parses nothing past the first request's head, so
+ * it costs 2 fds per connection here and 1 in workerd, for HTTP, SSE and WebSocket alike
+ * (wrangler's proxy: 2 per SSE, 6 per WS). A connection whose first request is a stream counts
+ * against `caps.streams`; past it, it is answered 503 and closed; so is any connection past
+ * `caps.streams + caps.reserve`. Node survives its own open-file limit (libuv accepts and
+ * closes what it cannot hold, and keeps listening; a connect to workerd that finds no fd left
+ * becomes a 503), so over-limit clients are refused while everyone connected stays served, and
+ * workerd, behind it, holds at most streams + reserve client connections. A slot is free again
+ * once both sockets of its connection are closed.
+ */
+const STREAM_LINE = /^GET \/(sse|ws)(\/|\?|\s)|^GET \/\.well-known\/mercure/;
+/** A connection that sends nothing for this long is closed (kj's own header timeout is 15 s). */
+const FIRST_BYTES_TIMEOUT = 30_000;
+/** Once one side has closed, how long the other may take to take what is left for it. */
+const LINGER = 30_000;
+/** How often a refusal is logged at most. */
+const REFUSAL_LOG_EVERY = 10_000;
+
+async function listenFront(opts, caps) {
   const live = new Set();
   let streams = 0;
   const front = { upstream: undefined, live, destroyAll: () => { for (const s of live) s.destroy(); } };
   const BODY = '{"type":"about:blank","title":"Too many connections to the local hub","status":503}';
   const BUSY = 'HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n'
     + `Retry-After: 5\r\nConnection: close\r\nContent-Length: ${BODY.length}\r\n\r\n${BODY}`;
-  const refuse = (client) => {
+  let refused = 0;
+  let lastRefusalLog = 0;
+  const refuse = (client, why) => {
+    refused++;
+    if (why && Date.now() - lastRefusalLog > REFUSAL_LOG_EVERY) {
+      lastRefusalLog = Date.now();
+      console.error(`edgehub: front: refusing connections (503): ${why}; ${refused} refused so far, `
+        + `${streams} streams and ${live.size} connections held`);
+    }
     client.end(BUSY);
     client.resume();
     setTimeout(() => client.destroy(), 1000).unref();
   };
-  const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (client) => {
+  const server = net.createServer({ noDelay: true, pauseOnConnect: true, allowHalfOpen: true }, (client) => {
     client.on('error', () => {});
-    if (live.size >= opts.maxConnections + RESERVE || !front.upstream) return refuse(client);
+    if (!front.upstream) return refuse(client); // workerd is not up yet
+    if (live.size >= caps.streams + caps.reserve) return refuse(client, `${live.size} connections held`);
     live.add(client);
     let stream = false;
     let up;
-    const done = () => {
-      if (!live.delete(client)) return;
-      if (stream) streams--;
-      client.destroy();
-      up?.destroy();
+    const release = () => {
+      if (!client.destroyed || (up && !up.destroyed)) return;
+      if (live.delete(client) && stream) streams--;
     };
-    client.on('close', done);
+    client.on('close', (hadError) => {
+      // workerd sees the client go as it would directly: at once (an SSE stream ends, its
+      // subscriber leaves), after what the client sent if some is still on its way.
+      if (up && (hadError || !up.writableLength)) up.destroy();
+      else if (up) finish(up);
+      release();
+    });
+    client.setTimeout(FIRST_BYTES_TIMEOUT, () => client.destroy());
+    // Gone before it asked anything (and was not answered a 503 it should still get).
+    client.once('end', () => { if (!up && !client.writableEnded) client.destroy(); });
     client.once('data', (first) => {
+      client.setTimeout(0);
       client.pause();
       const head = first.subarray(0, 2048).toString('latin1');
       stream = STREAM_LINE.test(head) || /\r\nupgrade:/i.test(head);
-      if (stream && streams >= opts.maxConnections) {
+      if (stream && streams >= caps.streams) {
         stream = false;
         live.delete(client);
-        return refuse(client);
+        return refuse(client, `${streams} streams held`);
       }
       if (stream) streams++;
-      up = net.connect({ ...front.upstream, noDelay: true });
+      up = net.connect({ ...front.upstream, noDelay: true, allowHalfOpen: true });
       let connected = false;
       up.on('error', () => {
-        // workerd unreachable (restarting), or no fd left here for it: a 503, not a reset.
-        // Once connected, an error (workerd resetting a connection it will not read on) ends
-        // the client's side after what workerd answered, or resets it if nothing came.
-        if (connected) {
+        if (!connected) {
+          // workerd unreachable (restarting), or no fd left here for it: a 503, not a reset.
           if (live.delete(client) && stream) streams--;
-          if (!up.bytesRead) return client.resetAndDestroy();
-          client.end();
-          client.resume();
-          setTimeout(() => client.destroy(), 1000).unref();
-          return;
+          stream = false;
+          up.destroy();
+          return refuse(client, 'workerd unreachable');
         }
-        if (stream) streams--;
-        stream = false;
-        live.delete(client);
-        up.destroy();
-        refuse(client);
+        // workerd reset the connection: the client gets what workerd answered, then the end;
+        // a reset if nothing came.
+        if (up.bytesRead) finish(client);
+        else client.resetAndDestroy();
       });
-      up.on('close', done);
+      // workerd is done with the connection: the client has LINGER to take the rest and go.
+      up.once('end', () => setTimeout(() => client.destroy(), LINGER).unref());
+      up.on('close', () => {
+        finish(client);
+        release();
+      });
       up.on('connect', () => {
         connected = true;
-        up.write(first);
-        client.pipe(up);
-        up.pipe(client);
-        client.resume();
+        up.pipe(client); // workerd's end becomes the client's, after what workerd sent
+        toWorkerd(client, up, first, stream ? undefined : firstRequestEnd(first));
       });
     });
     client.resume();
-  });
-  // EMFILE in accept reaches us as an 'error' on the server; libuv has already dropped the
-  // connection it could not take, and the server keeps listening.
-  let lastError = 0;
-  server.on('error', (e) => {
-    if (Date.now() - lastError > 5000) console.error(`edgehub: front: ${e.code ?? e.message} (refusing connections while it lasts)`);
-    lastError = Date.now();
   });
   await new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host: opts.ip, port: opts.port, backlog: 4096 }, () => { server.off('error', reject); resolve(); });
   });
+  // EMFILE in accept does not come here: libuv accepts and closes the connections it cannot
+  // hold (its reserved-fd trick) and keeps listening. Anything else that does is logged.
+  let lastError = 0;
+  server.on('error', (e) => {
+    if (Date.now() - lastError > REFUSAL_LOG_EVERY) console.error(`edgehub: front: ${e.code ?? e.message}`);
+    lastError = Date.now();
+  });
   front.server = server;
   front.counts = () => ({ connections: live.size, streams });
   return front;
+}
+
+/**
+ * The other side of `socket` is gone: what it sends now goes nowhere (it is read and dropped, so
+ * that its end is seen), and it is ended after what is queued on it, or destroyed if that takes
+ * longer than LINGER.
+ */
+function finish(socket) {
+  if (socket.destroyed) return;
+  socket.unpipe();
+  socket.removeAllListeners('data');
+  socket.resume();
+  socket.end();
+  setTimeout(() => socket.destroy(), LINGER).unref();
+}
+
+/**
+ * Where the connection's first request ends in its bytes (head, then the body its
+ * Content-Length announces, or none), if `first` holds the whole head and nothing else frames
+ * the body; undefined otherwise.
+ */
+function firstRequestEnd(first) {
+  const end = first.indexOf('\r\n\r\n');
+  if (end < 0) return undefined;
+  const head = first.subarray(0, end).toString('latin1');
+  if (/\r\n(transfer-encoding|upgrade):/i.test(head)) return undefined;
+  const lengths = [...head.matchAll(/\r\ncontent-length:[ \t]*(\S*)[ \t]*(?=\r\n|$)/gi)].map((m) => m[1]);
+  if (lengths.length > 1 || (lengths.length && !/^\d{1,15}$/.test(lengths[0]))) return undefined;
+  return end + 4 + Number(lengths[0] ?? 0);
+}
+
+/**
+ * Relays the client's bytes to workerd. Those past the connection's first request (from `end`)
+ * wait until workerd has begun to answer it, and hold the client meanwhile. workerd reads bytes
+ * past a request (garbage after a body, say) as the next request, answers that and closes with
+ * the rest unread, which resets the connection; and once a write here meets that reset, Node
+ * has lost the socket and with it the answer to the first request still unread in it, which the
+ * client, connected directly, would have read. With `end` undefined, a plain pipe.
+ */
+function toWorkerd(client, up, first, end) {
+  if (end === undefined) {
+    up.write(first);
+    client.pipe(up);
+    return;
+  }
+  let sent = 0;
+  let answered = false;
+  let ended = false;
+  let draining = false;
+  const held = [];
+  const take = (chunk) => {
+    const part = chunk.subarray(0, Math.max(0, end - sent));
+    sent += part.length;
+    if (part.length && !up.write(part)) {
+      draining = true;
+      client.pause();
+      up.once('drain', () => {
+        draining = false;
+        if (!answered && !held.length) client.resume();
+      });
+    }
+    if (chunk.length > part.length) {
+      held.push(chunk.subarray(part.length));
+      client.pause();
+    }
+  };
+  const onEnd = () => {
+    ended = true;
+    if (!held.length) up.end();
+  };
+  client.on('data', take);
+  client.on('end', onEnd);
+  up.once('data', () => {
+    answered = true;
+    client.off('data', take);
+    client.off('end', onEnd);
+    for (const chunk of held) up.write(chunk);
+    if (!ended) client.pipe(up);
+    else if (held.length) up.end();
+  });
+  take(first);
+  if (!held.length && !draining) client.resume();
 }
 
 main().catch((e) => {
