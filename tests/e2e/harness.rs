@@ -100,6 +100,11 @@ impl Hub {
         self.runtime.base()
     }
 
+    /// Everything the hub has logged so far (stdout and stderr of `serve.mjs` or wrangler).
+    pub fn log(&self) -> String {
+        self.runtime.log_tail(usize::MAX)
+    }
+
     /// Stops the hub and starts it again on the same persist dir (on new ports: a port just
     /// closed may still be held). Returns the new base URL.
     pub async fn restart(&mut self) -> Result<String, String> {

@@ -19,6 +19,7 @@ mod auth;
 mod channels;
 mod crash;
 mod durability;
+mod fd_limit;
 mod harness;
 mod idempotency;
 mod live;
@@ -162,6 +163,7 @@ fn main() {
         tokens::cases(),
         cors::cases(),
         limits::cases(),
+        fd_limit::cases(),
         hostile::cases(),
         hostile_input::cases(),
         schemathesis::cases(),
