@@ -4,19 +4,23 @@
 //! (fewer when the fd limit cannot hold them), let them sit, and read the growth of the hub's
 //! runtime memory (PSS of its workerd and node processes) per connection; check that the
 //! channel's object hibernates (its `instance` changes across the idle time) while they stay
-//! connected, and that every one of them gets a publish after it. With `--nchan`, then the same
-//! for SSE streams on nchan (its nginx's PSS per stream; nothing there hibernates).
+//! connected, and that every one of them gets a publish after it. Behind `scripts/serve.mjs`'s
+//! front, whose stream cap the open-file limit sets, a pass that reaches the cap also goes past
+//! it (`past_limit`) before that publish: more streams, then a flood of connections. With
+//! `--nchan`, then the same for SSE streams on nchan (its nginx's PSS per stream; nothing there
+//! hibernates).
 
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 use tokio::task::JoinHandle;
 
+use super::limit::{past_limit, Front, PAST_BUDGET};
 use super::{Plan, Setup};
 use crate::client;
 use crate::nchan::{self, Endpoint};
 use crate::procfs::{self, Memory, ROLES};
-use crate::runtime;
+use crate::runtime::{self, Runtime};
 use crate::stats::{ratio, Figures, Target, Unit};
 use crate::streams::{Kind, Next, Sub};
 
@@ -42,7 +46,7 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut f = Figures::default();
     for kind in [Kind::Ws, Kind::Sse] {
         let mut hub = runtime::start_hub(setup.keep).await?;
-        let result = one_kind(plan, &setup.with_hub(&hub), kind, &mut f).await;
+        let result = one_kind(plan, &setup.with_hub(&hub), &hub, kind, &mut f).await;
         hub.stop().await;
         if !setup.keep {
             hub.remove_dir();
@@ -76,8 +80,22 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     Ok(f)
 }
 
-async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Result<(), String> {
+async fn one_kind(
+    plan: &Plan,
+    setup: &Setup,
+    hub: &Runtime,
+    kind: Kind,
+    f: &mut Figures,
+) -> Result<(), String> {
     let c = client::channel(&format!("idle-{}", kind.name()));
+    // Behind the front, no more than its cap: the connections past it are `past_limit`'s.
+    let front = Front::from_log(&hub.log_tail(usize::MAX));
+    let wanted = match &front {
+        Some(front) => plan
+            .idle_connections
+            .min((front.streams as usize).saturating_sub(WARM_UP)),
+        None => plan.idle_connections,
+    };
     let procs = procfs::group(setup.hub_pgid, setup.hub_port);
     let fds_cold: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
     let server = (setup.hub.as_str(), setup.hub_port);
@@ -88,7 +106,7 @@ async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Re
 
     let connecting = Instant::now();
     let budget = FdBudget::new(plan, procs, &fds_cold, &fds_warm, warm.len());
-    let (mut subs, fd_note) = connect_within(plan, server, kind, &c, budget).await;
+    let (mut subs, fd_note) = connect_within(wanted, server, kind, &c, budget).await;
     let connect_time = connecting.elapsed();
     let connected = subs.len() as u64;
     if connected == 0 {
@@ -101,7 +119,12 @@ async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Re
         Kind::Ws => (0, held),
     };
     // Readers from the start, as a real client reads (SSE heartbeats included).
-    let deadline = Instant::now() + 2 * plan.idle_wait + SECOND_IDLE + DELIVERY_WAIT + COUNTS_WAIT;
+    let deadline = Instant::now()
+        + 2 * plan.idle_wait
+        + SECOND_IDLE
+        + DELIVERY_WAIT
+        + COUNTS_WAIT
+        + PAST_BUDGET;
     let readers: Vec<JoinHandle<bool>> = subs
         .into_iter()
         .map(|sub| tokio::spawn(await_first_event(sub, deadline)))
@@ -124,6 +147,15 @@ async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Re
     }
     let hibernated = now != first;
     let still = client::counts(&setup.hub, &c).await?;
+
+    // Past the limit, with every stream the front takes held; the publish below then says
+    // whether they were all still served.
+    let past = match &front {
+        Some(front) if held >= front.streams => {
+            Some(past_limit(plan, setup, kind, &c, front, hub).await)
+        }
+        _ => None,
+    };
 
     client::publish(&setup.hub, &c, br#"{"data":{"after":"idle"}}"#.to_vec()).await?;
     let until = tokio::time::Instant::now() + DELIVERY_WAIT;
@@ -181,7 +213,7 @@ async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Re
     f.add(
         SCENARIO,
         &id("node_kib"),
-        &format!("{l}: … of which node (wrangler)"),
+        &format!("{l}: … of which node (serve.mjs's front, or wrangler)"),
         Unit::Kib,
         None,
         per(&idle, &before, Some(ROLES[2])),
@@ -220,14 +252,32 @@ async fn one_kind(plan: &Plan, setup: &Setup, kind: Kind, f: &mut Figures) -> Re
     );
 
     f.note(format!(
-        "idle {l}: on a fresh hub; {WARM_UP} warm-up connections, then {connected} of {} \
-         wanted (fd limit {}; {fd_note}); the channel counted {counts:?} (sse, ws) when \
+        "idle {l}: on a fresh hub; {WARM_UP} warm-up connections, then {connected} of {wanted} \
+         wanted (fd limit {}; {}{fd_note}); the channel counted {counts:?} (sse, ws) when \
          connected and {still:?} after {} s idle; memory per connection = (PSS after the idle \
          time − PSS after the warm-up) / connections",
-        plan.idle_connections,
         plan.fd_limit,
+        front.as_ref().map_or_else(
+            || "no front".to_string(),
+            |fr| format!(
+                "the front's cap {} streams + {} others; ",
+                fr.streams, fr.reserve
+            )
+        ),
         idle_for.as_secs(),
     ));
+    match (past, &front) {
+        (Some(past), _) => past.report(kind, f),
+        (None, Some(front)) => f.note(format!(
+            "idle {l}, past the open-file limit: not measured, {held} streams held under the \
+             front's cap of {} (`--idle-connections` ≥ the cap measures it)",
+            front.streams
+        )),
+        (None, None) => f.note(format!(
+            "idle {l}, past the open-file limit: not measured, no front (EDGEHUB_RUNTIME or \
+             EDGEHUB_SERVE_ARGS)"
+        )),
+    }
     Ok(())
 }
 
@@ -314,10 +364,10 @@ impl FdBudget {
     }
 }
 
-/// Opens up to `plan.idle_connections` connections in steps, re-checking the fd budget before
-/// each step, so no process runs out of fds; says how it went.
+/// Opens up to `wanted` connections in steps, re-checking the fd budget before each step, so no
+/// process runs out of fds; says how it went.
 async fn connect_within(
-    plan: &Plan,
+    wanted: usize,
     server: (&str, u16),
     kind: Kind,
     c: &str,
@@ -326,15 +376,13 @@ async fn connect_within(
     let started = Instant::now();
     let mut subs = Vec::new();
     let mut stopped = "";
-    while subs.len() < plan.idle_connections {
+    while subs.len() < wanted {
         if started.elapsed() > CONNECT_BUDGET {
             stopped = "; stopped by the time limit";
             break;
         }
         let room = budget.room(subs.len());
-        let step = (plan.idle_connections - subs.len())
-            .min(CONNECT_STEP)
-            .min(room as usize);
+        let step = (wanted - subs.len()).min(CONNECT_STEP).min(room as usize);
         if step == 0 {
             stopped = "; stopped by the fd limit";
             break;
@@ -372,7 +420,8 @@ async fn nchan_sse(plan: &Plan, n: &Endpoint, f: &mut Figures) -> Result<f64, St
 
     let connecting = Instant::now();
     let budget = FdBudget::new(plan, procs, &fds_cold, &fds_warm, warm.len());
-    let (mut subs, fd_note) = connect_within(plan, server, Kind::Sse, &c, budget).await;
+    let (mut subs, fd_note) =
+        connect_within(plan.idle_connections, server, Kind::Sse, &c, budget).await;
     let connect_time = connecting.elapsed();
     let connected = subs.len() as u64;
     if connected == 0 {

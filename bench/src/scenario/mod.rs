@@ -5,6 +5,7 @@
 mod fanout;
 mod idle;
 mod latency;
+mod limit;
 mod polling;
 mod presence;
 mod publish;
