@@ -47,12 +47,16 @@ build/worker/shim.mjs: $(RUST_SOURCES)
 	worker-build --release
 	@touch $@
 
-# The hub on workerd without wrangler dev's proxy (scripts/serve.mjs: one fd per client
-# connection, so ~9,000 idle streams fit the 20,000-file cap); it applies the D1 migrations and
-# restarts workerd if it ever exits. `make dev-wrangler` runs `wrangler dev` instead (rebuilds
-# and reloads on change, behind its proxy).
+# The hub on workerd without wrangler dev's proxy (scripts/serve.mjs); it applies the D1
+# migrations and restarts workerd if it ever exits. A plain TCP front in serve.mjs caps the
+# connections under the open-file limit it reads at start (9,244 streams + 256 others under
+# 20,000): past them new connections are refused (503) while everyone connected stays served,
+# and they are taken again once others close, with no restart. It prints the caps when ready;
+# ARGS=--no-front serves workerd straight on the port (about twice the streams, but workerd
+# exits at its limit). `make dev-wrangler` runs `wrangler dev` instead (rebuilds and reloads on
+# change, behind its proxy).
 dev: build
-	node scripts/serve.mjs --ip 127.0.0.1 --port $(PORT) --restart
+	node scripts/serve.mjs --ip 127.0.0.1 --port $(PORT) --restart $(ARGS)
 
 dev-wrangler: build
 	$(WRANGLER) d1 migrations apply DB --local
