@@ -10,9 +10,13 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
 /// Roles of a runtime's processes, by what they run. The proxy is wrangler dev's workerd that
 /// listens on the port clients use; the worker is the workerd running the Worker, its Durable
-/// Objects and the local D1 (under `scripts/serve.mjs`, the only workerd); node is wrangler's
-/// or `serve.mjs`'s.
-pub const ROLES: [&str; 3] = ["workerd (worker)", "workerd (proxy)", "node (wrangler)"];
+/// Objects and the local D1 (under `scripts/serve.mjs`, the only workerd); node is wrangler's,
+/// or `serve.mjs`'s, which holds its connection front (docs/benchmarks.md#fd-limit).
+pub const ROLES: [&str; 3] = [
+    "workerd (worker)",
+    "workerd (proxy)",
+    "node (wrangler or the front)",
+];
 
 /// One live process of a group.
 #[derive(Clone, Debug)]
