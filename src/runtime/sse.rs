@@ -72,10 +72,12 @@ fn stream_headers() -> Result<Headers, Error> {
 }
 
 /// SSE bytes for a client, made a JS `Uint8Array` once: every member of a tap that gets a
-/// whole chunk is given the same array (nothing writes to it).
+/// whole chunk is given the same array (nothing writes to it). The text is kept too, for a
+/// client whose stream still holds something: it is added to what that client has pending.
 #[derive(Clone)]
 pub struct Chunk {
     bytes: JsValue,
+    text: Rc<str>,
     len: usize,
 }
 
@@ -83,6 +85,7 @@ impl Chunk {
     pub fn new(text: &str) -> Chunk {
         Chunk {
             bytes: Uint8Array::from(text.as_bytes()).into(),
+            text: Rc::from(text),
             len: text.len(),
         }
     }
@@ -94,6 +97,10 @@ pub type Owned = Rc<RefCell<Option<WebSocket>>>;
 
 pub fn now_ms() -> i64 {
     Date::now().as_millis() as i64
+}
+
+thread_local! {
+    static DESIRED_SIZE: JsValue = JsValue::from_str("desiredSize");
 }
 
 /// A callback of a client's JS stream.
@@ -114,8 +121,12 @@ struct FeedState {
     controller: RefCell<Option<JsValue>>,
     enqueue: RefCell<Option<Function>>,
     backlog: Cell<Backlog>,
-    /// What waited in the queue after our last enqueue.
+    /// What waited for the client after our last offer (in the queue and pending).
     queued: Cell<usize>,
+    /// Bytes that came while the stream's queue still held something: they go out as one chunk
+    /// when the client has taken the queue (`pull`), so a client that falls behind costs the
+    /// runtime one stream write per catch-up, not one per event.
+    pending: RefCell<Vec<u8>>,
     max_backlog: usize,
     closed: Cell<bool>,
     /// A paced replay waits for the client to take everything before this id.
@@ -135,11 +146,11 @@ struct FeedState {
 
 impl Feed {
     /// What waits in the stream's queue now.
-    fn waiting(&self) -> usize {
+    fn in_queue(&self) -> usize {
         let controller = self.0.controller.borrow();
         let desired = controller
             .as_ref()
-            .and_then(|c| Reflect::get(c, &JsValue::from_str("desiredSize")).ok())
+            .and_then(|c| DESIRED_SIZE.with(|key| Reflect::get(c, key).ok()))
             .and_then(|d| d.as_f64())
             .unwrap_or(0.0);
         if desired < 0.0 {
@@ -147,6 +158,36 @@ impl Feed {
         } else {
             0
         }
+    }
+
+    /// What waits for the client now: in the stream's queue, and pending.
+    fn waiting(&self) -> usize {
+        self.in_queue()
+            .saturating_add(self.0.pending.borrow().len())
+    }
+
+    /// Queues `bytes` (or `text`, when something is pending or still in the queue: then it
+    /// waits for `pull`); false when the stream is gone.
+    fn send(&self, bytes: &JsValue, text: &str) -> bool {
+        let mut pending = self.0.pending.borrow_mut();
+        if !pending.is_empty() || self.in_queue() > 0 {
+            pending.extend_from_slice(text.as_bytes());
+            return true;
+        }
+        drop(pending);
+        self.put(bytes)
+    }
+
+    /// Puts what is pending in the stream's queue, as one chunk; its length.
+    fn flush(&self) -> usize {
+        let pending = std::mem::take(&mut *self.0.pending.borrow_mut());
+        if pending.is_empty() {
+            return 0;
+        }
+        if !self.put(&Uint8Array::from(pending.as_slice()).into()) {
+            self.gone();
+        }
+        pending.len()
     }
 
     /// Queues a chunk; false when the client is gone, or over its backlog and stalled: then
@@ -170,7 +211,7 @@ impl Feed {
             return false;
         }
         self.0.queued.set(waiting.saturating_add(chunk.len));
-        self.put(&chunk.bytes)
+        self.send(&chunk.bytes, &chunk.text)
     }
 
     fn put(&self, bytes: &JsValue) -> bool {
@@ -190,12 +231,17 @@ impl Feed {
         }
     }
 
-    /// The client has taken everything queued (the stream's `pull`, in its own request).
+    /// The client has taken everything in the stream's queue (the stream's `pull`, in its own
+    /// request): what is pending goes out now; once nothing is, a paced replay moves on.
     fn drained(&self) {
         let now = now_ms();
+        let pending = self.0.pending.borrow().len();
         let mut backlog = self.0.backlog.get();
-        backlog.took(self.0.queued.replace(0), now);
+        backlog.took(self.0.queued.replace(pending).saturating_sub(pending), now);
         self.0.backlog.set(backlog);
+        if self.flush() > 0 {
+            return;
+        }
         if let Some(sent) = self.0.held.take() {
             if let Some(socket) = self.0.socket.borrow().as_ref() {
                 // A failed send shows as the socket's close, which ends the stream.
@@ -206,6 +252,11 @@ impl Feed {
 
     /// Ends the stream (after what it holds) and lets go of what feeds it.
     pub fn end(&self) {
+        if self.0.closed.get() {
+            return;
+        }
+        // What is pending goes out before the end, as the queue does.
+        self.flush();
         if self.0.closed.replace(true) {
             return;
         }
@@ -259,7 +310,8 @@ impl Feed {
         match due {
             Some(wait) => wait,
             None => {
-                if !self.put(&Uint8Array::from(sse::heartbeat().as_bytes()).into()) {
+                let beat = sse::heartbeat();
+                if !self.send(&Uint8Array::from(beat.as_bytes()).into(), beat) {
                     self.gone();
                 }
                 period_ms
@@ -282,6 +334,7 @@ pub fn open(
         enqueue: RefCell::new(None),
         backlog: Cell::new(Backlog::opened(now_ms())),
         queued: Cell::new(0),
+        pending: RefCell::new(Vec::new()),
         max_backlog: limits.max_backlog,
         closed: Cell::new(false),
         held: Cell::new(None),

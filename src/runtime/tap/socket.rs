@@ -3,12 +3,14 @@
 //! take-over.
 
 use super::{find, Member, Source, Tap};
+use crate::channel::tap::Frame;
 use crate::channel::tap::{catch_up, Catchup, TapView};
 use crate::error::Error;
 use crate::protocol::bridge::{Downstream, Upstream};
 use crate::protocol::ws::CloseCode;
 use crate::runtime::sse::{self, now_ms, Chunk};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use worker::js_sys::Promise;
 use worker::wasm_bindgen::JsCast;
@@ -68,7 +70,16 @@ pub(super) async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
         member.feed.end();
         return;
     };
-    while let Some(event) = events.next().await {
+    // Events taken early (while merging frames) and not merged: handled next, in order.
+    let mut stash = VecDeque::new();
+    loop {
+        let event = match stash.pop_front() {
+            Some(event) => event,
+            None => match events.next().await {
+                Some(event) => event,
+                None => break,
+            },
+        };
         let text = match event {
             Ok(WebsocketEvent::Message(message)) => message.text(),
             Ok(WebsocketEvent::Close(_)) | Err(_) => break,
@@ -85,7 +96,35 @@ pub(super) async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
                     let _ = socket.send_with_str(Upstream::Cursor(sent).encode());
                 }
                 Downstream::Start { .. } => {}
-                Downstream::Sse(text) => tap.distribute(text, now),
+                // Frames of events that came while the last one was given out go out as
+                // one: under load, a member gets one write for several events.
+                Downstream::Sse(text) if matches!(Frame::read(text), Frame::Events { .. }) => {
+                    let mut merged: Option<String> = None;
+                    while let Some(Some(next)) = events.next().now_or_never() {
+                        let more = match &next {
+                            Ok(WebsocketEvent::Message(m)) => m.text(),
+                            _ => None,
+                        };
+                        let events_frame =
+                            more.as_deref().and_then(|t| match Downstream::decode(t) {
+                                Downstream::Sse(s)
+                                    if matches!(Frame::read(s), Frame::Events { .. }) =>
+                                {
+                                    Some(s.to_string())
+                                }
+                                _ => None,
+                            });
+                        match events_frame {
+                            Some(s) => merged.get_or_insert_with(|| text.to_string()).push_str(&s),
+                            None => {
+                                stash.push_back(next);
+                                break;
+                            }
+                        }
+                    }
+                    tap.distribute(merged.as_deref().unwrap_or(text), now).await
+                }
+                Downstream::Sse(text) => tap.distribute(text, now).await,
             }
             continue;
         }
