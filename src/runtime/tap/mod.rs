@@ -288,52 +288,58 @@ impl Tap {
         let frame = Frame::read(text);
         let chunk = Chunk::new(text);
         let mut visited: HashSet<u64> = HashSet::new();
+        // Rounds: the members of the moment, in slices; then those attached meanwhile. Each
+        // round reads the list once, so a frame costs linear time in the members.
         loop {
-            let slice: Vec<Rc<Member>> = self
+            let round: Vec<Rc<Member>> = self
                 .state
                 .borrow()
                 .members
                 .iter()
                 .filter(|m| !visited.contains(&m.id))
-                .take(SLICE)
                 .cloned()
                 .collect();
-            if slice.is_empty() {
+            if round.is_empty() {
                 break;
             }
-            let mut gone = Vec::new();
-            for member in &slice {
-                visited.insert(member.id);
-                let through = member.through.get();
-                let given = match frame.share(text, through) {
-                    Share::Whole => Some(chunk.clone()),
-                    Share::Part(part) => Some(Chunk::new(part)),
-                    Share::Gap(notice) => Some(Chunk::new(&notice)),
-                    Share::Nothing => None,
-                };
-                if let Some(last) = frame.last() {
-                    member.through.set(through.max(last));
+            let slices = round.len().div_ceil(SLICE);
+            for (k, slice) in round.chunks(SLICE).enumerate() {
+                let mut gone = Vec::new();
+                for member in slice {
+                    visited.insert(member.id);
+                    let through = member.through.get();
+                    let given = match frame.share(text, through) {
+                        Share::Whole => Some(chunk.clone()),
+                        Share::Part(part) => Some(Chunk::new(part)),
+                        Share::Gap(notice) => Some(Chunk::new(&notice)),
+                        Share::Nothing => None,
+                    };
+                    if let Some(last) = frame.last() {
+                        member.through.set(through.max(last));
+                    }
+                    if given.is_some_and(|given| !member.feed.offer(&given, now)) {
+                        gone.push(member.clone());
+                    }
                 }
-                if given.is_some_and(|given| !member.feed.offer(&given, now)) {
-                    gone.push(member.clone());
+                // Those let go here (too slow, or gone) are fed no more; each leaves as it ends.
+                if !gone.is_empty() {
+                    self.state
+                        .borrow_mut()
+                        .members
+                        .retain(|m| !gone.iter().any(|g| g.id == m.id));
+                    for member in &gone {
+                        member.feed.end();
+                    }
+                    self.count_changed();
+                }
+                if k + 1 < slices {
+                    Delay::from(Duration::ZERO).await;
+                    now = now_ms();
                 }
             }
-            // Those let go here (too slow, or gone) are fed no more; each leaves as it ends.
-            if !gone.is_empty() {
-                self.state
-                    .borrow_mut()
-                    .members
-                    .retain(|m| !gone.iter().any(|g| g.id == m.id));
-                for member in &gone {
-                    member.feed.end();
-                }
-                self.count_changed();
-            }
-            if slice.len() < SLICE {
+            if slices <= 1 {
                 break;
             }
-            Delay::from(Duration::ZERO).await;
-            now = now_ms();
         }
         if let Some(last) = frame.last() {
             let mut state = self.state.borrow_mut();
