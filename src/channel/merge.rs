@@ -446,8 +446,18 @@ impl Merge {
 
     /// An `error` frame naming `channel`.
     pub fn refuse(&mut self, error: Error, channel: &ChannelName, now_ms: i64) -> Vec<Step> {
-        let frame = channel_error(&Refusal::from(error), channel);
+        self.answer(&Refusal::from(error), channel, now_ms)
+    }
+
+    /// An `error` frame naming `channel`, answering a client frame (with its `ref`).
+    pub fn answer(&mut self, refusal: &Refusal, channel: &ChannelName, now_ms: i64) -> Vec<Step> {
+        let frame = channel_error(refusal, channel);
         self.send(plain(frame), now_ms)
+    }
+
+    /// The lane carrying `channel`, if the connection has it.
+    pub fn lane_of(&self, channel: &ChannelName) -> Option<LaneId> {
+        self.by_channel(channel).map(|l| l.id)
     }
 
     /// True when the client is over its window and has stalled (checked on a timer too, so a

@@ -38,8 +38,10 @@ pub struct Attachment {
     /// left, so it is never counted again.
     #[serde(default)]
     pub member: Option<Ticket>,
-    /// An SSE bridge that is its isolate's shared upstream (`runtime::tap`): how many SSE
-    /// clients it carries, as it last reported; counted as one until it reports.
+    /// An isolate's shared upstream (`runtime::tap`, and the many-channel lanes' WebSocket
+    /// one): how many clients it carries, as it last reported; counted as one until it
+    /// reports. A WebSocket upstream is `Some(1)` from its accept: only a socket the Worker
+    /// subscribed as shared may report, never a client's own WebSocket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<u64>,
 }

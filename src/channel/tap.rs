@@ -11,7 +11,9 @@
 //! - Every member has a `through`: the last id it was given. A chunk is given whole, cut after
 //!   `through`, or not at all; a gap notice is given as this member's own gap, or not at all.
 
+use crate::protocol::many::UpFrame;
 use crate::protocol::sse;
+use crate::protocol::ws::gap_frame;
 
 /// What a new subscriber does, given the tap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,47 @@ impl Frame {
             }
             Frame::Gap { .. } => Share::Nothing,
             Frame::Other => Share::Whole,
+        }
+    }
+}
+
+/// A frame of a many-channel lanes' shared upstream (v1 WebSocket frames, one event each:
+/// `runtime::stream::shared`), read once for all its members. Its `ready` and anything else
+/// (a `pong`) are the upstream's own, passed to no member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneFrame {
+    Event { id: u64 },
+    Gap { earliest: u64 },
+    Own,
+}
+
+impl LaneFrame {
+    pub fn read(text: &str) -> LaneFrame {
+        match UpFrame::read(text) {
+            UpFrame::Event { id, .. } => LaneFrame::Event { id },
+            UpFrame::Gap { earliest, .. } => LaneFrame::Gap { earliest },
+            _ => LaneFrame::Own,
+        }
+    }
+
+    /// The last id this frame brings the upstream to, if it moves it.
+    pub fn last(&self) -> Option<u64> {
+        match *self {
+            LaneFrame::Event { id } => Some(id),
+            LaneFrame::Gap { earliest } => earliest.checked_sub(1),
+            LaneFrame::Own => None,
+        }
+    }
+
+    /// What a member that has everything through `through` gets of this frame: the frame, its
+    /// own gap, or nothing.
+    pub fn share(&self, through: u64) -> Share<'static> {
+        match *self {
+            LaneFrame::Event { id } if id > through => Share::Whole,
+            LaneFrame::Gap { earliest } if earliest > through.saturating_add(1) => {
+                Share::Gap(gap_frame(through, earliest))
+            }
+            _ => Share::Nothing,
         }
     }
 }
@@ -231,5 +274,40 @@ mod tests {
         assert_eq!(Frame::read(comment), Frame::Other);
         assert_eq!(Frame::read(comment).share(comment, 5), Share::Whole);
         assert_eq!(Frame::read(comment).last(), None);
+    }
+
+    #[test]
+    fn a_lane_member_gets_each_event_after_its_place_once_and_its_own_gap() {
+        use crate::protocol::ws::{event_frame, ready_frame};
+        let events: Vec<String> = (1..=30u64)
+            .map(|id| {
+                event_frame(&format!(
+                    "{{\"id\":{id},\"channel\":\"c\",\"type\":\"message\",\"data\":1}}"
+                ))
+            })
+            .collect();
+        for start in 0..=30u64 {
+            let mut through = start;
+            let mut got = Vec::new();
+            for text in &events {
+                let frame = LaneFrame::read(text);
+                if frame.share(through) == Share::Whole {
+                    got.push(frame.last().unwrap());
+                }
+                through = through.max(frame.last().unwrap());
+            }
+            assert_eq!(got, (start + 1..=30).collect::<Vec<_>>(), "from {start}");
+        }
+        let gap = gap_frame(3, 10);
+        let frame = LaneFrame::read(&gap);
+        assert_eq!(frame, LaneFrame::Gap { earliest: 10 });
+        assert_eq!(frame.last(), Some(9));
+        assert_eq!(frame.share(3), Share::Gap(gap_frame(3, 10)));
+        assert_eq!(frame.share(6), Share::Gap(gap_frame(6, 10)));
+        assert_eq!(frame.share(9), Share::Nothing);
+        let ready = ready_frame(4, 1000, 30);
+        assert_eq!(LaneFrame::read(&ready), LaneFrame::Own);
+        assert_eq!(LaneFrame::read(&ready).share(0), Share::Nothing);
+        assert_eq!(LaneFrame::read("pong"), LaneFrame::Own);
     }
 }

@@ -34,6 +34,9 @@ pub const RESUME_HEADER: &str = "x-edgehub-resume";
 /// The object's answer to `RESUME_HEADER`: the id of the update its replay starts after, or
 /// `earliest` (Mercure's `Last-Event-ID` response header).
 pub const RESUMED_HEADER: &str = "x-edgehub-resumed";
+/// A subscribe of an isolate's shared upstream (`runtime::tap`, `runtime::stream::shared`):
+/// its socket may report how many clients it carries.
+pub const SHARED_HEADER: &str = "x-edgehub-shared";
 
 const PATH_PUBLISH: &str = "/publish";
 const PATH_PURGE: &str = "/purge";
@@ -82,6 +85,9 @@ pub enum Call {
         filter: Option<FilterSpec>,
         /// A Mercure last event id to resume after (then `cursor` is `None`).
         resume: Option<String>,
+        /// The Worker's shared upstream: it reports how many clients it carries
+        /// (`members N`), which the channel counts instead of one.
+        shared: bool,
     },
     /// `GET /channels/{c}/presence`.
     Presence,
@@ -129,7 +135,11 @@ impl Call {
                 member,
                 filter,
                 resume,
+                shared,
             } => {
+                if *shared {
+                    headers.push((SHARED_HEADER, "1".into()));
+                }
                 if let Some(resume) = resume {
                     headers.push((RESUME_HEADER, percent_encode(resume)));
                 }
@@ -207,6 +217,7 @@ impl Call {
                             })
                         })
                         .transpose()?,
+                    shared: header(SHARED_HEADER).is_some_and(|v| v == "1"),
                 }
             }
             _ => return Err(Error::NotFound),
@@ -288,6 +299,7 @@ mod tests {
                         ..FilterSpec::default()
                     }),
                     resume: Some("urn:uuid:é 1".into()),
+                    shared: false,
                 });
                 round_trip(Call::Subscribe {
                     transport,
@@ -298,6 +310,7 @@ mod tests {
                     member: None,
                     filter: None,
                     resume: None,
+                    shared: true,
                 });
             }
         }
@@ -315,6 +328,7 @@ mod tests {
             member: None,
             filter: None,
             resume: None,
+            shared: false,
         };
         let e = call.encode(&channel).unwrap();
         assert!(e.headers.iter().all(|(k, _)| *k != PUBLISHER_HEADER));

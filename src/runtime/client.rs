@@ -88,8 +88,20 @@ impl Hub {
             member,
             filter,
             resume: None,
+            shared: false,
         })
         .await
+    }
+
+    /// Opens a socket that may come to be its isolate's shared upstream (a many-channel lane:
+    /// `runtime::stream::shared`): it carries no publishing right and no expiry (its clients'
+    /// own connections end at theirs), and it may report how many clients it carries.
+    pub async fn subscribe_shared(
+        &self,
+        transport: Transport,
+        cursor: Option<u64>,
+    ) -> Result<Response, Error> {
+        self.call(shared_subscribe(transport, cursor)).await
     }
 
     /// Opens a Mercure subscriber's bridge socket: updates `filter` lets through, framed as
@@ -110,6 +122,7 @@ impl Hub {
             member: None,
             filter: Some(filter),
             resume,
+            shared: false,
         })
         .await
     }
@@ -129,20 +142,12 @@ impl Hub {
         self.call(Call::Presence).await
     }
 
-    /// Starts subscribing an isolate's shared upstream (`runtime::tap`) from `cursor`, at once:
-    /// the call is made before this returns, so it belongs to the request running now, which
-    /// alone may then use its socket. The promise resolves to the object's answer.
-    pub fn start_shared(self, cursor: u64) -> Result<Promise, Error> {
-        let req = self.request(&Call::Subscribe {
-            transport: Transport::Sse,
-            cursor: Some(cursor),
-            publish: false,
-            expires: None,
-            publisher: None,
-            member: None,
-            filter: None,
-            resume: None,
-        })?;
+    /// Starts subscribing an isolate's shared upstream (`runtime::tap`, or the lanes' one in
+    /// `runtime::stream::shared`) from `cursor`, at once: the call is made before this
+    /// returns, so it belongs to the request running now, which alone may then use its socket.
+    /// The promise resolves to the object's answer.
+    pub fn start_shared(self, transport: Transport, cursor: u64) -> Result<Promise, Error> {
+        let req = self.request(&shared_subscribe(transport, Some(cursor)))?;
         let failed = |e: JsValue| Error::Unavailable(format!("channel object: {e:?}"));
         let stub: JsValue = self.stub.into_rpc();
         let fetch: Function = Reflect::get(&stub, &JsValue::from_str("fetch"))
@@ -185,5 +190,20 @@ impl Hub {
             init.with_body(Some(body.into()));
         }
         Request::new_with_init(&format!("https://hub{}", encoded.path), &init).map_err(failed)
+    }
+}
+
+/// The subscribe of a shared upstream: no publishing right, no expiry, no presence, no filter.
+fn shared_subscribe(transport: Transport, cursor: Option<u64>) -> Call {
+    Call::Subscribe {
+        transport,
+        cursor,
+        publish: false,
+        expires: None,
+        publisher: None,
+        member: None,
+        filter: None,
+        resume: None,
+        shared: true,
     }
 }

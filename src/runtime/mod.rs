@@ -6,6 +6,7 @@
 
 mod access;
 mod alarm;
+mod bell;
 mod client;
 mod cors;
 mod demo;

@@ -96,8 +96,8 @@ pub fn sockets(state: &State, transport: Transport) -> Vec<WebSocket> {
     all
 }
 
-/// How many clients the open sockets of one transport carry: one each, or what an SSE bridge
-/// that is its isolate's shared upstream last reported (`runtime::tap`).
+/// How many clients the open sockets of one transport carry: one each, or what a socket that
+/// is its isolate's shared upstream last reported (`runtime::tap`).
 pub fn clients(state: &State, transport: Transport) -> u64 {
     sockets(state, transport)
         .iter()
@@ -105,13 +105,14 @@ pub fn clients(state: &State, transport: Transport) -> u64 {
         .sum()
 }
 
-/// Keeps a shared upstream's report of how many clients it carries (SSE bridges only; a
-/// WebSocket client's report is ignored, it is one client).
+/// Keeps a shared upstream's report of how many clients it carries (SSE bridges, and the
+/// WebSocket upstreams the Worker subscribed as shared; a client's own WebSocket's report is
+/// ignored, it is one client).
 pub fn carried(ws: &WebSocket, n: u64) {
     let Some(mut attachment) = attachment(ws) else {
         return;
     };
-    if attachment.transport == Transport::Sse {
+    if attachment.transport == Transport::Sse || attachment.members.is_some() {
         attachment.members = Some(n);
         let _ = ws.serialize_attachment(&attachment);
     }

@@ -238,8 +238,12 @@ impl ChannelHub {
                 member,
                 filter,
                 resume,
+                shared,
             } => {
-                let attachment = Attachment::new(transport, publish, expires);
+                let mut attachment = Attachment::new(transport, publish, expires);
+                if shared {
+                    attachment.members = Some(1);
+                }
                 let filter = match filter {
                     Some(spec) => self.filters.keep(self.state.as_raw(), &spec)?,
                     None => None,
@@ -304,6 +308,11 @@ impl ChannelHub {
             "mirrored": mirrored,
             "subscribers": {
                 "sse": subscribers::clients(&self.state, Transport::Sse),
+                "ws": subscribers::clients(&self.state, Transport::Ws),
+            },
+            // The sockets that carry them: a Worker isolate's shared upstream carries many.
+            "sockets": {
+                "sse": subscribers::sockets(&self.state, Transport::Sse).len(),
                 "ws": subscribers::sockets(&self.state, Transport::Ws).len(),
             },
             "presence": self.presence.count(),

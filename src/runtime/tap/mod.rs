@@ -41,10 +41,9 @@ const RESCUE_MS: i64 = 5_000;
 /// with 1,000 members at 20 events/s: a publish is answered in ~40 ms instead of ~450 ms.
 const SLICE: usize = 250;
 
-mod bell;
 mod socket;
 
-use bell::Bell;
+use super::bell::Bell;
 use socket::{reopen, run, Role};
 
 thread_local! {
@@ -398,7 +397,7 @@ impl Tap {
             .env
             .as_ref()
             .ok_or_else(|| Error::Internal("a tap member without its bindings".into()))
-            .and_then(|env| Hub::get(env, &self.channel)?.start_shared(position));
+            .and_then(|env| Hub::get(env, &self.channel)?.start_shared(Transport::Sse, position));
         match started {
             Ok(answer) => spawn_local(reopen(self.clone(), member.clone(), generation, answer)),
             Err(e) => {

@@ -2,7 +2,9 @@
 //! WebSocket per channel to its object (a *lane*, subscribed as a v1 WebSocket client), merged
 //! into one client stream, an SSE response or a WebSocket the Worker holds. Every decision is
 //! `channel::merge`'s; this file reads the sockets and the clock and carries its steps out.
-//! When the client goes away, every lane is closed, so each object forgets it.
+//! When the client goes away, every lane is closed, so each object forgets it. Lanes that
+//! carry no presence, filter or publishing right share their channel's upstream in this
+//! isolate (`shared`).
 
 use super::access::{Access, Permits};
 use super::client::Hub;
@@ -14,11 +16,11 @@ use crate::channel::merge::{Face, LaneId, Merge, Out, Step};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::filter::FilterSpec;
-use crate::protocol::many::{channel_error, parse_many_client, ManyClientFrame};
+use crate::protocol::many::{channel_error, parse_many_client, ManyClientFrame, UpFrame};
 use crate::protocol::presence::Entrant;
 use crate::protocol::sse;
 use crate::protocol::stream::{ChannelSet, StreamSince};
-use crate::protocol::ws::{CloseCode, Refusal, PING, PONG};
+use crate::protocol::ws::{ready_frame, CloseCode, Refusal, PING, PONG};
 use crate::protocol::ChannelName;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::future::join_all;
@@ -27,6 +29,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 use worker::{Delay, Env, Response, WebSocket, WebSocketPair, WebsocketEvent};
+
+mod shared;
+
+use shared::{Caught, Seat};
 
 /// What a connection needs to open lanes and hold its client.
 pub struct Opening {
@@ -54,10 +60,18 @@ enum Item {
     End,
 }
 
-/// One connection: its merge, its lanes' sockets and its client.
+/// How a lane reaches its object.
+enum Link {
+    /// Its own socket.
+    Own(WebSocket),
+    /// A seat on its channel's shared upstream (which its own socket may carry).
+    Seat(Rc<Seat>),
+}
+
+/// One connection: its merge, its lanes' links and its client.
 struct Conn {
     merge: RefCell<Merge>,
-    lanes: RefCell<Vec<(LaneId, WebSocket)>>,
+    lanes: RefCell<Vec<(LaneId, Link)>>,
     client: Client,
     permits: Permits,
     env: Env,
@@ -66,6 +80,9 @@ struct Conn {
     /// presence connection silent for `HEARTBEAT_SECONDS` is taken for gone, as the objects
     /// take their own presence WebSockets.
     heard: Cell<i64>,
+    /// When its pacer last ran (unix ms): a connection whose pacer stopped belongs to a
+    /// request the runtime has ended, and its seats are let go (`shared`).
+    ticked: Cell<i64>,
 }
 
 /// Opens every lane of the set, then answers the client: an SSE stream or a 101. A lane whose
@@ -101,11 +118,9 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
             } => Some(subscribe(
                 &env,
                 *lane,
-                channel,
+                channel.clone(),
                 *since,
-                *access,
-                permits.member.clone(),
-                permits.filter.clone(),
+                How::of(face, *access, &permits),
             )),
             _ => None,
         });
@@ -119,8 +134,10 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
         }
     }
     if let Some(refused) = refused {
-        for (_, socket) in &lanes {
-            drop_lane(socket, "stream refused");
+        for opened in &lanes {
+            if let Got::Socket(socket, _) = &opened.got {
+                drop_lane(socket, "stream refused");
+            }
         }
         return refused;
     }
@@ -136,6 +153,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 env,
                 config: config.clone(),
                 heard: Cell::new(now_ms()),
+                ticked: Cell::new(now_ms()),
             });
             attach_all(&conn, lanes)?;
             let lifetime_ms =
@@ -166,6 +184,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 env,
                 config: config.clone(),
                 heard: Cell::new(now_ms()),
+                ticked: Cell::new(now_ms()),
             });
             attach_all(&conn, lanes)?;
             worker::wasm_bindgen_futures::spawn_local(read_client(conn.clone(), pair.server));
@@ -177,27 +196,85 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
     }
 }
 
-/// Subscribes one lane: `Ok(Ok(socket))`, or `Ok(Err(answer))` when the object answered
+/// How a lane subscribes.
+enum How {
+    /// As a possible share of its channel's upstream (`shared`): no presence, no filter, no
+    /// publishing right; its connection ends at the token's expiry, not its socket.
+    Shared,
+    Own {
+        access: Access,
+        member: Option<Entrant>,
+        filter: Option<FilterSpec>,
+    },
+}
+
+impl How {
+    fn of(face: Face, access: Access, permits: &Permits) -> How {
+        let publishes = face == Face::Ws && access.publish;
+        if permits.member.is_none() && permits.filter.is_none() && !publishes {
+            return How::Shared;
+        }
+        How::Own {
+            access,
+            member: permits.member.clone(),
+            filter: permits.filter.clone(),
+        }
+    }
+}
+
+/// A lane subscribed.
+struct Opened {
+    lane: LaneId,
+    channel: ChannelName,
+    since: Option<u64>,
+    got: Got,
+}
+
+enum Got {
+    /// Its own socket; true when it may come to share its channel's upstream.
+    Socket(WebSocket, bool),
+    /// A seat on the channel's upstream, to be taken when the lane is attached.
+    Seat,
+}
+
+/// Subscribes one lane: `Ok(Ok(opened))`, or `Ok(Err(answer))` when the object answered
 /// without a socket (its problem document).
 async fn subscribe(
     env: &Env,
     lane: LaneId,
-    channel: &ChannelName,
+    channel: ChannelName,
     since: Option<u64>,
-    access: Access,
-    member: Option<Entrant>,
-    filter: Option<FilterSpec>,
-) -> Result<Result<(LaneId, WebSocket), Response>, Error> {
-    let answer = Hub::get(env, channel)?
-        .subscribe(Transport::Ws, since, access, member, filter)
-        .await?;
+    how: How,
+) -> Result<Result<Opened, Response>, Error> {
+    let opened = |got| Opened {
+        lane,
+        channel: channel.clone(),
+        since,
+        got,
+    };
+    let shares = matches!(how, How::Shared);
+    if shares && shared::seat_now(&channel, since).is_some() {
+        return Ok(Ok(opened(Got::Seat)));
+    }
+    let hub = Hub::get(env, &channel)?;
+    let answer = match how {
+        How::Shared => hub.subscribe_shared(Transport::Ws, since).await?,
+        How::Own {
+            access,
+            member,
+            filter,
+        } => {
+            hub.subscribe(Transport::Ws, since, access, member, filter)
+                .await?
+        }
+    };
     if answer.status_code() != 101 {
         return Ok(Err(answer));
     }
     let socket = answer
         .websocket()
         .ok_or_else(|| Error::Unavailable("the channel object did not open a socket".into()))?;
-    Ok(Ok((lane, socket)))
+    Ok(Ok(opened(Got::Socket(socket, shares))))
 }
 
 /// Closes a lane that was never attached: accepted first, so the close reaches its object.
@@ -206,26 +283,99 @@ fn drop_lane(socket: &WebSocket, reason: &str) {
     let _ = socket.close(Some(1000), Some(reason));
 }
 
-/// Accepts the lanes' sockets and starts reading each, all in one synchronous step, so no
-/// frame can come before its reader listens.
-fn attach_all(conn: &Rc<Conn>, lanes: Vec<(LaneId, WebSocket)>) -> Result<(), Error> {
-    for (lane, socket) in lanes {
-        attach(conn, lane, socket)?;
+/// Accepts the lanes' sockets and starts reading each, and seats the others, all in one
+/// synchronous step, so no frame can come before its reader listens.
+fn attach_all(conn: &Rc<Conn>, lanes: Vec<Opened>) -> Result<(), Error> {
+    for opened in lanes {
+        attach(conn, opened)?;
     }
     Ok(())
 }
 
-fn attach(conn: &Rc<Conn>, lane: LaneId, socket: WebSocket) -> Result<(), Error> {
-    socket
-        .accept()
-        .map_err(internal("accepting a channel socket"))?;
-    conn.lanes.borrow_mut().push((lane, socket.clone()));
-    worker::wasm_bindgen_futures::spawn_local(read_lane(conn.clone(), lane, socket));
+fn attach(conn: &Rc<Conn>, opened: Opened) -> Result<(), Error> {
+    let Opened {
+        lane,
+        channel,
+        since,
+        got,
+    } = opened;
+    match got {
+        Got::Socket(socket, shares) => {
+            socket
+                .accept()
+                .map_err(internal("accepting a channel socket"))?;
+            conn.lanes
+                .borrow_mut()
+                .push((lane, Link::Own(socket.clone())));
+            let sharing = shares.then_some(Sharing {
+                channel,
+                since,
+                start: None,
+            });
+            worker::wasm_bindgen_futures::spawn_local(read_lane(
+                conn.clone(),
+                lane,
+                socket,
+                sharing,
+            ));
+        }
+        Got::Seat => match shared::sit(conn, lane, &channel, since) {
+            Some(seat) => {
+                // Its object's `ready`, as the upstream's position stands for it.
+                let ready = ready_frame(
+                    seat.through(),
+                    conn.config.slow_consumer_bytes as u64,
+                    conn.config.heartbeat_seconds,
+                );
+                conn.lanes.borrow_mut().push((lane, Link::Seat(seat)));
+                let steps = conn.merge.borrow_mut().upstream(lane, &ready, now_ms());
+                conn.run(steps);
+            }
+            // The upstream moved on meanwhile: the lane opens its own socket.
+            None => worker::wasm_bindgen_futures::spawn_local(open_later(
+                conn.clone(),
+                lane,
+                channel,
+                since,
+            )),
+        },
+    }
     Ok(())
 }
 
-/// Feeds one lane's frames to the merge until the socket closes.
-async fn read_lane(conn: Rc<Conn>, lane: LaneId, socket: WebSocket) {
+/// A lane on its own socket that may come to share: where it stands.
+struct Sharing {
+    channel: ChannelName,
+    since: Option<u64>,
+    /// Once `ready` came: the last id its socket brought (or where it started), and the head
+    /// when it was accepted.
+    start: Option<(u64, u64)>,
+}
+
+impl Sharing {
+    /// Follows one frame of the socket; false when it must stay alone (a cursor ahead of the
+    /// head: its object tells it of the gap once events reach it, which an upstream would not).
+    fn read(&mut self, text: &str) -> bool {
+        match (UpFrame::read(text), &mut self.start) {
+            (UpFrame::Ready { head, .. }, _) => {
+                if self.since.is_some_and(|s| s > head) {
+                    return false;
+                }
+                self.start = Some((self.since.unwrap_or(head), head));
+            }
+            (UpFrame::Event { id, .. }, Some(start)) => start.0 = start.0.max(id),
+            (UpFrame::Gap { earliest, .. }, Some(start)) => {
+                start.0 = start.0.max(earliest.saturating_sub(1));
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
+/// Feeds one lane's frames to the merge until the socket closes; a lane that may share takes
+/// a seat on its channel's upstream once caught up, or makes its socket that upstream.
+async fn read_lane(conn: Rc<Conn>, lane: LaneId, socket: WebSocket, mut sharing: Option<Sharing>) {
     let mut code = CloseCode::Reconnect.code();
     if let Ok(mut events) = socket.events() {
         while let Some(event) = events.next().await {
@@ -238,6 +388,24 @@ async fn read_lane(conn: Rc<Conn>, lane: LaneId, socket: WebSocket) {
                     }
                     let steps = conn.merge.borrow_mut().upstream(lane, &text, now_ms());
                     conn.run(steps);
+                    let Some(share) = sharing.as_mut() else {
+                        continue;
+                    };
+                    if !share.read(&text) {
+                        sharing = None;
+                        continue;
+                    }
+                    let Some((position, head)) = share.start else {
+                        continue;
+                    };
+                    match shared::caught_up(&conn, lane, &share.channel, &socket, position, head) {
+                        Caught::Stay => {}
+                        Caught::Joined => return,
+                        Caught::Carrying(tap, generation) => {
+                            shared::carry(tap, generation, &socket, events).await;
+                            return;
+                        }
+                    }
                 }
                 Ok(WebsocketEvent::Close(close)) => {
                     code = close.code();
@@ -308,9 +476,59 @@ impl Conn {
                     }
                 }
             }
+            // A seat has no socket of its own to publish on, and its token may not publish
+            // there: refused as its object would refuse it.
+            ManyClientFrame::Publish {
+                channel, reference, ..
+            } if self.seated(channel) => {
+                let error = Error::Forbidden("this socket's token may not publish here".into());
+                let refusal = Refusal::answering(error, reference.clone());
+                self.merge.borrow_mut().answer(&refusal, channel, now)
+            }
             _ => self.merge.borrow_mut().client(frame, now),
         };
         self.run(steps);
+    }
+
+    /// True when `channel`'s lane sits on a shared upstream.
+    fn seated(&self, channel: &ChannelName) -> bool {
+        let lane = self.merge.borrow().lane_of(channel);
+        lane.is_some_and(|lane| {
+            self.lanes
+                .borrow()
+                .iter()
+                .any(|(l, link)| *l == lane && matches!(link, Link::Seat(_)))
+        })
+    }
+
+    /// True when `lane` is on its own socket.
+    fn owns(&self, lane: LaneId) -> bool {
+        self.lanes
+            .borrow()
+            .iter()
+            .any(|(l, link)| *l == lane && matches!(link, Link::Own(_)))
+    }
+
+    /// `lane` reaches its object by `link` from now on.
+    fn relink(&self, lane: LaneId, link: Link) {
+        let mut lanes = self.lanes.borrow_mut();
+        if let Some(at) = lanes.iter().position(|(l, _)| *l == lane) {
+            if let Some(slot) = lanes.get_mut(at) {
+                slot.1 = link;
+            }
+        }
+    }
+
+    /// The seats among its lanes.
+    fn seats(&self) -> Vec<Rc<Seat>> {
+        self.lanes
+            .borrow()
+            .iter()
+            .filter_map(|(_, link)| match link {
+                Link::Seat(seat) => Some(seat.clone()),
+                Link::Own(_) => None,
+            })
+            .collect()
     }
 
     /// Carries the merge's steps out.
@@ -318,6 +536,7 @@ impl Conn {
         for step in steps {
             match step {
                 Step::Client(out) => self.to_client(out),
+                // A seat's reports go nowhere: its upstream confirms for every seat.
                 Step::Upstream(lane, text) => {
                     if let Some(socket) = self.socket(lane) {
                         let _ = socket.send_with_str(&text);
@@ -336,13 +555,13 @@ impl Conn {
                     ));
                 }
                 Step::Close(lane) => {
-                    let socket = {
+                    let link = {
                         let mut lanes = self.lanes.borrow_mut();
                         let at = lanes.iter().position(|(l, _)| *l == lane);
                         at.map(|at| lanes.remove(at).1)
                     };
-                    if let Some(socket) = socket {
-                        let _ = socket.close(Some(1000), Some("unsubscribed"));
+                    if let Some(link) = link {
+                        close_link(link, "unsubscribed");
                     }
                 }
                 Step::End(code) => self.end(code),
@@ -350,12 +569,12 @@ impl Conn {
         }
     }
 
+    /// The lane's own socket (none for a seat).
     fn socket(&self, lane: LaneId) -> Option<WebSocket> {
-        self.lanes
-            .borrow()
-            .iter()
-            .find(|(l, _)| *l == lane)
-            .map(|(_, s)| s.clone())
+        self.lanes.borrow().iter().find_map(|(l, link)| match link {
+            Link::Own(socket) if *l == lane => Some(socket.clone()),
+            _ => None,
+        })
     }
 
     fn to_client(&self, out: Out) {
@@ -387,9 +606,19 @@ impl Conn {
 
     fn close_lanes(&self, reason: &str) {
         let lanes = std::mem::take(&mut *self.lanes.borrow_mut());
-        for (_, socket) in lanes {
+        for (_, link) in lanes {
+            close_link(link, reason);
+        }
+    }
+}
+
+/// Closes a lane's socket, or gives up its seat.
+fn close_link(link: Link, reason: &str) {
+    match link {
+        Link::Own(socket) => {
             let _ = socket.close(Some(1000), Some(reason));
         }
+        Link::Seat(seat) => shared::leave(&seat, reason),
     }
 }
 
@@ -400,18 +629,24 @@ async fn open_later(conn: Rc<Conn>, lane: LaneId, channel: ChannelName, since: O
         .check(&conn.config, Action::Subscribe, &channel)
     {
         Ok(access) => {
-            let (member, filter) = (conn.permits.member.clone(), conn.permits.filter.clone());
-            subscribe(&conn.env, lane, &channel, since, access, member, filter).await
+            let face = match conn.client {
+                Client::Sse(_) => Face::Sse,
+                Client::Ws(_) => Face::Ws,
+            };
+            let how = How::of(face, access, &conn.permits);
+            subscribe(&conn.env, lane, channel, since, how).await
         }
         Err(e) => Err(e),
     };
     let failed = match opened {
-        Ok(Ok((lane, socket))) => {
+        Ok(Ok(opened)) => {
             if conn.merge.borrow().ended() {
-                drop_lane(&socket, "connection ended");
+                if let Got::Socket(socket, _) = &opened.got {
+                    drop_lane(socket, "connection ended");
+                }
                 return;
             }
-            match attach(&conn, lane, socket) {
+            match attach(&conn, opened) {
                 Ok(()) => return,
                 Err(e) => e,
             }
@@ -461,6 +696,10 @@ async fn pace(
             return;
         }
         let now = now_ms();
+        conn.ticked.set(now);
+        for seat in conn.seats() {
+            shared::tick(&seat);
+        }
         if presence {
             if heartbeats.is_none() && now.saturating_sub(conn.heard.get()) > silent_ms {
                 conn.end(CloseCode::Silent);
@@ -468,8 +707,10 @@ async fn pace(
             }
             if now.saturating_sub(pinged) >= period_ms {
                 pinged = now;
-                for (_, lane) in conn.lanes.borrow().iter() {
-                    let _ = lane.send_with_str(PING);
+                for (_, link) in conn.lanes.borrow().iter() {
+                    if let Link::Own(lane) = link {
+                        let _ = lane.send_with_str(PING);
+                    }
                 }
             }
         }

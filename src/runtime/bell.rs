@@ -1,5 +1,5 @@
-//! Bells (`runtime::tap`): a promise made in one request, whose reaction the runtime runs in
-//! that request whoever resolves it.
+//! Bells (`runtime::tap`, `runtime::stream::shared`): a promise made in one request, whose
+//! reaction the runtime runs in that request whoever resolves it.
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
