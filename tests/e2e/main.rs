@@ -22,6 +22,7 @@ mod durability;
 mod fd_limit;
 mod harness;
 mod idempotency;
+mod lanes;
 mod live;
 mod live_auth;
 mod load;
@@ -152,6 +153,7 @@ fn main() {
         channels::cases(),
         // Many channels on one connection (issue 14).
         streams::cases(),
+        lanes::cases(),
         // Presence (issue 15).
         presence::cases(),
         topics::cases(),

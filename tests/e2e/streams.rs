@@ -47,21 +47,21 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_millis(700);
 const PREAMBLE: &str = "retry: 2000\n: edgehub stream open\n\n";
 const HEARTBEAT: &str = ": heartbeat\n\n";
 const ROUTES: [&str; 3] = ["/poll", "/sse", "/ws"];
 
 /// `(channel, id)` of events, in the order received.
-type Pairs = Vec<(String, u64)>;
+pub(crate) type Pairs = Vec<(String, u64)>;
 
 /// A stream cursor: every channel's position, in the stream's order (`a=1,b=2`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Cursor(Vec<(String, u64)>);
+pub(crate) struct Cursor(pub(crate) Vec<(String, u64)>);
 
 impl Cursor {
-    fn parse(text: &str) -> Cursor {
+    pub(crate) fn parse(text: &str) -> Cursor {
         let pair = |p: &str| {
             let (c, id) = p.rsplit_once('=')?;
             Some((c.to_string(), id.parse().ok()?))
@@ -69,7 +69,7 @@ impl Cursor {
         let pairs = text.split(',').map(pair).collect::<Option<Vec<_>>>();
         Cursor(pairs.unwrap_or_else(|| panic!("not a stream cursor: {text:?}")))
     }
-    fn get(&self, c: &str) -> u64 {
+    pub(crate) fn get(&self, c: &str) -> u64 {
         self.0.iter().find(|(n, _)| n == c).map_or(0, |p| p.1)
     }
     fn set(&mut self, c: &str, id: u64) {
@@ -84,12 +84,12 @@ impl Cursor {
         got.iter().for_each(|(c, id)| next.set(c, *id));
         next
     }
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let pairs: Vec<String> = self.0.iter().map(|(c, id)| format!("{c}={id}")).collect();
         pairs.join(",")
     }
     /// Percent-encoded, for `since=` in a URL.
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let t = self.text();
         t.replace(':', "%3A")
             .replace('=', "%3D")
@@ -111,29 +111,29 @@ impl Cursor {
 }
 
 /// The cursor with `chans` at `ids`.
-fn cur(chans: &[String], ids: &[u64]) -> Cursor {
+pub(crate) fn cur(chans: &[String], ids: &[u64]) -> Cursor {
     Cursor(chans.iter().cloned().zip(ids.iter().copied()).collect())
 }
 
 /// `n` fresh channel names, `e2e-<what><i>-…`.
-fn names(what: &str, n: usize) -> Vec<String> {
+pub(crate) fn names(what: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| channel(&format!("{what}{i}"))).collect()
 }
 
 /// The `id:` of the stream's next id-only block (its opening one, first).
-async fn opening(s: &mut SseStream) -> String {
+pub(crate) async fn opening(s: &mut SseStream) -> String {
     let id = s.next_id_only_block(WAIT).await;
     id.unwrap_or_else(|| panic!("no id-only block: {:?}", String::from_utf8_lossy(&s.raw)))
 }
 
-fn query(chans: &[String]) -> String {
+pub(crate) fn query(chans: &[String]) -> String {
     let parts: Vec<String> = chans.iter().map(|c| format!("channel={c}")).collect();
     parts.join("&")
 }
 
 /// Publishes `n` events on `c` in one batch, `{"c": c, "i": 1..=n}`, every second one of type
 /// `t.even`; returns their ids.
-async fn publish_n(api: &Api, c: &str, n: u64) -> Vec<u64> {
+pub(crate) async fn publish_n(api: &Api, c: &str, n: u64) -> Vec<u64> {
     let event = |i: u64| match i % 2 {
         0 => json!({"type": "t.even", "data": {"c": c, "i": i}}),
         _ => json!({"data": {"c": c, "i": i}}),
@@ -147,7 +147,7 @@ async fn publish_n(api: &Api, c: &str, n: u64) -> Vec<u64> {
 }
 
 /// The envelopes' `(channel, id)`: poll `events`, or WS frames whose `op` is `event`.
-fn pairs(envelopes: &[Value]) -> Pairs {
+pub(crate) fn pairs(envelopes: &[Value]) -> Pairs {
     let is_event = |e: &&Value| e.get("op").is_none_or(|op| op == "event");
     let channel = |e: &Value| e["channel"].as_str().unwrap_or("?").to_string();
     let pair = |e: &Value| (channel(e), e["id"].as_u64().unwrap_or(0));
@@ -158,7 +158,7 @@ fn page_pairs(page: &Value) -> Pairs {
     pairs(page["events"].as_array().map_or(&[], Vec::as_slice))
 }
 
-fn sse_pairs(events: &[SseEvent]) -> Pairs {
+pub(crate) fn sse_pairs(events: &[SseEvent]) -> Pairs {
     let envelopes = events
         .iter()
         .filter(|e| e.kind != "gap")
@@ -193,7 +193,7 @@ fn round_robin(from: &Cursor, to: &Cursor, limit: usize) -> Pairs {
 
 /// `got` (in arrival order) holds, for each channel, exactly the ids after `from` through `to`,
 /// in id order, and nothing of any other channel.
-fn once(what: &str, got: &[(String, u64)], from: &Cursor, to: &Cursor) {
+pub(crate) fn once(what: &str, got: &[(String, u64)], from: &Cursor, to: &Cursor) {
     for (c, last) in &to.0 {
         let seen: Vec<u64> = got.iter().filter(|(n, _)| n == c).map(|p| p.1).collect();
         let want: Vec<u64> = (from.get(c) + 1..=*last).collect();
@@ -224,7 +224,7 @@ async fn get_if_none_match(api: &Api, path: &str, etag: &str) -> Resp {
     api.send(req.header("if-none-match", etag)).await
 }
 
-async fn open_sse(api: &Api, path: &str, last_id: Option<&str>) -> SseStream {
+pub(crate) async fn open_sse(api: &Api, path: &str, last_id: Option<&str>) -> SseStream {
     let auth = format!("Bearer {}", admin());
     let mut headers = vec![("authorization", auth.as_str())];
     headers.extend(last_id.map(|l| ("last-event-id", l)));
@@ -235,7 +235,11 @@ async fn open_sse(api: &Api, path: &str, last_id: Option<&str>) -> SseStream {
 /// Reads a multi-channel SSE stream until `cursor` reaches `to` (or the stream ends, or `wait`
 /// passes). Each event's `id:` must be the stream cursor after it (`cursor` moves along), its
 /// `data:` the envelope, its `event:` the envelope's type. Returns the events, gaps included.
-async fn sse_until(s: &mut SseStream, cursor: &mut Cursor, to: &Cursor) -> Vec<SseEvent> {
+pub(crate) async fn sse_until(
+    s: &mut SseStream,
+    cursor: &mut Cursor,
+    to: &Cursor,
+) -> Vec<SseEvent> {
     let deadline = Instant::now() + WAIT;
     let mut got = Vec::new();
     while !cursor.reached(to) {
@@ -259,7 +263,7 @@ async fn sse_until(s: &mut SseStream, cursor: &mut Cursor, to: &Cursor) -> Vec<S
 }
 
 /// Opens a multi-channel WebSocket and reads its first frame, which must be `ready`.
-async fn open_ws(api: &Api, path: &str, tok: Option<&str>) -> (WsClient, Value) {
+pub(crate) async fn open_ws(api: &Api, path: &str, tok: Option<&str>) -> (WsClient, Value) {
     let opened = WsClient::open_stream(api, path, tok).await;
     let mut ws = opened.unwrap_or_else(|r| panic!("upgrade {path}: {} {}", r.status, r.text()));
     let ready = ws.next_json(WAIT).await;
@@ -269,7 +273,7 @@ async fn open_ws(api: &Api, path: &str, tok: Option<&str>) -> (WsClient, Value) 
 
 /// JSON frames until every channel of `to` had an event at or past its id there, the socket
 /// closed, or `WAIT` passed.
-async fn ws_until(ws: &mut WsClient, to: &Cursor) -> Vec<Value> {
+pub(crate) async fn ws_until(ws: &mut WsClient, to: &Cursor) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
     let (mut seen, mut got) = (Cursor(Vec::new()), Vec::new());
     while !seen.reached(to) {
@@ -308,7 +312,13 @@ async fn ask(ws: &mut WsClient, frame: Value, op: &str, what: &str) -> Value {
 
 /// Sends `frame`; the next frame must be an `error` naming its channel, with this status and
 /// code, and the socket must stay usable.
-async fn refuse(ws: &mut WsClient, frame: Value, status: u16, code: &str, what: &str) -> Value {
+pub(crate) async fn refuse(
+    ws: &mut WsClient,
+    frame: Value,
+    status: u16,
+    code: &str,
+    what: &str,
+) -> Value {
     let e = ask(ws, frame, "error", what).await;
     let want = (&json!(status), &json!(code));
     assert_eq!((&e["status"], &e["code"]), want, "{what}: {e}");
@@ -979,7 +989,7 @@ async fn stream_restart_ends_sse_and_ws_and_the_cursor_resumes_exactly_once(_: A
 }
 
 /// One channel's subscriber counts, `{"sse","ws"}`, until they equal `want` or `limit` passes.
-async fn counts_become(api: &Api, c: &str, want: Value, limit: Duration) -> Value {
+pub(crate) async fn counts_become(api: &Api, c: &str, want: Value, limit: Duration) -> Value {
     let started = Instant::now();
     let mut last = Value::Null;
     for _ in 0..300 {
