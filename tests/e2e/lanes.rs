@@ -168,19 +168,20 @@ async fn stream_lanes_share_one_socket_per_channel_and_each_gets_every_event_onc
     }
 }
 
-/// The first SSE connection's lanes carry the upstreams; two more SSE connections and a
-/// WebSocket share them. The first leaves while events flow: another connection's request
-/// opens new upstreams from where they stood, and the others get every event once. Then the
-/// WebSocket and one more leave, and the last one still gets everything.
+/// The first connection's lanes (a WebSocket) carry the upstreams; another WebSocket and two
+/// SSE connections share them. The first leaves while events flow: the next connection's
+/// request opens new upstreams from where they stood, and the others get every event once.
+/// Then that one leaves too, and the two SSE connections still get everything.
 async fn stream_lane_upstream_is_handed_over_when_its_connection_leaves(api: Api) {
     let chans = names("lhand", 2);
-    let (_, owner) = sse_from(&api, &chans, None).await;
+    let (_, owner) = ws_from(&api, &chans, None, &reader()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Seated in this order, so the next one takes over: then it leaves too.
+    let (ws_start, mut next) = ws_from(&api, &chans, None, &reader()).await;
     let mut sse = vec![
         sse_from(&api, &chans, None).await,
         sse_from(&api, &chans, None).await,
     ];
-    let (ws_start, mut ws) = ws_from(&api, &chans, None, &reader()).await;
     for c in &chans {
         assert_eq!(
             counts_become(&api, c, lanes(4), WAIT).await,
@@ -189,25 +190,12 @@ async fn stream_lane_upstream_is_handed_over_when_its_connection_leaves(api: Api
         );
         assert_eq!(sockets_become(&api, c, lanes(1)).await, lanes(1), "{c}");
     }
-    for c in &chans {
-        publish_n(&api, c, 5).await;
+    let mut heads = [0u64, 0];
+    for (k, c) in chans.iter().enumerate() {
+        heads[k] = *publish_n(&api, c, 5).await.last().unwrap_or(&0);
     }
     drop(owner);
-    // Events go on while the runtime notices the owner's client is gone (at a failed write).
-    let started = Instant::now();
-    let mut heads = [5u64, 5];
-    let mut left = None;
-    while heads[0] < 300 && started.elapsed() < Duration::from_secs(60) {
-        for (k, c) in chans.iter().enumerate() {
-            heads[k] = *publish_n(&api, c, 1).await.last().unwrap_or(&0);
-        }
-        if info(&api, &chans[0]).await["subscribers"] == lanes(3) {
-            left = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let left = left.unwrap_or_else(|| panic!("the owner never left the count ({heads:?})"));
+    let left = publish_until_counted(&api, &chans, &mut heads, 3).await;
     for (k, c) in chans.iter().enumerate() {
         heads[k] = *publish_n(&api, c, 10).await.last().unwrap_or(&0);
     }
@@ -217,40 +205,56 @@ async fn stream_lane_upstream_is_handed_over_when_its_connection_leaves(api: Api
         let got = sse_until(s, &mut cursor, &to).await;
         once(&format!("SSE {k}"), &sse_pairs(&got), start, &to);
     }
-    let got = pairs(&ws_until(&mut ws, &to).await);
-    once("the WS", &got, &ws_start, &to);
+    let got = pairs(&ws_until(&mut next, &to).await);
+    once("the next WS", &got, &ws_start, &to);
     for c in &chans {
         assert_eq!(sockets_become(&api, c, lanes(1)).await, lanes(1), "{c}");
     }
 
-    // Two more leave, whichever carries the upstreams now; the last one goes on.
-    drop(ws);
-    let (_, mut last) = sse.remove(1);
-    let from = to.clone();
-    drop(sse);
-    let again = Instant::now();
-    let mut gone = false;
-    while heads[0] < 700 && again.elapsed() < Duration::from_secs(90) {
+    // The new carrier leaves; the others go on.
+    drop(next);
+    let left_again = publish_until_counted(&api, &chans, &mut heads, 2).await;
+    for (k, c) in chans.iter().enumerate() {
+        heads[k] = *publish_n(&api, c, 5).await.last().unwrap_or(&0);
+    }
+    let from = to;
+    let to = cur(&chans, &heads);
+    for (k, (_, s)) in sse.iter_mut().enumerate() {
+        let mut cursor = from.clone();
+        let got = sse_pairs(&sse_until(s, &mut cursor, &to).await);
+        once(
+            &format!("SSE {k}, after the second hand-over"),
+            &got,
+            &from,
+            &to,
+        );
+    }
+    for c in &chans {
+        assert_eq!(sockets_become(&api, c, lanes(1)).await, lanes(1), "{c}");
+    }
+    eprintln!("e2e: lanes: left the count after {left:.1?}, then {left_again:.1?}");
+}
+
+/// Publishes one event on each channel at a time until the first channel counts `n` clients;
+/// how long that took.
+async fn publish_until_counted(
+    api: &Api,
+    chans: &[String],
+    heads: &mut [u64; 2],
+    n: u64,
+) -> Duration {
+    let started = Instant::now();
+    for _ in 0..300 {
         for (k, c) in chans.iter().enumerate() {
-            heads[k] = *publish_n(&api, c, 1).await.last().unwrap_or(&0);
+            heads[k] = *publish_n(api, c, 1).await.last().unwrap_or(&0);
         }
-        if info(&api, &chans[0]).await["subscribers"] == lanes(1) {
-            gone = true;
+        if info(api, &chans[0]).await["subscribers"] == lanes(n) {
+            return started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(gone, "two more connections never left the count");
-    for (k, c) in chans.iter().enumerate() {
-        heads[k] = *publish_n(&api, c, 5).await.last().unwrap_or(&0);
-    }
-    let to = cur(&chans, &heads);
-    let mut cursor = from.clone();
-    let got = sse_pairs(&sse_until(&mut last, &mut cursor, &to).await);
-    once("the last connection", &got, &from, &to);
-    eprintln!(
-        "e2e: lanes: the owner left the count after {left:.1?}; {} events after the first \
-         hand-over",
-        heads[0] - from.get(&chans[0])
-    );
+    panic!("the count never fell to {n} ({heads:?})");
 }

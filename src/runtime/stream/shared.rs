@@ -32,6 +32,11 @@ use worker::wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
 use worker::{EventStream, Response, WebSocket, WebsocketEvent};
 
+/// Take-overs that may fail in a row (the object unreachable, the seat's request gone) before
+/// every seat's connection is ended to resume on its own; until then the next seat's pacer
+/// tries again.
+const TAKE_OVER_TRIES: u32 = 3;
+
 /// How long an upstream may stay unopened (its new owner's connection never opened it) before
 /// any seat's pacer takes it over.
 const RESCUE_MS: i64 = 5_000;
@@ -312,6 +317,8 @@ struct TapState {
     owner: Option<Rc<Seat>>,
     /// When seats were last checked for stopped connections (at most once a second).
     reaped_ms: i64,
+    /// Take-overs failed in a row.
+    failures: u32,
 }
 
 impl TapState {
@@ -369,6 +376,7 @@ impl LaneTap {
                 socket: seat.socket.borrow().clone(),
                 owner: Some(seat.clone()),
                 reaped_ms: 0,
+                failures: 0,
             }),
         });
         TAPS.with(|taps| taps.borrow_mut().insert(channel.clone(), tap.clone()));
@@ -514,8 +522,16 @@ impl LaneTap {
         match started {
             Ok(answer) => spawn_local(reopen(self.clone(), seat.clone(), generation, answer)),
             Err(e) => {
-                worker::console_error!("lanes {}: taking over: {e}", self.channel.as_str());
-                self.end_all();
+                worker::console_error!("lanes {}: taking over: {e:?}", self.channel.as_str());
+                let failures = {
+                    let mut state = self.state.borrow_mut();
+                    state.orphan();
+                    state.failures = state.failures.saturating_add(1);
+                    state.failures
+                };
+                if failures >= TAKE_OVER_TRIES {
+                    self.end_all();
+                }
             }
         }
     }
@@ -582,7 +598,7 @@ async fn reopen(tap: Rc<LaneTap>, seat: Rc<Seat>, generation: u64, answer: Promi
             return;
         }
         Err(e) => {
-            worker::console_error!("lanes {}: reopening: {e}", tap.channel.as_str());
+            worker::console_error!("lanes {}: reopening: {e:?}", tap.channel.as_str());
             if tap.current(generation) {
                 tap.end_all();
             }
@@ -599,6 +615,7 @@ async fn reopen(tap: Rc<LaneTap>, seat: Rc<Seat>, generation: u64, answer: Promi
         state.source = Source::Live { owner: seat.id };
         state.socket = Some(socket.clone());
         state.owner = Some(seat.clone());
+        state.failures = 0;
     }
     tap.ring_count_from_owner();
     carry(tap, generation, &socket, events).await;
