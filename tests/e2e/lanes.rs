@@ -178,7 +178,7 @@ async fn stream_lane_upstream_is_handed_over_when_its_connection_leaves(api: Api
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Seated in this order, so the next one takes over: then it leaves too.
     let (ws_start, mut next) = ws_from(&api, &chans, None, &reader()).await;
-    let mut sse = vec![
+    let mut sse = [
         sse_from(&api, &chans, None).await,
         sse_from(&api, &chans, None).await,
     ];
