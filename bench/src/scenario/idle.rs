@@ -8,7 +8,9 @@
 //! front, whose stream cap the open-file limit sets, a pass that reaches the cap also goes past
 //! it (`past_limit`) before that publish: more streams, then a flood of connections. With
 //! `--nchan`, then the same for SSE streams on nchan (its nginx's PSS per stream; nothing there
-//! hibernates).
+//! hibernates). Last, the floor: the same SSE streams held open by the no-op Worker
+//! (`bench/noop/`, a bare `ReadableStream` with a heartbeat timer), on a fresh runtime of its
+//! own: what one idle stream costs this runtime before any of the hub's code.
 
 use std::time::{Duration, Instant};
 
@@ -53,18 +55,27 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         }
         result?;
     }
+    match noop_sse(plan, setup, &mut f).await {
+        Ok(per_stream) => {
+            let hub = last_value(&f, "idle.sse.kib_per_connection");
+            f.add(
+                SCENARIO,
+                "idle.sse.kib_per_connection.vs_noop",
+                "SSE: memory per idle stream, edgehub ÷ the no-op Worker's bare stream",
+                Unit::Ratio,
+                None,
+                ratio(hub, per_stream),
+            );
+        }
+        Err(why) => f.note(format!("idle, no-op floor: the pass failed: {why}")),
+    }
     if let Some(n) = &setup.nchan {
         let began = Instant::now();
         let pass = nchan_sse(plan, n, &mut f).await;
         eprintln!("    (nchan pass: {:.1?})", began.elapsed());
         match pass {
             Ok(per_stream) => {
-                let hub = f
-                    .list
-                    .iter()
-                    .find(|fig| fig.id == "idle.sse.kib_per_connection")
-                    .and_then(|fig| fig.values.last().copied())
-                    .unwrap_or(f64::NAN);
+                let hub = last_value(&f, "idle.sse.kib_per_connection");
                 f.add(
                     SCENARIO,
                     "idle.sse.kib_per_connection.vs_nchan",
@@ -503,6 +514,107 @@ async fn nchan_sse(plan: &Plan, n: &Endpoint, f: &mut Figures) -> Result<f64, St
          streams; \"edgehub ÷ nchan\" is the hub's SSE figure over nchan's, per run",
         plan.idle_connections,
         plan.fd_limit,
+        plan.idle_wait.as_secs(),
+    ));
+    Ok(per_stream)
+}
+
+/// The last value of figure `id` so far (NaN if none).
+fn last_value(f: &Figures, id: &str) -> f64 {
+    f.list
+        .iter()
+        .find(|fig| fig.id == id)
+        .and_then(|fig| fig.values.last().copied())
+        .unwrap_or(f64::NAN)
+}
+
+/// The floor: idle SSE streams on the no-op Worker, on a fresh runtime started for it, as
+/// `one_kind` holds the hub's (warm-up, baseline, connections within the fd budget and the
+/// front's cap, readers, the idle time). Returns the runtime's memory per stream.
+async fn noop_sse(plan: &Plan, setup: &Setup, f: &mut Figures) -> Result<f64, String> {
+    let mut noop = runtime::start_noop(setup.keep).await?;
+    let pass = noop_pass(plan, &noop, f).await;
+    noop.stop().await;
+    if !setup.keep {
+        noop.remove_dir();
+    }
+    pass
+}
+
+async fn noop_pass(plan: &Plan, noop: &Runtime, f: &mut Figures) -> Result<f64, String> {
+    let (port, pgid) = (noop.port(), noop.pgid().unwrap_or(0));
+    let server = (noop.base(), port);
+    let c = "floor";
+    let front = Front::from_log(&noop.log_tail(usize::MAX));
+    let wanted = match &front {
+        Some(front) => plan
+            .idle_connections
+            .min((front.streams as usize).saturating_sub(WARM_UP)),
+        None => plan.idle_connections,
+    };
+    let procs = procfs::group(pgid, port);
+    let fds_cold: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
+    let warm = connect(WARM_UP, Kind::Sse, server, c).await;
+    tokio::time::sleep(SETTLE).await;
+    let fds_warm: Vec<u64> = procs.iter().map(|p| procfs::fd_count(p.pid)).collect();
+    let before = procfs::memory(pgid, port);
+    let budget = FdBudget::new(plan, procs, &fds_cold, &fds_warm, warm.len());
+    let (mut subs, fd_note) = connect_within(wanted, server, Kind::Sse, c, budget).await;
+    let connected = subs.len() as u64;
+    if connected == 0 {
+        return Err("no stream could connect to the no-op Worker".into());
+    }
+    subs.extend(warm);
+    // Readers, as a real client reads (heartbeats); no event ever comes.
+    let deadline = Instant::now() + plan.idle_wait + 4 * SETTLE;
+    let readers: Vec<JoinHandle<bool>> = subs
+        .into_iter()
+        .map(|sub| tokio::spawn(await_first_event(sub, deadline)))
+        .collect();
+    tokio::time::sleep(SETTLE).await;
+    let awake = procfs::memory(pgid, port);
+    tokio::time::sleep(plan.idle_wait).await;
+    let idle = procfs::memory(pgid, port);
+    for r in readers {
+        r.abort();
+    }
+    let per = |now: &Memory| (now.total_kib as f64 - before.total_kib as f64) / connected as f64;
+    let per_stream = per(&idle);
+    for (q, label, unit, value) in [
+        (
+            "connections",
+            "streams measured (after the warm-up)",
+            Unit::Count,
+            connected as f64,
+        ),
+        (
+            "kib_per_connection",
+            "runtime memory per idle bare stream",
+            Unit::Kib,
+            per_stream,
+        ),
+        (
+            "awake_kib",
+            "runtime memory per bare stream, just connected",
+            Unit::Kib,
+            per(&awake),
+        ),
+    ] {
+        f.add(
+            SCENARIO,
+            &format!("idle.noop.sse.{q}"),
+            &format!("no-op Worker SSE: {label}"),
+            unit,
+            None,
+            value,
+        );
+    }
+    f.note(format!(
+        "idle, no-op floor: `GET /sse/{{c}}` on the no-op Worker (bench/noop/: a bare \
+         ReadableStream, a heartbeat every 5 s), on a fresh runtime behind the same front; \
+         {WARM_UP} warm-up streams, then {connected} of {wanted} wanted ({fd_note}); memory per \
+         stream = (PSS of its workerd and node after {} s idle − PSS after the warm-up) / \
+         streams; \"edgehub ÷ the no-op Worker\" is the hub's SSE figure over this one, per run",
         plan.idle_wait.as_secs(),
     ));
     Ok(per_stream)

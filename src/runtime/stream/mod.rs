@@ -27,10 +27,11 @@ use std::time::Duration;
 use worker::{Delay, Env, Response, WebSocket, WebSocketPair, WebsocketEvent};
 
 mod lanes;
+mod seat;
 mod shared;
 
 use lanes::{attach_all, drop_lane, open_later, subscribe, Got, How};
-use shared::Seat;
+use seat::Seat;
 
 /// What a connection needs to open lanes and hold its client.
 pub struct Opening {

@@ -12,6 +12,7 @@
 //! - When the upstream's lane leaves, another seat's request opens a new upstream from where
 //!   the shared stream stood, as a tap's member does.
 
+use super::seat::Seat;
 use super::{Conn, Link};
 use crate::channel::fanout::Transport;
 use crate::channel::merge::LaneId;
@@ -22,11 +23,11 @@ use crate::protocol::ws::{cursor_frame, CloseCode, PONG};
 use crate::protocol::ChannelName;
 use crate::runtime::bell::Bell;
 use crate::runtime::client::Hub;
-use crate::runtime::sse::{accept, heartbeat_period_ms, now_ms};
+use crate::runtime::sse::{accept, now_ms};
 use futures::StreamExt;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use worker::js_sys::Promise;
 use worker::wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
@@ -43,10 +44,9 @@ const RESCUE_MS: i64 = 5_000;
 
 thread_local! {
     static TAPS: RefCell<HashMap<ChannelName, Rc<LaneTap>>> = RefCell::new(HashMap::new());
-    static NEXT_SEAT: Cell<u64> = const { Cell::new(1) };
 }
 
-fn find(channel: &ChannelName) -> Option<Rc<LaneTap>> {
+pub(super) fn find(channel: &ChannelName) -> Option<Rc<LaneTap>> {
     TAPS.with(|taps| taps.borrow().get(channel).cloned())
 }
 
@@ -59,125 +59,6 @@ pub(super) fn seat_now(channel: &ChannelName, since: Option<u64>) -> Option<u64>
     match entry(view(channel), since) {
         Entry::Attach { through } => Some(through),
         Entry::Replay => None,
-    }
-}
-
-/// What waits in a seat's inbox for its connection.
-enum Delivery {
-    Frame(Rc<str>),
-    Closed(CloseCode),
-}
-
-/// One lane's place in its channel's shared upstream.
-pub(super) struct Seat {
-    id: u64,
-    lane: LaneId,
-    channel: ChannelName,
-    conn: Weak<Conn>,
-    /// The last id it was given.
-    through: Cell<u64>,
-    inbox: RefCell<Vec<Delivery>>,
-    inbox_bytes: Cell<usize>,
-    /// Rung when its inbox has something; its reaction runs in the connection's request.
-    deliver: RefCell<Option<Rc<Bell>>>,
-    /// Rung to make it open a new upstream; made in its connection's request.
-    wake: RefCell<Option<Rc<Bell>>>,
-    /// The upstream, while this seat's connection's request carries it.
-    socket: RefCell<Option<WebSocket>>,
-}
-
-impl Seat {
-    /// A seat for `lane` of `conn`, made in that connection's request (its bells are).
-    fn new(conn: &Rc<Conn>, lane: LaneId, channel: &ChannelName, through: u64) -> Rc<Seat> {
-        let seat = Rc::new(Seat {
-            id: NEXT_SEAT.with(|n| n.replace(n.get().wrapping_add(1))),
-            lane,
-            channel: channel.clone(),
-            conn: Rc::downgrade(conn),
-            through: Cell::new(through),
-            inbox: RefCell::new(Vec::new()),
-            inbox_bytes: Cell::new(0),
-            deliver: RefCell::new(None),
-            wake: RefCell::new(None),
-            socket: RefCell::new(None),
-        });
-        let weak = Rc::downgrade(&seat);
-        seat.deliver.replace(Some(Bell::repeating(move || {
-            if let Some(seat) = weak.upgrade() {
-                seat.drain();
-            }
-        })));
-        let weak = Rc::downgrade(&seat);
-        seat.wake.replace(Some(Bell::repeating(move || {
-            if let Some(seat) = weak.upgrade() {
-                if let Some(tap) = find(&seat.channel) {
-                    tap.take_over(&seat);
-                }
-            }
-        })));
-        seat
-    }
-
-    /// Gives its connection what waits (in the connection's request).
-    fn drain(&self) {
-        let Some(conn) = self.conn.upgrade() else {
-            return;
-        };
-        let items = std::mem::take(&mut *self.inbox.borrow_mut());
-        self.inbox_bytes.set(0);
-        for item in items {
-            let now = now_ms();
-            let steps = match item {
-                Delivery::Frame(text) => conn.merge.borrow_mut().upstream(self.lane, &text, now),
-                Delivery::Closed(code) => conn
-                    .merge
-                    .borrow_mut()
-                    .upstream_closed(self.lane, code.code()),
-            };
-            conn.run(steps);
-        }
-    }
-
-    /// Queues a frame for its connection; false when the connection is over, or has left
-    /// twice its window unread in the inbox (its request no longer takes what it is given).
-    fn give(&self, text: Rc<str>) -> bool {
-        let Some(conn) = self.conn.upgrade() else {
-            return false;
-        };
-        if conn.merge.borrow().ended() {
-            return false;
-        }
-        let bytes = self.inbox_bytes.get().saturating_add(text.len());
-        if bytes > conn.config.slow_consumer_bytes.saturating_mul(2) {
-            return false;
-        }
-        self.inbox_bytes.set(bytes);
-        self.inbox.borrow_mut().push(Delivery::Frame(text));
-        self.ring();
-        true
-    }
-
-    /// Its connection's lane ends with `code` (it resumes from its cursor).
-    fn close(&self, code: CloseCode) {
-        self.inbox.borrow_mut().push(Delivery::Closed(code));
-        self.ring();
-    }
-
-    fn ring(&self) {
-        let bell = self.deliver.borrow().clone();
-        if let Some(bell) = bell {
-            bell.ring();
-        }
-    }
-
-    /// Its connection is open and its pacer ran within one heartbeat and a second.
-    fn alive(&self, now: i64) -> bool {
-        let Some(conn) = self.conn.upgrade() else {
-            return false;
-        };
-        let period = heartbeat_period_ms(conn.config.heartbeat_seconds);
-        let silence = now.saturating_sub(conn.ticked.get());
-        !conn.merge.borrow().ended() && silence <= period.saturating_mul(3) + 1000
     }
 }
 
@@ -194,13 +75,6 @@ pub(super) fn sit(
     let seat = Seat::new(conn, lane, channel, through);
     tap.attach(&seat);
     Some(seat)
-}
-
-impl Seat {
-    /// The last id it was given (where it sat, right after `sit`).
-    pub(super) fn through(&self) -> u64 {
-        self.through.get()
-    }
 }
 
 /// What a lane on its own socket did once caught up.
@@ -499,7 +373,7 @@ impl LaneTap {
     /// Opens a new upstream from where the shared stream stood, in `seat`'s connection's
     /// request (its bell's reaction, or its pacer): the call starts before this returns, so
     /// the socket is that request's.
-    fn take_over(self: &Rc<LaneTap>, seat: &Rc<Seat>) {
+    pub(super) fn take_over(self: &Rc<LaneTap>, seat: &Rc<Seat>) {
         let mut state = self.state.borrow_mut();
         let here = state.seats.iter().any(|s| s.id == seat.id);
         if !matches!(state.source, Source::Orphaned) || !here {
