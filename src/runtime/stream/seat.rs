@@ -139,9 +139,7 @@ impl Seat {
         let silence = now.saturating_sub(conn.ticked.get());
         !conn.merge.borrow().ended() && silence <= period.saturating_mul(3) + 1000
     }
-}
 
-impl Seat {
     /// The last id it was given (where it sat, right after `sit`).
     pub(super) fn through(&self) -> u64 {
         self.through.get()
