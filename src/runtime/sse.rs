@@ -15,7 +15,6 @@ use crate::channel::backlog::Backlog;
 use crate::error::Error;
 use crate::protocol::bridge::Upstream;
 use crate::protocol::sse;
-use futures::{stream, StreamExt};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -43,17 +42,6 @@ const WRITES_PER_HEARTBEAT: u64 = 3;
 pub fn heartbeat_period_ms(heartbeat_s: u64) -> i64 {
     let ms = heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT;
     i64::try_from(ms).unwrap_or(i64::MAX).max(1)
-}
-
-/// The answer of an event stream: its headers, the preamble at once, then `chunks`.
-pub fn stream_response<S>(chunks: S) -> Result<Response, Error>
-where
-    S: futures::Stream<Item = Result<Vec<u8>, worker::Error>> + 'static,
-{
-    let preamble =
-        stream::once(async { Ok::<Vec<u8>, worker::Error>(sse::preamble().into_bytes()) });
-    let body = Response::from_stream(preamble.chain(chunks)).map_err(internal("answering"))?;
-    Ok(body.with_headers(stream_headers()?))
 }
 
 /// The answer of an event stream fed by a `Feed`: its headers and `body`.
@@ -140,6 +128,9 @@ struct FeedState {
     period_ms: i64,
     /// Called at every tick of the stream's pacer, in its own request (`runtime::tap`).
     on_tick: RefCell<Option<Box<dyn Fn()>>>,
+    /// Called once the client has taken everything offered so far (at `pull`, in the
+    /// stream's own request): a many-channel connection's merge hears what was taken.
+    on_drained: RefCell<Option<Box<dyn Fn()>>>,
     /// The stream's callbacks, alive as long as the stream.
     callbacks: RefCell<Vec<Callback>>,
 }
@@ -242,6 +233,9 @@ impl Feed {
         if self.flush() > 0 {
             return;
         }
+        if let Some(drained) = self.0.on_drained.borrow().as_ref() {
+            drained();
+        }
         if let Some(sent) = self.0.held.take() {
             if let Some(socket) = self.0.socket.borrow().as_ref() {
                 // A failed send shows as the socket's close, which ends the stream.
@@ -285,6 +279,16 @@ impl Feed {
     /// Runs `tick` at every tick of the stream's pacer, in the stream's own request.
     pub fn on_tick(&self, tick: Box<dyn Fn()>) {
         self.0.on_tick.replace(Some(tick));
+    }
+
+    /// Runs `drained` whenever the client has taken everything offered so far.
+    pub fn on_drained(&self, drained: Box<dyn Fn()>) {
+        self.0.on_drained.replace(Some(drained));
+    }
+
+    /// Runs `leave` when the stream goes (instead of what `open` was given).
+    pub fn on_drop(&self, leave: Box<dyn FnOnce()>) {
+        self.0.on_drop.replace(Some(leave));
     }
 
     /// Open, and its pacer ran within one heartbeat (three periods) and a second.
@@ -341,6 +345,7 @@ pub fn open(
         socket,
         on_drop: RefCell::new(on_drop),
         on_tick: RefCell::new(None),
+        on_drained: RefCell::new(None),
         ticked_ms: Cell::new(now_ms()),
         period_ms: heartbeat_period_ms(limits.heartbeat_s),
         callbacks: RefCell::new(Vec::new()),

@@ -257,7 +257,7 @@ pub(super) async fn open_later(
     {
         Ok(access) => {
             let face = match conn.client {
-                Client::Sse(_) => Face::Sse,
+                Client::Sse(..) => Face::Sse,
                 Client::Ws(_) => Face::Ws,
             };
             let how = How::of(face, access, &conn.permits);

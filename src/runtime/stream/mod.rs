@@ -8,20 +8,19 @@
 
 use super::access::{Access, Permits};
 use super::http::internal;
-use super::sse::{heartbeat_period_ms, now_ms, stream_response};
+use super::sse::{self, heartbeat_period_ms, now_ms, BridgeLimits, Chunk, Feed};
 use crate::auth::Action;
 use crate::channel::merge::{Face, LaneId, Merge, Out, Step};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::many::{channel_error, parse_many_client, ManyClientFrame};
-use crate::protocol::sse;
 use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ws::{CloseCode, Refusal, PING, PONG};
 use crate::protocol::ChannelName;
-use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::future::join_all;
-use futures::{stream, StreamExt};
+use futures::StreamExt;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 use worker::{Delay, Env, Response, WebSocket, WebSocketPair, WebsocketEvent};
@@ -48,16 +47,13 @@ pub struct Opening {
 
 /// What the client is.
 enum Client {
-    Sse(UnboundedSender<Item>),
+    /// An SSE stream, and what was offered to it and not yet taken: each text's length and
+    /// what its taking tells its lane's object.
+    Sse(Feed, RefCell<VecDeque<Taken>>),
     Ws(WebSocket),
 }
 
-/// What the SSE body gets next.
-enum Item {
-    Out(Out),
-    Heartbeat,
-    End,
-}
+type Taken = (usize, Option<(LaneId, u64, usize)>);
 
 /// How a lane reaches its object.
 enum Link {
@@ -143,17 +139,37 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
     let deadline = permits.expires();
     match face {
         Face::Sse => {
-            let (tx, rx) = unbounded();
+            // The client's stream is a `Feed`, as an SSE bridge's: its heartbeats, its end at
+            // the lifetime or the token's expiry, and its cancel the moment the client goes.
+            let limits = BridgeLimits {
+                heartbeat_s: config.heartbeat_seconds,
+                lifetime_s: config.sse_max_seconds,
+                max_backlog: config.slow_consumer_bytes,
+            };
+            let (feed, response) = sse::open(&limits, deadline, Rc::new(RefCell::new(None)), None)?;
             let conn = Rc::new(Conn {
                 merge: RefCell::new(merge),
                 lanes: RefCell::new(Vec::new()),
-                client: Client::Sse(tx.clone()),
+                client: Client::Sse(feed.clone(), RefCell::new(VecDeque::new())),
                 permits,
                 env,
                 config: config.clone(),
                 heard: Cell::new(now_ms()),
                 ticked: Cell::new(now_ms()),
             });
+            let gone = Rc::downgrade(&conn);
+            feed.on_drop(Box::new(move || {
+                if let Some(conn) = gone.upgrade() {
+                    conn.merge.borrow_mut().close();
+                    conn.close_lanes("sse client gone");
+                }
+            }));
+            let taking = Rc::downgrade(&conn);
+            feed.on_drained(Box::new(move || {
+                if let Some(conn) = taking.upgrade() {
+                    conn.took_all();
+                }
+            }));
             attach_all(&conn, lanes)?;
             let lifetime_ms =
                 i64::try_from(config.sse_max_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -162,13 +178,8 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
                 .unwrap_or(i64::MAX)
                 .min(now_ms().saturating_add(lifetime_ms));
             let period = heartbeat_period_ms(config.heartbeat_seconds);
-            worker::wasm_bindgen_futures::spawn_local(pace(
-                conn.clone(),
-                Some(tx),
-                period,
-                deadline,
-            ));
-            sse_response(conn, rx)
+            worker::wasm_bindgen_futures::spawn_local(pace(conn, true, period, deadline));
+            Ok(response)
         }
         Face::Ws => {
             let pair = WebSocketPair::new().map_err(internal("creating a socket pair"))?;
@@ -189,7 +200,7 @@ pub async fn open(opening: Opening) -> Result<Response, Error> {
             worker::wasm_bindgen_futures::spawn_local(read_client(conn.clone(), pair.server));
             let deadline = deadline.map_or(i64::MAX, |exp| exp.saturating_mul(1000));
             let period = heartbeat_period_ms(config.heartbeat_seconds);
-            worker::wasm_bindgen_futures::spawn_local(pace(conn, None, period, deadline));
+            worker::wasm_bindgen_futures::spawn_local(pace(conn, false, period, deadline));
             Response::from_websocket(pair.client).map_err(internal("answering"))
         }
     }
@@ -355,8 +366,13 @@ impl Conn {
 
     fn to_client(&self, out: Out) {
         match &self.client {
-            Client::Sse(tx) => {
-                let _ = tx.unbounded_send(Item::Out(out));
+            Client::Sse(feed, offered) => {
+                offered
+                    .borrow_mut()
+                    .push_back((out.text.len(), out.confirms));
+                if !feed.offer(&Chunk::new(&out.text), now_ms()) {
+                    self.end(CloseCode::TooSlow);
+                }
             }
             Client::Ws(socket) => {
                 if socket.send_with_str(&out.text).is_err() {
@@ -370,14 +386,26 @@ impl Conn {
     fn end(&self, code: CloseCode) {
         self.merge.borrow_mut().close();
         match &self.client {
-            Client::Sse(tx) => {
-                let _ = tx.unbounded_send(Item::End);
-            }
+            Client::Sse(feed, _) => feed.end(),
             Client::Ws(socket) => {
                 let _ = socket.close(Some(code.code()), Some(code.reason()));
             }
         }
         self.close_lanes(code.reason());
+    }
+
+    /// SSE: the client has taken everything offered: the merge hears it, text by text (and
+    /// tells the lanes' objects).
+    fn took_all(self: &Rc<Self>) {
+        let Client::Sse(_, offered) = &self.client else {
+            return;
+        };
+        let taken: Vec<Taken> = offered.borrow_mut().drain(..).collect();
+        let now = now_ms();
+        for (bytes, confirms) in taken {
+            let steps = self.merge.borrow_mut().took(bytes, confirms, now);
+            self.run(steps);
+        }
     }
 
     fn close_lanes(&self, reason: &str) {
@@ -398,16 +426,11 @@ fn close_link(link: Link, reason: &str) {
     }
 }
 
-/// SSE: heartbeats when the client has been sent nothing for `period_ms`; both faces: the
-/// end at `deadline_ms` (token expiry, SSE lifetime), and the stall rule when nothing comes.
+/// The end at `deadline_ms` (token expiry, SSE lifetime; an SSE stream's own pacer sends its
+/// heartbeats and ends it then too), and the stall rule when nothing comes.
 /// A presence connection also pings its lanes every period, so that their objects know it is
 /// there, and a presence WebSocket client silent for two `HEARTBEAT_SECONDS` ends it (4002).
-async fn pace(
-    conn: Rc<Conn>,
-    heartbeats: Option<UnboundedSender<Item>>,
-    period_ms: i64,
-    deadline_ms: i64,
-) {
+async fn pace(conn: Rc<Conn>, sse: bool, period_ms: i64, deadline_ms: i64) {
     let presence = conn.permits.member.is_some();
     // As the objects judge their own presence WebSockets (`runtime::presence`): two heartbeats.
     let silent_ms =
@@ -423,7 +446,7 @@ async fn pace(
             shared::tick(&seat);
         }
         if presence {
-            if heartbeats.is_none() && now.saturating_sub(conn.heard.get()) > silent_ms {
+            if !sse && now.saturating_sub(conn.heard.get()) > silent_ms {
                 conn.end(CloseCode::Silent);
                 return;
             }
@@ -438,9 +461,9 @@ async fn pace(
         }
         let left_ms = deadline_ms.saturating_sub(now);
         if left_ms <= 0 {
-            let code = match heartbeats {
-                Some(_) => CloseCode::Reconnect,
-                None => CloseCode::TokenExpired,
+            let code = match sse {
+                true => CloseCode::Reconnect,
+                false => CloseCode::TokenExpired,
             };
             conn.end(code);
             return;
@@ -449,60 +472,6 @@ async fn pace(
             conn.end(CloseCode::TooSlow);
             return;
         }
-        let mut wait = period_ms;
-        if let Some(tx) = &heartbeats {
-            let due = conn.merge.borrow().heartbeat_in(period_ms, now);
-            match due {
-                Some(w) => wait = w,
-                None => {
-                    if tx.unbounded_send(Item::Heartbeat).is_err() {
-                        return;
-                    }
-                    conn.merge.borrow_mut().heartbeat(now);
-                }
-            }
-        }
-        Delay::from(Duration::from_millis(wait.min(left_ms).max(1) as u64)).await;
-    }
-}
-
-/// Closes every lane when the client's stream is dropped, whatever the reason.
-struct CloseOnDrop(Rc<Conn>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.merge.borrow_mut().close();
-        self.0.close_lanes("sse client gone");
-    }
-}
-
-struct Body {
-    items: UnboundedReceiver<Item>,
-    conn: CloseOnDrop,
-}
-
-fn sse_response(conn: Rc<Conn>, rx: UnboundedReceiver<Item>) -> Result<Response, Error> {
-    let body = Body {
-        items: rx,
-        conn: CloseOnDrop(conn),
-    };
-    stream_response(stream::unfold(body, next_chunk))
-}
-
-/// The client's stream takes its next chunk: the merge hears what it took (and tells the
-/// lanes' objects).
-async fn next_chunk(mut body: Body) -> Option<(Result<Vec<u8>, worker::Error>, Body)> {
-    match body.items.next().await? {
-        Item::Out(out) => {
-            let conn = &body.conn.0;
-            let steps = conn
-                .merge
-                .borrow_mut()
-                .took(out.text.len(), out.confirms, now_ms());
-            conn.run(steps);
-            Some((Ok(out.text.into_bytes()), body))
-        }
-        Item::Heartbeat => Some((Ok(sse::heartbeat().as_bytes().to_vec()), body)),
-        Item::End => None,
+        Delay::from(Duration::from_millis(period_ms.min(left_ms).max(1) as u64)).await;
     }
 }
