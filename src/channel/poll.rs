@@ -189,20 +189,27 @@ impl StillPage {
 /// Mirror windows read recently, per channel, so that a poll whose answer this isolate knows
 /// for that window (a 304 for a matching tag, or a page it made: `page_cache`) needs no D1. A
 /// window is used for `ttl_ms` after it was read: an answer may then be that much late (more
-/// lag, never a hole: every answer is one the mirror gave at some moment). At most `capacity`
-/// channels are held; a full cache starts over.
+/// lag, never a hole: every answer is one the mirror gave at some moment). A publish through
+/// this isolate makes every window below the head it must have reached stale, so a window read
+/// while the mirror still lags behind that publish is not kept as fresh: the publisher's own
+/// isolate shows its event as soon as the mirror does. At most `capacity` channels are held; a
+/// full cache starts over.
 #[derive(Debug, Clone, Default)]
 pub struct WindowCache {
     entries: HashMap<String, (Window, i64)>,
+    /// The head a window must reach to be fresh again, after a publish through this isolate.
+    behind: HashMap<String, u64>,
 }
 
 impl WindowCache {
     pub const CAPACITY: usize = 4096;
 
-    /// The window of `channel` if it was read less than `ttl_ms` before `now_ms`.
+    /// The window of `channel` if it was read less than `ttl_ms` before `now_ms`, and shows
+    /// every publish made through this isolate.
     pub fn fresh(&self, channel: &str, now_ms: i64, ttl_ms: i64) -> Option<Window> {
         let (window, at) = self.entries.get(channel)?;
-        (now_ms.saturating_sub(*at) < ttl_ms && now_ms >= *at).then_some(*window)
+        let caught_up = self.behind.get(channel).is_none_or(|h| window.head >= *h);
+        (caught_up && now_ms.saturating_sub(*at) < ttl_ms && now_ms >= *at).then_some(*window)
     }
 
     /// The window of `channel` read last, however long ago: a hint, never an answer.
@@ -215,9 +222,23 @@ impl WindowCache {
         self.entries.remove(channel);
     }
 
+    /// A publish through this isolate: the mirror's head will pass the one read last (or 0),
+    /// and no window is fresh until one shows it.
+    pub fn published(&mut self, channel: &str) {
+        let head = self.entries.remove(channel).map_or(0, |(w, _)| w.head);
+        if self.behind.len() >= Self::CAPACITY && !self.behind.contains_key(channel) {
+            self.behind.clear();
+        }
+        let floor = self.behind.entry(channel.to_string()).or_insert(0);
+        *floor = (*floor).max(head.saturating_add(1));
+    }
+
     pub fn put(&mut self, channel: &str, window: Window, now_ms: i64) {
         if self.entries.len() >= Self::CAPACITY && !self.entries.contains_key(channel) {
             self.entries.clear();
+        }
+        if self.behind.get(channel).is_some_and(|h| window.head >= *h) {
+            self.behind.remove(channel);
         }
         self.entries.insert(channel.to_string(), (window, now_ms));
     }
@@ -506,5 +527,31 @@ mod tests {
             cache.put(&format!("x{n}"), w, 1000);
         }
         assert!(cache.entries.len() <= WindowCache::CAPACITY);
+    }
+
+    #[test]
+    fn a_window_behind_a_publish_through_this_isolate_is_never_fresh() {
+        let w = |head| Window { head, earliest: 1 };
+        let mut cache = WindowCache::default();
+        cache.put("c", w(5), 1000);
+        assert_eq!(cache.fresh("c", 1100, 250), Some(w(5)));
+        cache.published("c");
+        assert_eq!(cache.fresh("c", 1100, 250), None, "forgotten");
+        // The mirror still lags: the window read now is kept as a hint, not as fresh.
+        cache.put("c", w(5), 1200);
+        assert_eq!(cache.fresh("c", 1210, 250), None);
+        assert_eq!(cache.last("c"), Some(w(5)));
+        // Once a window shows the publish, windows are fresh again, for their ttl only.
+        cache.put("c", w(6), 1300);
+        assert_eq!(cache.fresh("c", 1310, 250), Some(w(6)));
+        assert_eq!(cache.fresh("c", 1550, 250), None);
+        cache.put("c", w(6), 1600);
+        assert_eq!(cache.fresh("c", 1610, 250), Some(w(6)));
+        // A publish with nothing read before: any head of 1 or more shows it.
+        cache.published("d");
+        cache.put("d", w(0), 1000);
+        assert_eq!(cache.fresh("d", 1001, 250), None);
+        cache.put("d", w(1), 1002);
+        assert_eq!(cache.fresh("d", 1003, 250), Some(w(1)));
     }
 }

@@ -58,7 +58,7 @@ pub async fn publish(at: &mut Incoming<'_>, channel: &ChannelName) -> Answer {
     let answer = Hub::get(at.env, channel)?
         .publish(&events, key.as_deref(), access.publisher)
         .await;
-    poll::forget_window(channel);
+    poll::published(channel);
     answer
 }
 

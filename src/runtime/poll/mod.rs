@@ -83,6 +83,13 @@ pub fn forget_window(channel: &ChannelName) {
     WINDOWS.with(|w| w.borrow_mut().forget(channel.as_str()));
 }
 
+/// A publish through this isolate: as `forget_window`, and no window read before the mirror
+/// shows the publish is kept as fresh (the poll after it reads D1 again, not a stale window
+/// for `POLL_CACHE_MS`).
+pub fn published(channel: &ChannelName) {
+    WINDOWS.with(|w| w.borrow_mut().published(channel.as_str()));
+}
+
 /// `GET /poll/{c}`.
 pub async fn poll(at: &Incoming<'_>, channel: &ChannelName) -> Answer {
     at.credentials
