@@ -18,9 +18,10 @@ use crate::protocol::sse;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
-use worker::js_sys::{Array, Function, Object, Reflect, Uint8Array};
+use worker::js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use worker::wasm_bindgen::closure::Closure;
 use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::ReadableStream;
 use worker::{Date, Delay, Headers, Response, ResponseBody, WebSocket};
 
@@ -453,6 +454,19 @@ pub fn bridge(
     let (feed, response) = open(&limits, token_exp, owned.clone(), None)?;
     worker::wasm_bindgen_futures::spawn_local(super::tap::alone(socket, feed, owned));
     Ok(response)
+}
+
+/// The socket of a shared upstream's answer (`Hub::start_shared`), accepted; `what` names it
+/// in the error when the object answered without one.
+pub async fn accept_started(answer: Promise, what: &str) -> Result<WebSocket, Error> {
+    JsFuture::from(answer)
+        .await
+        .ok()
+        .and_then(|r| r.dyn_into::<worker::web_sys::Response>().ok())
+        .map(Response::from)
+        .filter(|r| r.status_code() == 101)
+        .ok_or_else(|| Error::Unavailable(format!("the channel object refused the {what}")))
+        .and_then(accept)
 }
 
 /// The socket of the object's 101, accepted.

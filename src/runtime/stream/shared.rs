@@ -23,15 +23,14 @@ use crate::protocol::ws::{cursor_frame, CloseCode, PONG};
 use crate::protocol::ChannelName;
 use crate::runtime::bell::Bell;
 use crate::runtime::client::Hub;
-use crate::runtime::sse::{accept, now_ms};
+use crate::runtime::sse::{accept_started, now_ms};
 use futures::StreamExt;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use worker::js_sys::Promise;
-use worker::wasm_bindgen::JsCast;
-use worker::wasm_bindgen_futures::{spawn_local, JsFuture};
-use worker::{EventStream, Response, WebSocket, WebsocketEvent};
+use worker::wasm_bindgen_futures::spawn_local;
+use worker::{EventStream, WebSocket, WebsocketEvent};
 
 /// Take-overs that may fail in a row (the object unreachable, the seat's request gone) before
 /// every seat's connection is ended to resume on its own; until then the next seat's pacer
@@ -457,14 +456,7 @@ impl LaneTap {
 
 /// The rest of a take-over, in the seat's request: the object's answer becomes the upstream.
 async fn reopen(tap: Rc<LaneTap>, seat: Rc<Seat>, generation: u64, answer: Promise) {
-    let socket = JsFuture::from(answer)
-        .await
-        .ok()
-        .and_then(|r| r.dyn_into::<worker::web_sys::Response>().ok())
-        .map(Response::from)
-        .filter(|r| r.status_code() == 101)
-        .ok_or_else(|| Error::Unavailable("the channel object refused the upstream".into()))
-        .and_then(accept);
+    let socket = accept_started(answer, "upstream").await;
     let socket = match socket {
         Ok(socket) if tap.current(generation) => socket,
         Ok(socket) => {

@@ -5,7 +5,6 @@
 use super::{find, Member, Source, Tap};
 use crate::channel::tap::Frame;
 use crate::channel::tap::{catch_up, Catchup, TapView};
-use crate::error::Error;
 use crate::protocol::bridge::{Downstream, Upstream};
 use crate::protocol::ws::CloseCode;
 use crate::runtime::sse::{self, now_ms, Chunk};
@@ -13,20 +12,11 @@ use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use worker::js_sys::Promise;
-use worker::wasm_bindgen::JsCast;
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{Response, WebSocket, WebsocketEvent};
+use worker::{WebSocket, WebsocketEvent};
 
 /// The rest of a take-over, in the member's request: the object's answer becomes the upstream.
 pub(super) async fn reopen(tap: Rc<Tap>, member: Rc<Member>, generation: u64, answer: Promise) {
-    let socket = JsFuture::from(answer)
-        .await
-        .ok()
-        .and_then(|r| r.dyn_into::<worker::web_sys::Response>().ok())
-        .map(Response::from)
-        .filter(|r| r.status_code() == 101)
-        .ok_or_else(|| Error::Unavailable("the channel object refused the tap".into()))
-        .and_then(sse::accept);
+    let socket = sse::accept_started(answer, "tap").await;
     let socket = match socket {
         Ok(socket) if tap.current(generation) => socket,
         Ok(socket) => {
