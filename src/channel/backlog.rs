@@ -16,6 +16,9 @@ pub struct Backlog {
     taken_at_ms: i64,
     /// When the client was last sent anything, a frame or a heartbeat (unix milliseconds).
     sent_at_ms: i64,
+    /// When its stream was last seen with nothing waiting, or last took something (unix
+    /// milliseconds): heartbeats count here, as they wait like frames.
+    read_at_ms: i64,
 }
 
 impl Backlog {
@@ -25,6 +28,7 @@ impl Backlog {
             bytes: 0,
             taken_at_ms: now_ms,
             sent_at_ms: now_ms,
+            read_at_ms: now_ms,
         }
     }
 
@@ -37,6 +41,7 @@ impl Backlog {
         self.bytes = self.bytes.saturating_sub(n);
         self.taken_at_ms = now_ms;
         self.sent_at_ms = now_ms;
+        self.read_at_ms = now_ms;
     }
 
     /// `n` more bytes wait for the client; the stall clock starts if nothing waited before.
@@ -51,6 +56,18 @@ impl Backlog {
     /// `Last-Event-ID`).
     pub fn stalled(&self, max: usize, now_ms: i64) -> bool {
         self.bytes > max && now_ms.saturating_sub(self.taken_at_ms) >= STALL_MS
+    }
+
+    /// The stream, looked at `now_ms` with `waiting` bytes not yet taken (frames and
+    /// heartbeats): true once it has taken nothing for `limit_ms` while something waited. A
+    /// client that reads takes its heartbeats at once; a stream nobody reads any more (the
+    /// client left and the runtime stopped reading without saying so) is ended then, whatever
+    /// its size, and a client that was only stalled that long resumes from `Last-Event-ID`.
+    pub fn abandoned(&mut self, waiting: usize, now_ms: i64, limit_ms: i64) -> bool {
+        if waiting == 0 {
+            self.read_at_ms = now_ms;
+        }
+        now_ms.saturating_sub(self.read_at_ms) >= limit_ms
     }
 
     /// A heartbeat went out at `now_ms`.
@@ -119,6 +136,33 @@ mod tests {
             Some(4000),
             "a frame counts as sent"
         );
+    }
+
+    #[test]
+    fn a_stream_nobody_reads_is_abandoned_after_the_limit_whatever_waits() {
+        let mut b = Backlog::opened(0);
+        // A reader that takes each heartbeat: nothing waits when the pacer looks.
+        for tick in 1..100 {
+            assert!(!b.abandoned(0, tick * 5000, 15_000), "tick {tick}");
+        }
+        // Last seen with nothing waiting at 495 s; then heartbeats stay untaken.
+        assert!(!b.abandoned(3, 500_000, 15_000));
+        assert!(!b.abandoned(6, 505_000, 15_000));
+        assert!(!b.abandoned(9, 509_999, 15_000));
+        assert!(b.abandoned(9, 510_000, 15_000), "untaken since 495 s");
+    }
+
+    #[test]
+    fn a_slow_reader_that_takes_something_is_not_abandoned() {
+        let mut b = Backlog::opened(0);
+        b.queued(1_000_000, 0);
+        for step in 1..100 {
+            let now = step * 10_000;
+            assert!(!b.abandoned(1_000_000, now, 15_000), "step {step}");
+            b.took(10_000, now);
+            b.queued(10_000, now);
+        }
+        assert!(b.abandoned(1_000_000, 990_000 + 15_000, 15_000));
     }
 
     #[derive(Debug, Clone)]

@@ -39,6 +39,12 @@ pub struct BridgeLimits {
 /// one heartbeat period.
 const WRITES_PER_HEARTBEAT: u64 = 3;
 
+/// A stream that has taken nothing for this many heartbeats while something waited is ended
+/// (`Backlog::abandoned`): the runtime may stop reading the stream of a client that left
+/// without ever cancelling it (seen under `wrangler dev` for a connection whose request
+/// carries a shared upstream), and that client would stay subscribed until its lifetime.
+const UNREAD_HEARTBEATS: u64 = 3;
+
 /// How often a stream's pacer looks: a heartbeat's share of `heartbeat_s`, in milliseconds.
 pub fn heartbeat_period_ms(heartbeat_s: u64) -> i64 {
     let ms = heartbeat_s.saturating_mul(1000) / WRITES_PER_HEARTBEAT;
@@ -303,23 +309,30 @@ impl Feed {
     }
 
     /// A heartbeat when the client has been sent nothing for `period_ms`; returns how long
-    /// until the next is due.
-    fn pace(&self, period_ms: i64) -> i64 {
+    /// until the next is due (`None`: the stream was ended, its client no longer reads it).
+    fn pace(&self, period_ms: i64) -> Option<i64> {
         let now = now_ms();
         let mut backlog = self.0.backlog.get();
+        let unread_ms =
+            period_ms.saturating_mul(UNREAD_HEARTBEATS as i64 * WRITES_PER_HEARTBEAT as i64);
+        if backlog.abandoned(self.waiting(), now, unread_ms) {
+            self.0.backlog.set(backlog);
+            self.end();
+            return None;
+        }
         let due = backlog.heartbeat_in(period_ms, now);
         if due.is_none() {
             backlog.heartbeat(now);
         }
         self.0.backlog.set(backlog);
         match due {
-            Some(wait) => wait,
+            Some(wait) => Some(wait),
             None => {
                 let beat = sse::heartbeat();
                 if !self.send(&Uint8Array::from(beat.as_bytes()).into(), beat) {
                     self.gone();
                 }
-                period_ms
+                Some(period_ms)
             }
         }
     }
@@ -437,7 +450,9 @@ async fn pace(feed: Feed, period_ms: i64, deadline_ms: i64) {
         if let Some(tick) = feed.0.on_tick.borrow().as_ref() {
             tick();
         }
-        let wait_ms = feed.pace(period_ms);
+        let Some(wait_ms) = feed.pace(period_ms) else {
+            return;
+        };
         Delay::from(Duration::from_millis(wait_ms.min(left_ms).max(1) as u64)).await;
     }
 }
