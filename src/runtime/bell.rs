@@ -1,4 +1,4 @@
-//! Bells (`runtime::tap`, `runtime::stream::shared`): a promise made in one request, whose
+//! Bells (`runtime::trunk`, `runtime::stream::seat`): a promise made in one request, whose
 //! reaction the runtime runs in that request whoever resolves it.
 
 use std::cell::RefCell;
@@ -16,17 +16,6 @@ pub(super) struct Bell {
 }
 
 impl Bell {
-    /// A bell of the request running now, armed.
-    pub(super) fn new(on_ring: impl FnMut() + 'static) -> Rc<Bell> {
-        let mut on_ring = on_ring;
-        let bell = Rc::new(Bell {
-            resolve: RefCell::new(None),
-            reaction: Closure::new(move |_: JsValue| on_ring()),
-        });
-        bell.arm();
-        bell
-    }
-
     /// A bell of the request running now that arms itself again after each ring, in that
     /// request, so it can be rung any number of times.
     pub(super) fn repeating(on_ring: impl Fn() + 'static) -> Rc<Bell> {

@@ -25,6 +25,7 @@ mod stream;
 mod subscribers;
 mod tap;
 mod topic_poll;
+mod trunk;
 
 use crate::config::Config;
 use crate::error::Error;

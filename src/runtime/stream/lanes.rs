@@ -227,7 +227,8 @@ async fn read_lane(conn: Rc<Conn>, lane: LaneId, socket: WebSocket, mut sharing:
                         Caught::Stay => {}
                         Caught::Joined => return,
                         Caught::Carrying(tap, generation) => {
-                            shared::carry(tap, generation, &socket, events).await;
+                            let window = conn.config.slow_consumer_bytes;
+                            shared::carry(tap, generation, &socket, events, window).await;
                             return;
                         }
                     }

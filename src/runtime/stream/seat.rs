@@ -2,7 +2,7 @@
 //! upstream's request, and the bells whose reactions run in its own connection's request (one
 //! gives the inbox to the connection's merge, one makes it take the upstream over).
 
-use super::shared::find;
+use super::shared::LaneTap;
 use super::Conn;
 use crate::channel::merge::LaneId;
 use crate::protocol::ws::CloseCode;
@@ -70,7 +70,7 @@ impl Seat {
         let weak = Rc::downgrade(&seat);
         seat.wake.replace(Some(Bell::repeating(move || {
             if let Some(seat) = weak.upgrade() {
-                if let Some(tap) = find(&seat.channel) {
+                if let Some(tap) = LaneTap::find(&seat.channel) {
                     tap.take_over(&seat);
                 }
             }

@@ -1,7 +1,7 @@
 //! Many-channel lanes that share an upstream (`docs/architecture.md#tap`): the lanes of one
 //! channel in one Worker isolate that carry no presence, no topic filter and no publishing
-//! right share one hibernatable WebSocket to its object, as plain SSE bridges share theirs
-//! (`runtime::tap`, whose rules about requests hold here too).
+//! right share one hibernatable WebSocket to its object, a `Trunk` (`runtime::trunk`, which
+//! holds the rules about requests and the hand-over), as plain SSE bridges share theirs.
 //!
 //! - A lane with nothing to replay takes a *seat* at once. Any other opens its own socket and,
 //!   once caught up, takes a seat (the upstream is no further than it) or makes its socket the
@@ -10,52 +10,36 @@
 //!   whose reaction runs in the seat's own connection's request: that one gives the frames to
 //!   its merge and writes to its client. Flow control stays the connection's (its window).
 //! - When the upstream's lane leaves, another seat's request opens a new upstream from where
-//!   the shared stream stood, as a tap's member does.
+//!   the shared stream stood (`Trunk::take_over`).
 
 use super::seat::Seat;
 use super::{Conn, Link};
 use crate::channel::fanout::Transport;
 use crate::channel::merge::LaneId;
-use crate::channel::tap::{catch_up, entry, Catchup, Entry, LaneFrame, Share, TapView};
+use crate::channel::tap::{catch_up, entry, Catchup, Entry, LaneFrame, Share};
 use crate::error::Error;
-use crate::protocol::bridge::Upstream;
 use crate::protocol::ws::{cursor_frame, CloseCode, PONG};
 use crate::protocol::ChannelName;
-use crate::runtime::bell::Bell;
 use crate::runtime::client::Hub;
-use crate::runtime::sse::{accept_started, now_ms};
+use crate::runtime::trunk::{Rider, Trunk, Trunks};
 use futures::StreamExt;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::thread::LocalKey;
 use worker::js_sys::Promise;
-use worker::wasm_bindgen_futures::spawn_local;
 use worker::{EventStream, WebSocket, WebsocketEvent};
 
-/// Take-overs that may fail in a row (the object unreachable, the seat's request gone) before
-/// every seat's connection is ended to resume on its own; until then the next seat's pacer
-/// tries again.
-const TAKE_OVER_TRIES: u32 = 3;
-
-/// How long an upstream may stay unopened (its new owner's connection never opened it) before
-/// any seat's pacer takes it over.
-const RESCUE_MS: i64 = 5_000;
+/// The shared upstream of one channel's lanes in this isolate.
+pub(super) type LaneTap = Trunk<Seat>;
 
 thread_local! {
-    static TAPS: RefCell<HashMap<ChannelName, Rc<LaneTap>>> = RefCell::new(HashMap::new());
-}
-
-pub(super) fn find(channel: &ChannelName) -> Option<Rc<LaneTap>> {
-    TAPS.with(|taps| taps.borrow().get(channel).cloned())
-}
-
-fn view(channel: &ChannelName) -> TapView {
-    find(channel).map_or(TapView::None, |t| t.view())
+    static TAPS: Trunks<Seat> = RefCell::new(HashMap::new());
 }
 
 /// Where a lane with this cursor may take a seat now (`None`: it opens its own socket).
 pub(super) fn seat_now(channel: &ChannelName, since: Option<u64>) -> Option<u64> {
-    match entry(view(channel), since) {
+    match entry(LaneTap::view_of(channel), since) {
         Entry::Attach { through } => Some(through),
         Entry::Replay => None,
     }
@@ -70,7 +54,7 @@ pub(super) fn sit(
     since: Option<u64>,
 ) -> Option<Rc<Seat>> {
     let through = seat_now(channel, since)?;
-    let tap = find(channel)?;
+    let tap = LaneTap::find(channel)?;
     let seat = Seat::new(conn, lane, channel, through);
     tap.attach(&seat);
     Some(seat)
@@ -98,9 +82,8 @@ pub(super) fn caught_up(
     if !conn.owns(lane) || conn.merge.borrow().ended() {
         return Caught::Stay;
     }
-    let tap = find(channel);
-    let view = tap.as_ref().map_or(TapView::None, |t| t.view());
-    match (catch_up(view, position, head), tap) {
+    let tap = LaneTap::find(channel);
+    match (catch_up(LaneTap::view_of(channel), position, head), tap) {
         (Catchup::Join { through }, Some(tap)) => {
             let seat = Seat::new(conn, lane, channel, through);
             tap.attach(&seat);
@@ -111,10 +94,8 @@ pub(super) fn caught_up(
         (Catchup::Promote { position }, _) => {
             let seat = Seat::new(conn, lane, channel, position);
             seat.socket.replace(Some(socket.clone()));
-            let window = conn.config.slow_consumer_bytes;
-            let tap = LaneTap::promote(&seat, channel, position, window);
+            let (tap, generation) = LaneTap::promote(&seat, channel, position, socket);
             conn.relink(lane, Link::Seat(seat));
-            let generation = tap.state.borrow().generation;
             Caught::Carrying(tap, generation)
         }
         _ => Caught::Stay,
@@ -123,7 +104,7 @@ pub(super) fn caught_up(
 
 /// The seat's lane is closed (unsubscribed, or its connection ended).
 pub(super) fn leave(seat: &Seat, reason: &str) {
-    if let Some(tap) = find(&seat.channel) {
+    if let Some(tap) = LaneTap::find(&seat.channel) {
         tap.leave(seat.id);
     }
     if let Some(socket) = seat.socket.borrow_mut().take() {
@@ -134,19 +115,22 @@ pub(super) fn leave(seat: &Seat, reason: &str) {
 /// A tick of the seat's connection's pacer, in its request: seats whose connections stopped
 /// are let go, and an upstream without a live owner is taken over by this seat.
 pub(super) fn tick(seat: &Rc<Seat>) {
-    if let Some(tap) = find(&seat.channel) {
-        tap.rescue(seat);
+    if let Some(tap) = LaneTap::find(&seat.channel) {
+        tap.rescue(seat.id);
     }
 }
 
 /// Reads the upstream's frames and hands them to every seat until it closes or the upstream
-/// moves on (its owner's lane left). In the owner's connection's request.
+/// moves on (its owner's lane left). In the owner's connection's request; `window` is the
+/// object's, and the upstream confirms every quarter of it, so it never waits for anyone.
 pub(super) async fn carry(
     tap: Rc<LaneTap>,
     generation: u64,
     socket: &WebSocket,
     mut events: EventStream<'_>,
+    window: usize,
 ) {
+    let mut unconfirmed = 0usize;
     while let Some(event) = events.next().await {
         let text = match event {
             Ok(WebsocketEvent::Message(message)) => message.text(),
@@ -157,143 +141,29 @@ pub(super) async fn carry(
             let _ = socket.close(Some(1000), Some("upstream moved on"));
             return;
         }
-        if text != PONG {
-            tap.distribute(socket, &text);
+        if text == PONG {
+            continue;
+        }
+        if let Some(id) = tap.distribute(&text) {
+            unconfirmed = unconfirmed.saturating_add(text.len());
+            if unconfirmed >= window / 4 {
+                unconfirmed = 0;
+                let _ = socket.send_with_str(cursor_frame(id));
+            }
         }
     }
     // The object closed the upstream (a restart, a purge): every seat's connection resumes.
-    if tap.current(generation) {
-        tap.end_all();
-    }
+    tap.closed(generation);
 }
 
-/// The shared upstream of one channel's lanes in this isolate, and its seats.
-pub(super) struct LaneTap {
-    channel: ChannelName,
-    /// The object's window: the upstream confirms every quarter of it.
-    window: usize,
-    state: RefCell<TapState>,
-}
-
-struct TapState {
-    source: Source,
-    /// Changes with every upstream: a reader of an older one stops.
-    generation: u64,
-    /// The last id the upstream brought.
-    position: u64,
-    seats: Vec<Rc<Seat>>,
-    /// Bytes of event frames not yet confirmed to the object.
-    unconfirmed: usize,
-    /// The owner's bell: reports the seat count on the upstream.
-    count: Option<Rc<Bell>>,
-    socket: Option<WebSocket>,
-    owner: Option<Rc<Seat>>,
-    /// When seats were last checked for stopped connections (at most once a second).
-    reaped_ms: i64,
-    /// Take-overs failed in a row.
-    failures: u32,
-}
-
-impl TapState {
-    fn orphan(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-        self.source = Source::Orphaned;
-        self.count = None;
-        self.socket = None;
-        self.owner = None;
-        self.unconfirmed = 0;
-    }
-}
-
-enum Source {
-    Live { owner: u64 },
-    Opening { by: u64, since_ms: i64 },
-    Orphaned,
-}
-
-impl LaneTap {
-    fn view(&self) -> TapView {
-        let state = self.state.borrow();
-        match state.source {
-            Source::Live { .. } => TapView::Live(state.position),
-            _ => TapView::Busy,
-        }
-    }
-
-    fn current(&self, generation: u64) -> bool {
-        self.state.borrow().generation == generation
-    }
-
-    fn attach(&self, seat: &Rc<Seat>) {
-        self.state.borrow_mut().seats.push(seat.clone());
-        self.count_changed();
-    }
-
-    /// Makes `seat`'s socket, caught up at `position`, the upstream of a new shared stream.
-    fn promote(
-        seat: &Rc<Seat>,
-        channel: &ChannelName,
-        position: u64,
-        window: usize,
-    ) -> Rc<LaneTap> {
-        let tap = Rc::new(LaneTap {
-            channel: channel.clone(),
-            window,
-            state: RefCell::new(TapState {
-                source: Source::Live { owner: seat.id },
-                generation: 1,
-                position,
-                seats: vec![seat.clone()],
-                unconfirmed: 0,
-                count: None,
-                socket: seat.socket.borrow().clone(),
-                owner: Some(seat.clone()),
-                reaped_ms: 0,
-                failures: 0,
-            }),
-        });
-        TAPS.with(|taps| taps.borrow_mut().insert(channel.clone(), tap.clone()));
-        tap.ring_count_from_owner();
-        tap
-    }
-
-    /// Arms the owner's count bell (in the owner's request, which is running now).
-    fn ring_count_from_owner(self: &Rc<LaneTap>) {
-        let tap = Rc::downgrade(self);
-        let bell = Bell::repeating(move || {
-            if let Some(tap) = tap.upgrade() {
-                tap.report_count();
-            }
-        });
-        self.state.borrow_mut().count = Some(bell);
-        self.report_count();
-    }
-
-    /// Tells the object how many clients the upstream carries (in the owner's request).
-    fn report_count(&self) {
-        let state = self.state.borrow();
-        if let (Source::Live { .. }, Some(socket)) = (&state.source, state.socket.as_ref()) {
-            let n = state.seats.len() as u64;
-            let _ = socket.send_with_str(Upstream::Members(n).encode());
-        }
-    }
-
-    fn count_changed(&self) {
-        let bell = self.state.borrow().count.clone();
-        if let Some(bell) = bell {
-            bell.ring();
-        }
-    }
-
-    /// Gives every seat what it has not had of one upstream frame, and confirms event frames
-    /// to the object every quarter of its window: seats pace themselves, the upstream never
-    /// waits. In the owner's request.
-    fn distribute(&self, socket: &WebSocket, text: &str) {
+impl Trunk<Seat> {
+    /// Gives every seat what it has not had of one upstream frame; the id of an event frame.
+    /// Seats pace themselves: one with two windows unread is let go as too slow.
+    fn distribute(&self, text: &str) -> Option<u64> {
         let frame = LaneFrame::read(text);
         let whole: Rc<str> = Rc::from(text);
-        let seats = self.state.borrow().seats.clone();
         let mut gone = Vec::new();
-        for seat in seats {
+        for seat in self.riders() {
             let through = seat.through.get();
             let given = match frame.share(through) {
                 Share::Whole => Some(whole.clone()),
@@ -307,182 +177,61 @@ impl LaneTap {
                 gone.push(seat);
             }
         }
-        let confirm = {
-            let mut state = self.state.borrow_mut();
-            if !gone.is_empty() {
-                state.seats.retain(|s| !gone.iter().any(|g| g.id == s.id));
-            }
-            if let Some(last) = frame.last() {
-                state.position = state.position.max(last);
-            }
-            match frame {
-                LaneFrame::Event { id } => {
-                    state.unconfirmed = state.unconfirmed.saturating_add(text.len());
-                    (state.unconfirmed >= self.window / 4).then(|| {
-                        state.unconfirmed = 0;
-                        id
-                    })
-                }
-                _ => None,
-            }
-        };
-        if let Some(id) = confirm {
-            let _ = socket.send_with_str(cursor_frame(id));
+        if let Some(last) = frame.last() {
+            self.reached(last);
         }
-        if !gone.is_empty() {
-            // Let go as too slow (or over): each connection ends and resumes from its cursor.
-            for seat in &gone {
-                seat.close(CloseCode::TooSlow);
-            }
-            self.count_changed();
+        // Let go as too slow (or over): each connection ends and resumes from its cursor.
+        self.let_go(&gone);
+        for seat in &gone {
+            seat.close(CloseCode::TooSlow);
         }
-    }
-
-    /// A seat's lane closed. When it carried the upstream, another seat takes over.
-    fn leave(self: &Rc<LaneTap>, id: u64) {
-        let mut state = self.state.borrow_mut();
-        let before = state.seats.len();
-        state.seats.retain(|s| s.id != id);
-        let was_seated = state.seats.len() < before;
-        let owned = match state.source {
-            Source::Live { owner } => owner == id,
-            Source::Opening { by, .. } => by == id,
-            Source::Orphaned => false,
-        };
-        if owned {
-            state.orphan();
-        }
-        let orphaned = matches!(state.source, Source::Orphaned);
-        let now = now_ms();
-        let next = state.seats.iter().find(|s| s.alive(now)).cloned();
-        drop(state);
-        match (orphaned, next) {
-            (true, None) => self.end_all(),
-            (true, Some(next)) => {
-                let bell = next.wake.borrow().clone();
-                if let Some(bell) = bell {
-                    bell.ring();
-                }
-            }
-            (false, _) if was_seated => self.count_changed(),
-            (false, _) => {}
-        }
-    }
-
-    /// Opens a new upstream from where the shared stream stood, in `seat`'s connection's
-    /// request (its bell's reaction, or its pacer): the call starts before this returns, so
-    /// the socket is that request's.
-    pub(super) fn take_over(self: &Rc<LaneTap>, seat: &Rc<Seat>) {
-        let mut state = self.state.borrow_mut();
-        let here = state.seats.iter().any(|s| s.id == seat.id);
-        if !matches!(state.source, Source::Orphaned) || !here {
-            return;
-        }
-        state.generation = state.generation.wrapping_add(1);
-        state.source = Source::Opening {
-            by: seat.id,
-            since_ms: now_ms(),
-        };
-        let (generation, position) = (state.generation, state.position);
-        drop(state);
-        let started = seat
-            .conn
-            .upgrade()
-            .ok_or_else(|| Error::Internal("a seat without its connection".into()))
-            .and_then(|conn| {
-                Hub::get(&conn.env, &self.channel)?.start_shared(Transport::Ws, position)
-            });
-        match started {
-            Ok(answer) => spawn_local(reopen(self.clone(), seat.clone(), generation, answer)),
-            Err(e) => {
-                worker::console_error!("lanes {}: taking over: {e:?}", self.channel.as_str());
-                let failures = {
-                    let mut state = self.state.borrow_mut();
-                    state.orphan();
-                    state.failures = state.failures.saturating_add(1);
-                    state.failures
-                };
-                if failures >= TAKE_OVER_TRIES {
-                    self.end_all();
-                }
-            }
-        }
-    }
-
-    /// In `seat`'s request, at its pacer's tick (see `tick`).
-    fn rescue(self: &Rc<LaneTap>, seat: &Rc<Seat>) {
-        let now = now_ms();
-        let (take, reaped) = {
-            let mut state = self.state.borrow_mut();
-            let before = state.seats.len();
-            if now.saturating_sub(state.reaped_ms) >= 1000 {
-                state.reaped_ms = now;
-                state.seats.retain(|s| s.alive(now));
-            }
-            let reaped = state.seats.len() < before;
-            let stale = match state.source {
-                Source::Live { .. } => state.owner.as_ref().is_some_and(|o| !o.alive(now)),
-                Source::Orphaned => true,
-                Source::Opening { since_ms, .. } => now.saturating_sub(since_ms) > RESCUE_MS,
-            };
-            if stale && !matches!(state.source, Source::Orphaned) {
-                state.orphan();
-            }
-            (stale && state.seats.iter().any(|s| s.id == seat.id), reaped)
-        };
-        if take {
-            self.take_over(seat);
-        } else if reaped {
-            self.count_changed();
-        }
-    }
-
-    /// Ends every seat's lane (each connection resumes from its cursor) and forgets the
-    /// upstream.
-    fn end_all(self: &Rc<LaneTap>) {
-        let seats = std::mem::take(&mut self.state.borrow_mut().seats);
-        self.state.borrow_mut().orphan();
-        TAPS.with(|taps| {
-            let mut taps = taps.borrow_mut();
-            if taps.get(&self.channel).is_some_and(|t| Rc::ptr_eq(t, self)) {
-                taps.remove(&self.channel);
-            }
-        });
-        for seat in seats {
-            seat.close(CloseCode::Reconnect);
+        match frame {
+            LaneFrame::Event { id } => Some(id),
+            _ => None,
         }
     }
 }
 
-/// The rest of a take-over, in the seat's request: the object's answer becomes the upstream.
-async fn reopen(tap: Rc<LaneTap>, seat: Rc<Seat>, generation: u64, answer: Promise) {
-    let socket = accept_started(answer, "upstream").await;
-    let socket = match socket {
-        Ok(socket) if tap.current(generation) => socket,
-        Ok(socket) => {
-            let _ = socket.close(Some(1000), Some("upstream moved on"));
-            return;
-        }
-        Err(e) => {
-            worker::console_error!("lanes {}: reopening: {e:?}", tap.channel.as_str());
-            if tap.current(generation) {
-                tap.end_all();
-            }
-            return;
-        }
-    };
-    let Ok(events) = socket.events() else {
-        tap.end_all();
-        return;
-    };
-    seat.socket.replace(Some(socket.clone()));
-    {
-        let mut state = tap.state.borrow_mut();
-        state.source = Source::Live { owner: seat.id };
-        state.socket = Some(socket.clone());
-        state.owner = Some(seat.clone());
-        state.failures = 0;
+impl Rider for Seat {
+    const KIND: &'static str = "lanes";
+
+    fn trunks() -> &'static LocalKey<Trunks<Seat>> {
+        &TAPS
     }
-    tap.ring_count_from_owner();
-    carry(tap, generation, &socket, events).await;
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn alive(&self, now: i64) -> bool {
+        Seat::alive(self, now)
+    }
+
+    fn wake(&self) {
+        let bell = self.wake.borrow().clone();
+        if let Some(bell) = bell {
+            bell.ring();
+        }
+    }
+
+    fn end(&self) {
+        self.close(CloseCode::Reconnect);
+    }
+
+    fn start(&self, channel: &ChannelName, position: u64) -> Result<Promise, Error> {
+        let conn = self
+            .conn
+            .upgrade()
+            .ok_or_else(|| Error::Internal("a seat without its connection".into()))?;
+        Hub::get(&conn.env, channel)?.start_shared(Transport::Ws, position)
+    }
+
+    async fn carry(tap: Rc<LaneTap>, seat: Rc<Seat>, generation: u64, socket: WebSocket) {
+        seat.socket.replace(Some(socket.clone()));
+        let window = seat.conn.upgrade().map(|c| c.config.slow_consumer_bytes);
+        match (socket.events(), window) {
+            (Ok(events), Some(window)) => carry(tap, generation, &socket, events, window).await,
+            _ => tap.closed(generation),
+        }
+    }
 }

@@ -1,39 +1,31 @@
-//! One upstream per isolate (`docs/architecture.md#tap`): the plain SSE subscribers of a channel
-//! in one Worker isolate share one hibernatable WebSocket to its object (the *tap*), and the
-//! isolate fans each chunk out to their streams. `channel::tap` decides who gets what; this file
-//! holds the sockets, the clock and the runtime's rules about requests:
+//! One upstream per isolate for plain SSE bridges (`docs/architecture.md#tap`): the SSE
+//! subscribers of a channel with no filter and no presence in one Worker isolate ride one
+//! `Trunk` (`runtime::trunk`, which holds the rules about requests and the hand-over), and the
+//! isolate fans each chunk out to their streams. `channel::tap` decides who gets what.
 //!
-//! - A socket is usable only by the request that opened it. The tap's upstream is opened by one
-//!   member's request (its *owner*), and only that request sends on it. The others are fed by
-//!   `sse::Feed`, which wakes nothing of theirs that does I/O.
-//! - A promise's continuation runs in the request that made the promise. A *bell* is such a
-//!   promise: ringing it from any request runs its reaction in the request that made it. The
-//!   owner's bell reports the member count on the upstream; each member's bell makes it take
-//!   the tap over when the owner leaves (it opens a new upstream from the tap's position, so
-//!   nothing published meanwhile is lost and nothing is given twice).
+//! - The members are fed by `sse::Feed`, which wakes nothing of theirs that does I/O.
 //! - Every member keeps its own heartbeat timer (`sse::pace`), so the runtime never takes a
 //!   stream fed from another request for hung; and its own backlog, so a slow member is let go
 //!   alone.
 
 use super::access::Access;
+use super::bell::Bell;
 use super::client::Hub;
 use super::sse::{self, now_ms, BridgeLimits, Chunk, Feed, Owned};
+use super::trunk::{Rider, Trunk, Trunks};
 use crate::channel::fanout::Transport;
-use crate::channel::tap::{entry, Entry, Frame, Share, TapView};
+use crate::channel::tap::{entry, Entry, Frame, Share};
 use crate::error::Error;
-use crate::protocol::bridge::Upstream;
 use crate::protocol::ChannelName;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::thread::LocalKey;
 use std::time::Duration;
 
+use worker::js_sys::Promise;
 use worker::wasm_bindgen_futures::spawn_local;
 use worker::{Delay, Env, Response, WebSocket};
-
-/// How long a tap may stay without an upstream (its new owner's request never opened one, say
-/// because that client left at the same moment) before any member's pacer takes it over.
-const RESCUE_MS: i64 = 5_000;
 
 /// How many members one frame is given to before the owner lets the runtime run what waits
 /// (the streams' writes, the next publish on its way): a frame for a thousand members is four
@@ -43,11 +35,13 @@ const SLICE: usize = 250;
 
 mod socket;
 
-use super::bell::Bell;
-use socket::{reopen, run, Role};
+use socket::{run, Role};
+
+/// The shared upstream of one channel's plain SSE bridges in this isolate.
+type Tap = Trunk<Member>;
 
 thread_local! {
-    static TAPS: RefCell<HashMap<ChannelName, Rc<Tap>>> = RefCell::new(HashMap::new());
+    static TAPS: Trunks<Member> = RefCell::new(HashMap::new());
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
 }
 
@@ -61,9 +55,8 @@ pub async fn subscribe(
     access: Access,
     limits: BridgeLimits,
 ) -> Result<Response, Error> {
-    let tap = find(channel);
-    let view = tap.as_ref().map_or(TapView::None, |t| t.view());
-    if let (Entry::Attach { through }, Some(tap)) = (entry(view, since), tap) {
+    let tap = Tap::find(channel);
+    if let (Entry::Attach { through }, Some(tap)) = (entry(Tap::view_of(channel), since), tap) {
         let (member, response) = Member::open(env, channel, &limits, access.expires)?;
         member.through.set(through);
         tap.attach(&member);
@@ -97,17 +90,13 @@ pub async fn alone(socket: WebSocket, feed: Feed, owned: Owned) {
         through: Cell::new(0),
         env: None,
         socket: owned,
-        bell: RefCell::new(None),
+        bell: None,
     });
     run(socket, member, Role::Alone).await;
 }
 
-fn find(channel: &ChannelName) -> Option<Rc<Tap>> {
-    TAPS.with(|taps| taps.borrow().get(channel).cloned())
-}
-
 /// One client of a channel in this isolate.
-struct Member {
+pub(super) struct Member {
     id: u64,
     channel: Option<ChannelName>,
     feed: Feed,
@@ -117,11 +106,12 @@ struct Member {
     /// The socket its own request holds: its own, or the tap's upstream when it is the owner.
     socket: Owned,
     /// Rung to make it take the tap over; made in its own request.
-    bell: RefCell<Option<Rc<Bell>>>,
+    bell: Option<Rc<Bell>>,
 }
 
 impl Member {
-    /// Opens the client's stream; when it goes, the member leaves its channel's tap.
+    /// Opens the client's stream, in its request; when it goes, the member leaves its
+    /// channel's tap.
     fn open(
         env: &Env,
         channel: &ChannelName,
@@ -132,152 +122,80 @@ impl Member {
         let socket: Owned = Rc::new(RefCell::new(None));
         let leaving = channel.clone();
         let on_drop = Box::new(move || {
-            if let Some(tap) = find(&leaving) {
+            if let Some(tap) = Tap::find(&leaving) {
                 tap.leave(id);
             }
         });
         let (feed, response) = sse::open(limits, token_exp, socket.clone(), Some(on_drop))?;
         let ticking = channel.clone();
         feed.on_tick(Box::new(move || {
-            if let Some(tap) = find(&ticking) {
+            if let Some(tap) = Tap::find(&ticking) {
                 tap.rescue(id);
             }
         }));
-        let member = Rc::new(Member {
-            id,
-            channel: Some(channel.clone()),
-            feed,
-            through: Cell::new(0),
-            env: Some(env.clone()),
-            socket,
-            bell: RefCell::new(None),
+        let member = Rc::new_cyclic(|me: &std::rc::Weak<Member>| {
+            let me = me.clone();
+            let waking = channel.clone();
+            let bell = Bell::repeating(move || {
+                if let (Some(tap), Some(member)) = (Tap::find(&waking), me.upgrade()) {
+                    tap.take_over(&member);
+                }
+            });
+            Member {
+                id,
+                channel: Some(channel.clone()),
+                feed,
+                through: Cell::new(0),
+                env: Some(env.clone()),
+                socket,
+                bell: Some(bell),
+            }
         });
         Ok((member, response))
     }
 }
 
-/// The shared upstream of one channel in this isolate, and its members.
-struct Tap {
-    channel: ChannelName,
-    state: RefCell<TapState>,
-}
+impl Rider for Member {
+    const KIND: &'static str = "tap";
 
-struct TapState {
-    source: Source,
-    /// Changes with every upstream: a socket loop of an older one stops feeding.
-    generation: u64,
-    /// The last id the tap brought.
-    position: u64,
-    members: Vec<Rc<Member>>,
-    /// The owner's bell: reports the member count on the upstream.
-    count: Option<Rc<Bell>>,
-    /// The upstream, for the owner's request only (it reports the count on it even after
-    /// its own client was let go as too slow).
-    socket: Option<WebSocket>,
-    /// The owner's stream, to tell whether its request is still running.
-    owner: Option<Feed>,
-    /// When members were last checked for stopped pacers (at most once a second).
-    reaped_ms: i64,
-}
-
-impl TapState {
-    /// Without an upstream: the owner's request is gone.
-    fn orphan(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-        self.source = Source::Orphaned;
-        self.count = None;
-        self.socket = None;
-        self.owner = None;
+    fn trunks() -> &'static LocalKey<Trunks<Member>> {
+        &TAPS
     }
-}
 
-/// Where the tap's upstream stands.
-enum Source {
-    Live { owner: u64 },
-    Opening { by: u64, since_ms: i64 },
-    Orphaned,
-}
+    fn id(&self) -> u64 {
+        self.id
+    }
 
-impl Tap {
-    fn view(&self) -> TapView {
-        let state = self.state.borrow();
-        match state.source {
-            Source::Live { .. } => TapView::Live(state.position),
-            _ => TapView::Busy,
+    fn alive(&self, now: i64) -> bool {
+        self.feed.alive(now)
+    }
+
+    fn wake(&self) {
+        match &self.bell {
+            Some(bell) => bell.ring(),
+            None => self.feed.end(),
         }
     }
 
-    fn current(&self, generation: u64) -> bool {
-        self.state.borrow().generation == generation
+    fn end(&self) {
+        self.feed.end();
     }
 
-    /// A new member, fed from now on after its `through`; it gets a bell of its own request.
-    fn attach(self: &Rc<Tap>, member: &Rc<Member>) {
-        let tap = Rc::downgrade(self);
-        let who = Rc::downgrade(member);
-        let bell = Bell::new(move || {
-            if let (Some(tap), Some(member)) = (tap.upgrade(), who.upgrade()) {
-                tap.take_over(&member);
-            }
-        });
-        member.bell.replace(Some(bell));
-        self.state.borrow_mut().members.push(member.clone());
-        self.count_changed();
+    fn start(&self, channel: &ChannelName, position: u64) -> Result<Promise, Error> {
+        let env = self
+            .env
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a tap member without its bindings".into()))?;
+        Hub::get(env, channel)?.start_shared(Transport::Sse, position)
     }
 
-    /// Makes `member`'s socket, caught up at `position`, the upstream of a new tap.
-    fn promote(member: &Rc<Member>, channel: &ChannelName, position: u64) -> Rc<Tap> {
-        let tap = Rc::new(Tap {
-            channel: channel.clone(),
-            state: RefCell::new(TapState {
-                source: Source::Live { owner: member.id },
-                generation: 1,
-                position,
-                members: Vec::new(),
-                count: None,
-                socket: member.socket.borrow().clone(),
-                owner: Some(member.feed.clone()),
-                reaped_ms: 0,
-            }),
-        });
-        member.through.set(position);
-        TAPS.with(|taps| taps.borrow_mut().insert(channel.clone(), tap.clone()));
-        tap.attach(member);
-        tap.ring_count_from_owner();
-        tap
+    async fn carry(tap: Rc<Tap>, member: Rc<Member>, generation: u64, socket: WebSocket) {
+        member.socket.replace(Some(socket.clone()));
+        run(socket, member, Role::Owner { tap, generation }).await;
     }
+}
 
-    /// Arms the owner's count bell (in the owner's request, which is running now).
-    fn ring_count_from_owner(self: &Rc<Tap>) {
-        let tap = Rc::downgrade(self);
-        let bell = Bell::repeating(move || {
-            if let Some(tap) = tap.upgrade() {
-                tap.report_count();
-            }
-        });
-        self.state.borrow_mut().count = Some(bell);
-        self.report_count();
-    }
-
-    /// Tells the object how many clients the upstream carries (in the owner's request).
-    fn report_count(&self) {
-        let state = self.state.borrow();
-        let Source::Live { .. } = state.source else {
-            return;
-        };
-        let n = state.members.len() as u64;
-        if let Some(socket) = state.socket.as_ref() {
-            let _ = socket.send_with_str(Upstream::Members(n).encode());
-        }
-    }
-
-    fn count_changed(&self) {
-        let bell = self.state.borrow().count.clone();
-        if let Some(bell) = bell {
-            bell.ring();
-        }
-    }
-
+impl Trunk<Member> {
     /// Gives each member what it has not had of one upstream frame, `SLICE` members at a time
     /// with a turn of the event loop between. The tap's position moves once every member was
     /// visited: one attached meanwhile (after the old position) is visited too, and an upstream
@@ -291,12 +209,9 @@ impl Tap {
         // round reads the list once, so a frame costs linear time in the members.
         loop {
             let round: Vec<Rc<Member>> = self
-                .state
-                .borrow()
-                .members
-                .iter()
+                .riders()
+                .into_iter()
                 .filter(|m| !visited.contains(&m.id))
-                .cloned()
                 .collect();
             if round.is_empty() {
                 break;
@@ -321,15 +236,9 @@ impl Tap {
                     }
                 }
                 // Those let go here (too slow, or gone) are fed no more; each leaves as it ends.
-                if !gone.is_empty() {
-                    self.state
-                        .borrow_mut()
-                        .members
-                        .retain(|m| !gone.iter().any(|g| g.id == m.id));
-                    for member in &gone {
-                        member.feed.end();
-                    }
-                    self.count_changed();
+                self.let_go(&gone);
+                for member in &gone {
+                    member.feed.end();
                 }
                 if k + 1 < slices {
                     Delay::from(Duration::ZERO).await;
@@ -341,125 +250,7 @@ impl Tap {
             }
         }
         if let Some(last) = frame.last() {
-            let mut state = self.state.borrow_mut();
-            state.position = state.position.max(last);
+            self.reached(last);
         }
-    }
-
-    /// A member's stream went. When it was the owner, another member takes over.
-    fn leave(self: &Rc<Tap>, id: u64) {
-        let mut state = self.state.borrow_mut();
-        let before = state.members.len();
-        state.members.retain(|m| m.id != id);
-        let was_member = state.members.len() < before;
-        let owned = match state.source {
-            Source::Live { owner } => owner == id,
-            Source::Opening { by, .. } => by == id,
-            Source::Orphaned => false,
-        };
-        if owned {
-            state.orphan();
-        }
-        let orphaned = matches!(state.source, Source::Orphaned);
-        let now = now_ms();
-        let next = state.members.iter().find(|m| m.feed.alive(now)).cloned();
-        drop(state);
-        match (orphaned, next) {
-            (true, None) => self.forget(),
-            (true, Some(next)) => {
-                let bell = next.bell.borrow().clone();
-                match bell {
-                    Some(bell) => bell.ring(),
-                    None => self.end_all(),
-                }
-            }
-            (false, _) if was_member => self.count_changed(),
-            (false, _) => {}
-        }
-    }
-
-    /// Opens a new upstream from the tap's position, in `member`'s request (its bell's
-    /// reaction): the call starts before this returns, so the socket is that request's.
-    fn take_over(self: &Rc<Tap>, member: &Rc<Member>) {
-        let mut state = self.state.borrow_mut();
-        let here = state.members.iter().any(|m| m.id == member.id);
-        if !matches!(state.source, Source::Orphaned) || !here {
-            return;
-        }
-        state.generation = state.generation.wrapping_add(1);
-        state.source = Source::Opening {
-            by: member.id,
-            since_ms: now_ms(),
-        };
-        let (generation, position) = (state.generation, state.position);
-        drop(state);
-        let started = member
-            .env
-            .as_ref()
-            .ok_or_else(|| Error::Internal("a tap member without its bindings".into()))
-            .and_then(|env| Hub::get(env, &self.channel)?.start_shared(Transport::Sse, position));
-        match started {
-            Ok(answer) => spawn_local(reopen(self.clone(), member.clone(), generation, answer)),
-            Err(e) => {
-                worker::console_error!("tap {}: taking over: {e}", self.channel.as_str());
-                self.end_all();
-            }
-        }
-    }
-
-    /// A member's pacer, in its own request. Members whose requests the runtime ended without
-    /// cancelling their streams (their pacers stopped) are let go; a tap whose owner is such a
-    /// one, or that was left without an upstream for `RESCUE_MS`, is taken over by this member.
-    fn rescue(self: &Rc<Tap>, id: u64) {
-        let now = now_ms();
-        let (member, reaped) = {
-            let mut state = self.state.borrow_mut();
-            let before = state.members.len();
-            if now.saturating_sub(state.reaped_ms) >= 1000 {
-                state.reaped_ms = now;
-                state.members.retain(|m| m.feed.alive(now));
-            }
-            let reaped = state.members.len() < before;
-            let stale = match state.source {
-                Source::Live { .. } => state.owner.as_ref().is_some_and(|f| !f.alive(now)),
-                Source::Orphaned => true,
-                Source::Opening { since_ms, .. } => now.saturating_sub(since_ms) > RESCUE_MS,
-            };
-            if !stale {
-                drop(state);
-                if reaped {
-                    self.count_changed();
-                }
-                return;
-            }
-            if !matches!(state.source, Source::Orphaned) {
-                state.orphan();
-            }
-            (state.members.iter().find(|m| m.id == id).cloned(), reaped)
-        };
-        match member {
-            Some(member) => self.take_over(&member),
-            None if reaped => self.count_changed(),
-            None => {}
-        }
-    }
-
-    /// Ends every member's stream (each resumes from `Last-Event-ID`) and forgets the tap.
-    fn end_all(self: &Rc<Tap>) {
-        let members = std::mem::take(&mut self.state.borrow_mut().members);
-        self.forget();
-        for member in members {
-            member.feed.end();
-        }
-    }
-
-    fn forget(self: &Rc<Tap>) {
-        self.state.borrow_mut().orphan();
-        TAPS.with(|taps| {
-            let mut taps = taps.borrow_mut();
-            if taps.get(&self.channel).is_some_and(|t| Rc::ptr_eq(t, self)) {
-                taps.remove(&self.channel);
-            }
-        });
     }
 }

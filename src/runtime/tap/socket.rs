@@ -1,46 +1,16 @@
 //! The socket loops of `runtime::tap`: a bridge's own socket (alone, or until it joins or
-//! becomes the tap) and the tap's upstream, which feeds every member; and the rest of a
-//! take-over.
+//! becomes the tap) and the tap's upstream, which feeds every member.
 
-use super::{find, Member, Source, Tap};
+use super::{Member, Tap};
 use crate::channel::tap::Frame;
-use crate::channel::tap::{catch_up, Catchup, TapView};
+use crate::channel::tap::{catch_up, Catchup};
 use crate::protocol::bridge::{Downstream, Upstream};
 use crate::protocol::ws::CloseCode;
-use crate::runtime::sse::{self, now_ms, Chunk};
+use crate::runtime::sse::{now_ms, Chunk};
 use futures::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use worker::js_sys::Promise;
 use worker::{WebSocket, WebsocketEvent};
-
-/// The rest of a take-over, in the member's request: the object's answer becomes the upstream.
-pub(super) async fn reopen(tap: Rc<Tap>, member: Rc<Member>, generation: u64, answer: Promise) {
-    let socket = sse::accept_started(answer, "tap").await;
-    let socket = match socket {
-        Ok(socket) if tap.current(generation) => socket,
-        Ok(socket) => {
-            let _ = socket.close(Some(1000), Some("tap moved on"));
-            return;
-        }
-        Err(e) => {
-            worker::console_error!("tap {}: reopening: {e}", tap.channel.as_str());
-            if tap.current(generation) {
-                tap.end_all();
-            }
-            return;
-        }
-    };
-    member.socket.replace(Some(socket.clone()));
-    {
-        let mut state = tap.state.borrow_mut();
-        state.source = Source::Live { owner: member.id };
-        state.socket = Some(socket.clone());
-        state.owner = Some(member.feed.clone());
-    }
-    tap.ring_count_from_owner();
-    run(socket, member, Role::Owner { tap, generation }).await;
-}
 
 /// What a socket's loop does with its frames.
 pub(super) enum Role {
@@ -154,9 +124,8 @@ pub(super) async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
         let Some(channel) = member.channel.clone() else {
             continue;
         };
-        let tap = find(&channel);
-        let view = tap.as_ref().map_or(TapView::None, |t| t.view());
-        match (catch_up(view, position, head), tap) {
+        let tap = Tap::find(&channel);
+        match (catch_up(Tap::view_of(&channel), position, head), tap) {
             (Catchup::Join { through }, Some(tap)) => {
                 member.through.set(through);
                 tap.attach(&member);
@@ -165,20 +134,16 @@ pub(super) async fn run(socket: WebSocket, member: Rc<Member>, mut role: Role) {
                 return;
             }
             (Catchup::Promote { position }, _) => {
-                let tap = Tap::promote(&member, &channel, position);
-                let generation = tap.state.borrow().generation;
+                member.through.set(position);
+                let (tap, generation) = Tap::promote(&member, &channel, position, &socket);
                 role = Role::Owner { tap, generation };
             }
             _ => {}
         }
     }
     match role {
-        Role::Owner { tap, generation } => {
-            // The object closed the upstream (a restart, a purge): every member resumes.
-            if tap.current(generation) {
-                tap.end_all();
-            }
-        }
+        // The object closed the upstream (a restart, a purge): every member resumes.
+        Role::Owner { tap, generation } => tap.closed(generation),
         Role::Alone | Role::Lone { .. } => member.feed.end(),
     }
 }
