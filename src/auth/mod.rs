@@ -6,6 +6,7 @@
 pub mod delegate;
 pub mod info;
 pub mod mercure;
+pub mod verified;
 
 pub use info::Info;
 

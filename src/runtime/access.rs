@@ -2,6 +2,8 @@
 //! header cannot be set), verifies it with `AUTH_SECRET`, and checks the right for one channel.
 //! Anonymous subscribers are let in on `PUBLIC_CHANNELS` only. Nothing here logs a token.
 
+use super::http::Inbound;
+use crate::auth::verified::VerifiedTokens;
 use crate::auth::{self, Action, Grant, Publisher, TokenSource};
 use crate::config::Config;
 use crate::error::{Error, TokenFault};
@@ -10,9 +12,17 @@ use crate::protocol::presence::Entrant;
 use crate::protocol::query::query_param;
 use crate::protocol::stream::ChannelSet;
 use crate::protocol::ChannelName;
-use worker::{Date, Env, Request};
+use std::cell::RefCell;
+use worker::{Date, Env};
 
 const SECRET: &str = "AUTH_SECRET";
+
+/// How many verified tokens an isolate keeps (`auth::verified`): a few hundred bytes each.
+const VERIFIED_TOKENS: usize = 1024;
+
+thread_local! {
+    static VERIFIED: RefCell<VerifiedTokens> = RefCell::new(VerifiedTokens::new(VERIFIED_TOKENS));
+}
 
 /// What an admitted request may do on its channel, for subscribers that live on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +45,7 @@ pub struct Credentials {
 
 impl Credentials {
     /// The bearer header, or else (where `query_allowed`) the `token` query parameter.
-    pub fn read(req: &Request, query: &str, query_allowed: bool) -> Self {
+    pub fn read(req: &Inbound, query: &str, query_allowed: bool) -> Self {
         if let Some(value) = req.headers().get("authorization").ok().flatten() {
             let token = auth::bearer(&value)
                 .map(|t| (t.to_string(), TokenSource::Header))
@@ -64,13 +74,15 @@ impl Credentials {
             Some(Ok(found)) => found,
         };
         let secret = secret(env)?;
-        auth::verify(
-            token,
-            secret.as_bytes(),
-            now_s(),
-            *source,
-            config.query_token_max_seconds,
-        )
+        VERIFIED.with(|cache| {
+            cache.borrow_mut().verify(
+                token,
+                secret.as_bytes(),
+                now_s(),
+                *source,
+                config.query_token_max_seconds,
+            )
+        })
     }
 
     /// `Ok` when the request may perform `action` on `channel`; 401 or 403 otherwise.

@@ -2,6 +2,7 @@
 //! admitted origin. The rules are in `protocol::cors`.
 
 use super::http::internal;
+use super::http::Inbound;
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::cors::{
@@ -9,22 +10,20 @@ use crate::protocol::cors::{
 };
 use crate::protocol::mercure::HUB_PATH;
 use crate::protocol::route::match_path;
-use worker::{Headers, Request, Response};
+use worker::{Headers, Response};
 
 /// `OPTIONS` on a known path: 204 with the path's methods for an admitted origin; 403 for an
 /// origin that is not configured; 404 for an unknown path.
-pub fn preflight(req: &Request, origin: Option<&str>, config: &Config) -> Result<Response, Error> {
-    let url = req
-        .url()
-        .map_err(|_| Error::bad_request("unreadable URL"))?;
-    let (methods, _) = match_path("OPTIONS", url.path())?;
+pub fn preflight(req: &Inbound, origin: Option<&str>, config: &Config) -> Result<Response, Error> {
+    let path = req.target()?.path;
+    let (methods, _) = match_path("OPTIONS", &path)?;
     let allowed = origin
         .and_then(|o| allow_origin(&config.cors_origins, o))
         .ok_or_else(|| {
             Error::Forbidden("this origin may not call the hub (CORS_ORIGINS)".into())
         })?;
     let headers = Headers::new();
-    let cookies = (url.path() == HUB_PATH)
+    let cookies = (path == HUB_PATH)
         .then(|| credentials_header(&allowed))
         .flatten();
     for (name, value) in preflight_headers(&allowed, methods)

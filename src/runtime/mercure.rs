@@ -130,7 +130,7 @@ pub async fn publish(at: &mut Incoming<'_>) -> Answer {
     if !is_form {
         return Err(Error::UnsupportedMediaType(FORM));
     }
-    let body = read_body(&mut at.req, at.config.max_body_bytes).await?;
+    let body = read_body(&at.req, at.config.max_body_bytes).await?;
     let hub_url = hub_url(at)?;
     let update = parse_publish(&body, &hub_url)?;
     let base = Some(hub_url.to_string());

@@ -31,10 +31,11 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::{route, Route};
 use access::Credentials;
+use http::Inbound;
 use http::{log_failure, problem};
 use std::cell::OnceCell;
 use std::rc::Rc;
-use worker::{event, Context, Env, Method, Request, Response, Result};
+use worker::{event, Context, Env, Response, Result};
 
 thread_local! {
     /// Settings, read once per isolate: `[vars]` cannot change while an isolate lives (a new
@@ -59,13 +60,16 @@ fn start() {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> Result<Response> {
+    let req = Inbound::new(req);
     let config = config(&env);
     let origin = req.headers().get("origin").ok().flatten();
-    if req.method() == Method::Options {
+    if req.method() == "OPTIONS" {
         return Ok(cors::preflight(&req, origin.as_deref(), &config).unwrap_or_else(|e| failed(&e)));
     }
-    let cookies = req.path() == crate::protocol::mercure::HUB_PATH;
+    let cookies = req
+        .target()
+        .is_ok_and(|t| t.path == crate::protocol::mercure::HUB_PATH);
     let response = handle(req, &env, &config, &ctx)
         .await
         .unwrap_or_else(|e| failed(&e));
@@ -85,17 +89,15 @@ fn failed(err: &Error) -> Response {
 
 /// Routes a request and checks who may make it; each route is one function in `routes`.
 async fn handle(
-    req: Request,
+    req: Inbound,
     env: &Env,
     config: &Rc<Config>,
     ctx: &Context,
 ) -> std::result::Result<Response, Error> {
-    let url = req
-        .url()
-        .map_err(|_| Error::bad_request("unreadable URL"))?;
-    let query = url.query().unwrap_or("").to_string();
+    let target = req.target()?;
+    let query = target.query;
     // The raw method: the worker crate reads every method it does not know as GET.
-    let found = route(&req.inner().method(), url.path())?;
+    let found = route(&req.method(), &target.path)?;
     let credentials = Credentials::read(&req, &query, found.takes_query_token());
     let mut incoming = routes::Incoming {
         req,

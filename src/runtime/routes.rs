@@ -3,7 +3,7 @@
 
 use super::access::{self, Access, Credentials, Permits};
 use super::client::Hub;
-use super::http::{internal, is_json, json, read_body};
+use super::http::{internal, is_json, json, read_body, Inbound};
 use super::{poll, sse, stream, tap};
 use crate::auth::delegate::{delegate, mint, TokenRequest};
 use crate::auth::Action;
@@ -19,7 +19,7 @@ use crate::protocol::query::{parse_cursor, query_param};
 use crate::protocol::stream::{ChannelSet, StreamSince};
 use crate::protocol::ChannelName;
 use std::rc::Rc;
-use worker::{Context, Env, Request, Response};
+use worker::{Context, Env, Response};
 
 /// The largest `POST /tokens` body.
 const MINT_BODY_BYTES: usize = 16 * 1024;
@@ -27,7 +27,7 @@ const MINT_BODY_BYTES: usize = 16 * 1024;
 /// A routed request: the request itself, its query string, its credentials (not yet checked),
 /// and the Worker's environment and settings.
 pub struct Incoming<'a> {
-    pub req: Request,
+    pub req: Inbound,
     pub env: &'a Env,
     pub config: &'a Rc<Config>,
     pub query: String,
@@ -49,7 +49,7 @@ pub async fn publish(at: &mut Incoming<'_>, channel: &ChannelName) -> Answer {
     if !is_json(&at.req) {
         return Err(Error::UnsupportedMediaType("application/json"));
     }
-    let body = read_body(&mut at.req, at.config.max_body_bytes).await?;
+    let body = read_body(&at.req, at.config.max_body_bytes).await?;
     let events = parse_publish(&body, at.config.publish_limits())?;
     let key = match at.req.headers().get("idempotency-key").ok().flatten() {
         Some(k) => Some(parse_idempotency_key(k.trim())?),
@@ -210,7 +210,7 @@ pub async fn mint_token(at: &mut Incoming<'_>) -> Answer {
     if !is_json(&at.req) {
         return Err(Error::UnsupportedMediaType("application/json"));
     }
-    let body = read_body(&mut at.req, MINT_BODY_BYTES).await?;
+    let body = read_body(&at.req, MINT_BODY_BYTES).await?;
     let request = TokenRequest::parse(&body)?;
     let claims = delegate(
         &caller,

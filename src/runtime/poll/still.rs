@@ -101,8 +101,8 @@ impl StillKey {
     fn url(&self, at: &Incoming<'_>) -> String {
         let origin = at
             .req
-            .url()
-            .map(|u| u.origin().ascii_serialization())
+            .target()
+            .map(|t| t.origin)
             .unwrap_or_else(|_| "http://edgehub.invalid".into());
         let path = self.isolate.replace(' ', "/");
         format!("{origin}/.edgehub/poll-pages/v1/{path}")
