@@ -253,7 +253,11 @@ impl ChannelLog {
     }
 
     pub fn window(&self) -> worker::Result<Window> {
-        let head = self.state()?.map_or(0, |s| s.head);
+        self.window_at(self.state()?.map_or(0, |s| s.head))
+    }
+
+    /// The window, for a `head` just read with the state.
+    pub fn window_at(&self, head: u64) -> worker::Result<Window> {
         let earliest = self.single("SELECT min(seq) AS value FROM events", None)?;
         Ok(Window {
             head,

@@ -12,6 +12,7 @@ use crate::protocol::query::MAX_CURSOR;
 use crate::protocol::topics::Topics;
 use crate::protocol::ChannelName;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use worker::wasm_bindgen::JsValue;
 use worker::D1Database;
 
@@ -119,16 +120,25 @@ pub async fn write(
 const CATCH_UP_BATCH: u64 = 500;
 
 /// Copies to D1 every event it lacks and the current window, in id order, batch after batch,
-/// moving the log's `mirrored` mark only after D1 has committed each batch. `fault` (a
-/// development-only switch) makes every write fail, to test that the mirror heals.
-pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker::Result<()> {
+/// moving the log's `mirrored` mark only after D1 has committed each batch. `again` is set
+/// (by the object's `start_mirror`) whenever the log changes while a catch-up runs: a pass
+/// that was not a full batch ends the catch-up unless it was set meanwhile, so a catch-up costs
+/// one pass, not a second one that reads nothing new. `fault` (a development-only switch)
+/// makes every write fail, to test that the mirror heals.
+pub async fn catch_up(
+    log: &ChannelLog,
+    db: &D1Database,
+    fault: bool,
+    again: &Cell<bool>,
+) -> worker::Result<()> {
     loop {
+        again.set(false);
         let Some(state) = log.state()? else {
             return Ok(());
         };
         let mirrored = state.mirrored;
         let events = log.after(mirrored, CATCH_UP_BATCH, None)?;
-        let window = log.window()?;
+        let window = log.window_at(state.head)?;
         if events.is_empty() && state.mirrored_earliest == window.earliest {
             return Ok(());
         }
@@ -157,6 +167,9 @@ pub async fn catch_up(log: &ChannelLog, db: &D1Database, fault: bool) -> worker:
         )
         .await?;
         log.set_mirrored(through, window.earliest)?;
+        if (events.len() as u64) < CATCH_UP_BATCH && !again.get() {
+            return Ok(());
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ChannelHub {
     requests: Cell<u64>,
     /// True while a mirror catch-up runs; there is at most one, so D1 writes stay in id order.
     mirroring: Rc<Cell<bool>>,
+    /// The log changed while a mirror catch-up ran (`mirror::catch_up`).
+    mirror_again: Rc<Cell<bool>>,
     /// Consecutive failed catch-ups, for the retry backoff.
     mirror_failures: Rc<Cell<u32>>,
     alarm: Rc<Alarm>,
@@ -78,6 +80,7 @@ impl DurableObject for ChannelHub {
             instance: instance_id(),
             requests: Cell::new(0),
             mirroring: Rc::new(Cell::new(false)),
+            mirror_again: Rc::new(Cell::new(false)),
             mirror_failures: Rc::new(Cell::new(0)),
             alarm: Rc::new(Alarm::default()),
             floor: Cell::new(Floor::default()),
