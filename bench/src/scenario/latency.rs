@@ -34,11 +34,14 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut many = Figures::default();
     // So do nchan's, and the ratios to them.
     let mut beside = Figures::default();
+    // Each transport's p99, for its ratio to the no-op object's round trip of the same run.
+    let mut p99s = Vec::new();
     for kind in [Kind::Sse, Kind::Ws] {
         let (mut delivered, mut answered) = live_pass(plan, setup, kind).await?;
         delivered.sort();
         answered.sort();
         let one = [0.5, 0.99].map(|q| percentile_ms(&delivered, q));
+        p99s.push((kind, one[1]));
         for n in MANY {
             let (opened, mut times) = many_pass(plan, setup, kind, n).await?;
             times.sort();
@@ -143,6 +146,22 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         let url = format!("{}{path}", setup.noop);
         let mut times = sequential(&url, plan.latency_warmup, plan.latency_events).await?;
         times.sort();
+        if id == "noop_object" {
+            let floor = percentile_ms(&times, 0.99);
+            for (kind, p99) in &p99s {
+                f.add(
+                    SCENARIO,
+                    &format!("latency.{}.p99.vs_noop_object", kind.name()),
+                    &format!(
+                        "{} publish → deliver p99 ÷ the no-op object round trip p99",
+                        kind.label()
+                    ),
+                    Unit::Ratio,
+                    Some(Target::AtMost(1.5)),
+                    ratio(*p99, floor),
+                );
+            }
+        }
         for (q, at) in [("p50", 0.5), ("p99", 0.99)] {
             f.add(
                 SCENARIO,
