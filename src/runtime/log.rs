@@ -162,6 +162,10 @@ pub struct ChannelLog {
     sql: SqlStorage,
     /// True once the tables exist (this object has stored something).
     born: Rc<Cell<bool>>,
+    /// The `state` row as last read or written (`None`: not known). This log is its only
+    /// writer, and each write updates it once storage took the write: a publish reads it from
+    /// here, not with two or three queries (a CPU profile of 2,000 publishes: 0.29 ms of each).
+    known: Rc<RefCell<Option<Option<LogState>>>>,
 }
 
 /// Keys whose events are all gone (pruned or purged) answer nothing any more: a retry would
@@ -193,6 +197,7 @@ impl ChannelLog {
         let log = ChannelLog {
             sql,
             born: Rc::new(Cell::new(false)),
+            known: Rc::new(RefCell::new(None)),
         };
         if tables.first().and_then(|t| t.value).unwrap_or(0) > 0 {
             log.create()?;
@@ -229,6 +234,9 @@ impl ChannelLog {
         if !self.born.get() {
             return Ok(None);
         }
+        if let Some(known) = self.known.borrow().as_ref() {
+            return Ok(known.clone());
+        }
         let rows: Vec<LogState> = self
             .sql
             .exec(
@@ -236,7 +244,9 @@ impl ChannelLog {
                 None,
             )?
             .to_array()?;
-        Ok(rows.into_iter().next())
+        let state = rows.into_iter().next();
+        self.known.replace(Some(state.clone()));
+        Ok(state)
     }
 
     /// The column `value` of a query's first row.
@@ -293,7 +303,8 @@ impl ChannelLog {
         let channel = channel.to_string();
         let key = key.map(|k| (k.key.to_string(), k.fingerprint.to_string()));
         let log = self.clone();
-        transaction(storage, move || {
+        let (new_head, new_bytes) = (batch.head + batch.count, batch.bytes);
+        let stored = transaction(storage, move || {
             let head = log.state()?.map_or(0, |s| s.head);
             if head != batch.head {
                 return Err(worker::Error::RustError(format!(
@@ -319,13 +330,28 @@ impl ChannelLog {
                 )?;
             }
             let prune = policy.prune(new_head, batch.time_ms);
-            sql.exec(
-                "DELETE FROM events WHERE seq <= ?1",
-                vec![int(prune.through_id)],
-            )?;
-            sql.exec(DROP_ANSWERED_KEYS, None)?;
+            let pruned = sql
+                .exec(
+                    "DELETE FROM events WHERE seq <= ?1",
+                    vec![int(prune.through_id)],
+                )?
+                .rows_written();
+            // Keys answer nothing more only once events go: not after a publish that pruned none.
+            if pruned > 0 {
+                sql.exec(DROP_ANSWERED_KEYS, None)?;
+            }
             Ok(())
-        })
+        });
+        let mut known = self.known.borrow_mut();
+        match (&stored, known.as_mut()) {
+            (Ok(()), Some(Some(state))) => {
+                state.head = new_head;
+                state.bytes = new_bytes;
+            }
+            // The first row (its defaults are the table's), or a failed write: read it again.
+            _ => *known = None,
+        }
+        stored
     }
 
     /// The stream position at cursor `after`: where the first retained event after it starts,
@@ -501,11 +527,20 @@ impl ChannelLog {
 
     /// Notes what D1 now holds: every id through `mirrored`, and `earliest` as its window start.
     pub fn set_mirrored(&self, mirrored: u64, earliest: u64) -> worker::Result<()> {
-        self.sql.exec(
+        let written = self.sql.exec(
             "UPDATE state SET mirrored = max(mirrored, ?1), mirrored_earliest = ?2 WHERE id = 1",
             vec![int(mirrored), int(earliest)],
-        )?;
-        Ok(())
+        );
+        let mut known = self.known.borrow_mut();
+        match (&written, known.as_mut()) {
+            (Ok(_), Some(Some(state))) => {
+                state.mirrored = state.mirrored.max(mirrored);
+                state.mirrored_earliest = earliest;
+            }
+            (Ok(_), Some(None)) => {}
+            _ => *known = None,
+        }
+        written.map(|_| ())
     }
 }
 
