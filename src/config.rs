@@ -53,6 +53,10 @@ pub struct Config {
     pub development: bool,
     /// Fault switch for tests: every D1 mirror write fails. Honoured only in development.
     pub fault_d1_writes: bool,
+    /// Fault switch for tests: the channel's object refuses an SSE tap's take-over, the shared
+    /// subscribe a member's request makes when the owner left (`EDGEHUB_FAULT_TAKE_OVER`).
+    /// Honoured only in development.
+    pub fault_take_over: bool,
     /// Fault switch for tests: every poll's D1 read waits this long first
     /// (`EDGEHUB_FAULT_D1_READ_MS`), so that polls meet in flight. Honoured only in development.
     pub fault_d1_read_ms: u64,
@@ -118,6 +122,7 @@ impl Config {
             },
             development,
             fault_d1_writes: development && flag("EDGEHUB_FAULT_D1_WRITES"),
+            fault_take_over: development && flag("EDGEHUB_FAULT_TAKE_OVER"),
             fault_d1_read_ms: if development {
                 num("EDGEHUB_FAULT_D1_READ_MS", 0).min(10_000)
             } else {
@@ -181,20 +186,19 @@ mod tests {
         assert_eq!(c.poll_cache_ms, 250);
         assert!(c.public_channels.is_empty());
         assert!(!c.development);
-        assert!(!c.fault_d1_writes);
+        assert!(!c.fault_d1_writes && !c.fault_take_over);
         assert_eq!(c.mercure.channel.as_str(), "mercure");
         assert!(!c.mercure.anonymous);
         assert!(c.mercure.audience.is_empty() && c.mercure.issuer.is_empty());
     }
 
     #[test]
-    fn the_fault_switch_works_only_in_development() {
-        let prod = Config::from_lookup(|k| (k == "EDGEHUB_FAULT_D1_WRITES").then(|| "1".into()));
-        assert!(!prod.fault_d1_writes);
-        let dev = Config::from_lookup(|k| {
-            matches!(k, "EDGEHUB_FAULT_D1_WRITES" | "EDGEHUB_DEV").then(|| "1".into())
-        });
-        assert!(dev.fault_d1_writes);
+    fn the_fault_switches_work_only_in_development() {
+        let faults = |k: &str| matches!(k, "EDGEHUB_FAULT_D1_WRITES" | "EDGEHUB_FAULT_TAKE_OVER");
+        let prod = Config::from_lookup(|k| faults(k).then(|| "1".into()));
+        assert!(!prod.fault_d1_writes && !prod.fault_take_over);
+        let dev = Config::from_lookup(|k| (faults(k) || k == "EDGEHUB_DEV").then(|| "1".into()));
+        assert!(dev.fault_d1_writes && dev.fault_take_over);
     }
 
     #[test]

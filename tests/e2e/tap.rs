@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::api::{admin, channel, Api};
+use crate::harness::{Hub, HubOptions, SHARED_HEARTBEAT_SECONDS};
 use crate::live::info;
 use crate::slow::{own_hub, publish_padded, stalled, RETAIN_ALL};
 use crate::sse_client::{event_ids, SseStream};
@@ -19,6 +20,7 @@ pub fn cases() -> Vec<Case> {
         case!(tap_subscribers_at_every_cursor_get_each_event_once),
         case!(tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles),
         case_own_hub!(tap_owner_let_go_as_too_slow_leaves_the_others_whole_and_the_count_true),
+        case_own_hub!(tap_take_over_refused_ends_every_member_and_each_resumes_once),
     ]
 }
 
@@ -215,4 +217,72 @@ async fn tap_owner_let_go_as_too_slow_leaves_the_others_whole_and_the_count_true
         );
     }
     hub.cleanup().await;
+}
+
+/// The object refuses the take-over (`EDGEHUB_FAULT_TAKE_OVER`, development only): when the
+/// owner leaves, the member woken to take over cannot open a new upstream, so every member's
+/// stream ends at once rather than waiting on a tap without an upstream. Each resumes from
+/// its last id as `EventSource` would, and gets every event after it exactly once.
+async fn tap_take_over_refused_ends_every_member_and_each_resumes_once(_: Api) {
+    let heartbeat = SHARED_HEARTBEAT_SECONDS.to_string();
+    let vars = [
+        ("EDGEHUB_DEV", "1"),
+        ("EDGEHUB_FAULT_TAKE_OVER", "1"),
+        ("RETAIN_EVENTS", RETAIN_ALL),
+        ("HEARTBEAT_SECONDS", heartbeat.as_str()),
+    ];
+    let hub = Hub::start(HubOptions::with_vars(&vars))
+        .await
+        .unwrap_or_else(|why| panic!("starting this test's own hub: {why}"));
+    let api = Api::new(hub.base());
+    let c = format!("public:{}", channel("taprefused"));
+    let owner = SseStream::subscribe(&api, &c, None, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(SseStream::subscribe(&api, &c, None, None).await);
+    }
+    assert_eq!(sse_count(&api, &c).await, json!(4));
+    for i in 1..=5 {
+        publish(&api, &c, i).await;
+    }
+    for (k, m) in members.iter_mut().enumerate() {
+        let got = event_ids(&m.events_through(5, WAIT).await);
+        assert_eq!(got, (1..=5).collect::<Vec<_>>(), "member {k}");
+    }
+    drop(owner);
+    for i in 6..=8 {
+        publish(&api, &c, i).await;
+    }
+    // Every member's stream ends; what each got before its end is where it resumes.
+    let mut lasts = Vec::new();
+    for (k, m) in members.iter_mut().enumerate() {
+        let got = event_ids(&m.read_to_end(WAIT).await);
+        assert!(m.ended(), "member {k}'s stream never ended");
+        let want: Vec<u64> = (6..6 + got.len() as u64).collect();
+        assert_eq!(got, want, "member {k} before its end");
+        lasts.push(5 + got.len() as u64);
+    }
+    let mut resumed = Vec::new();
+    for last in &lasts {
+        resumed.push(SseStream::subscribe(&api, &c, Some(*last), None).await);
+    }
+    for i in 9..=12 {
+        publish(&api, &c, i).await;
+    }
+    for (k, (s, last)) in resumed.iter_mut().zip(&lasts).enumerate() {
+        let got = event_ids(&s.events_through(12, WAIT).await);
+        assert_eq!(
+            got,
+            (last + 1..=12).collect::<Vec<_>>(),
+            "member {k} resumed"
+        );
+    }
+    let started = Instant::now();
+    let mut count = sse_count(&api, &c).await;
+    while count != json!(3) && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = sse_count(&api, &c).await;
+    }
+    assert_eq!(count, json!(3), "the resumed members");
 }

@@ -243,6 +243,11 @@ impl ChannelHub {
                 resume,
                 shared,
             } => {
+                if shared && transport == Transport::Sse && self.config.fault_take_over {
+                    return Err(Error::Unavailable(
+                        "take-overs are refused (EDGEHUB_FAULT_TAKE_OVER)".into(),
+                    ));
+                }
                 let mut attachment = Attachment::new(transport, publish, expires);
                 if shared {
                     attachment.members = Some(1);
