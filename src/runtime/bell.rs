@@ -1,4 +1,4 @@
-//! Bells (`runtime::trunk`, `runtime::stream::seat`): a promise made in one request, whose
+//! Bells (`runtime::trunk`, `runtime::tap`, `runtime::stream::seat`): a promise made in one request, whose
 //! reaction the runtime runs in that request whoever resolves it.
 
 use std::cell::RefCell;

@@ -67,10 +67,11 @@ async fn fetch(req: worker::web_sys::Request, env: Env, ctx: Context) -> Result<
     if req.method() == "OPTIONS" {
         return Ok(cors::preflight(&req, origin.as_deref(), &config).unwrap_or_else(|e| failed(&e)));
     }
-    let cookies = req
-        .target()
+    let target = req.target();
+    let cookies = target
+        .as_ref()
         .is_ok_and(|t| t.path == crate::protocol::mercure::HUB_PATH);
-    let response = handle(req, &env, &config, &ctx)
+    let response = handle(req, target, &env, &config, &ctx)
         .await
         .unwrap_or_else(|e| failed(&e));
     Ok(cors::decorate(
@@ -90,11 +91,12 @@ fn failed(err: &Error) -> Response {
 /// Routes a request and checks who may make it; each route is one function in `routes`.
 async fn handle(
     req: Inbound,
+    target: std::result::Result<http::Target, Error>,
     env: &Env,
     config: &Rc<Config>,
     ctx: &Context,
 ) -> std::result::Result<Response, Error> {
-    let target = req.target()?;
+    let target = target?;
     let query = target.query;
     // The raw method: the worker crate reads every method it does not know as GET.
     let found = route(&req.method(), &target.path)?;
