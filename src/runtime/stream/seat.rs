@@ -4,6 +4,7 @@
 
 use super::shared::LaneTap;
 use super::Conn;
+use crate::channel::backlog::Backlog;
 use crate::channel::merge::LaneId;
 use crate::protocol::ws::CloseCode;
 use crate::protocol::ChannelName;
@@ -32,7 +33,8 @@ pub(super) struct Seat {
     /// The last id it was given.
     pub(super) through: Cell<u64>,
     inbox: RefCell<Vec<Delivery>>,
-    inbox_bytes: Cell<usize>,
+    /// What waits in the inbox, and since when nothing was taken (the stall rule of a stream).
+    waiting: Cell<Backlog>,
     /// Rung when its inbox has something; its reaction runs in the connection's request.
     deliver: RefCell<Option<Rc<Bell>>>,
     /// Rung to make it open a new upstream; made in its connection's request.
@@ -56,7 +58,7 @@ impl Seat {
             conn: Rc::downgrade(conn),
             through: Cell::new(through),
             inbox: RefCell::new(Vec::new()),
-            inbox_bytes: Cell::new(0),
+            waiting: Cell::new(Backlog::opened(now_ms())),
             deliver: RefCell::new(None),
             wake: RefCell::new(None),
             socket: RefCell::new(None),
@@ -84,7 +86,9 @@ impl Seat {
             return;
         };
         let items = std::mem::take(&mut *self.inbox.borrow_mut());
-        self.inbox_bytes.set(0);
+        let mut waiting = self.waiting.get();
+        waiting.took(waiting.bytes(), now_ms());
+        self.waiting.set(waiting);
         for item in items {
             let now = now_ms();
             let steps = match item {
@@ -98,8 +102,10 @@ impl Seat {
         }
     }
 
-    /// Queues a frame for its connection; false when the connection is over, or has left
-    /// twice its window unread in the inbox (its request no longer takes what it is given).
+    /// Queues a frame for its connection; false when the connection is over, or has taken
+    /// nothing from its inbox for `flow::STALL_MS` while more than twice its window waited
+    /// there (its request no longer takes what it is given). A burst bigger than that is not a
+    /// stall: the upstream's request may read many frames before the seat's request runs.
     pub(super) fn give(&self, text: Rc<str>) -> bool {
         let Some(conn) = self.conn.upgrade() else {
             return false;
@@ -107,11 +113,13 @@ impl Seat {
         if conn.merge.borrow().ended() {
             return false;
         }
-        let bytes = self.inbox_bytes.get().saturating_add(text.len());
-        if bytes > conn.config.slow_consumer_bytes.saturating_mul(2) {
+        let now = now_ms();
+        let mut waiting = self.waiting.get();
+        waiting.queued(text.len(), now);
+        if waiting.stalled(conn.config.slow_consumer_bytes.saturating_mul(2), now) {
             return false;
         }
-        self.inbox_bytes.set(bytes);
+        self.waiting.set(waiting);
         self.inbox.borrow_mut().push(Delivery::Frame(text));
         self.ring();
         true

@@ -158,7 +158,8 @@ pub(super) async fn carry(
 
 impl Trunk<Seat> {
     /// Gives every seat what it has not had of one upstream frame; the id of an event frame.
-    /// Seats pace themselves: one with two windows unread is let go as too slow.
+    /// Seats pace themselves: one whose connection took nothing from its inbox for
+    /// `flow::STALL_MS` while two windows waited there is let go as too slow.
     fn distribute(&self, text: &str) -> Option<u64> {
         let frame = LaneFrame::read(text);
         let whole: Rc<str> = Rc::from(text);
