@@ -9,6 +9,7 @@
 //! object. With `--nchan`, the SSE pass's rounds also against nchan, after the hub's SSE
 //! passes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -27,9 +28,17 @@ const PASS_BUDGET: Duration = Duration::from_secs(240);
 const POLL_PAUSE: Duration = Duration::from_millis(1);
 /// The channel counts of the many-channel passes: one connection over each.
 const MANY: [usize; 2] = [10, 100];
+/// The cold rounds' medians are printed for each stretch of this many.
+const COLD_STRETCH: usize = 500;
+
+/// Whether the fresh hub's cold rounds were run (before the first run only).
+static WARMED: AtomicBool = AtomicBool::new(false);
 
 pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     let mut f = Figures::default();
+    if !WARMED.swap(true, Ordering::SeqCst) {
+        cold(plan, setup, &mut f).await?;
+    }
     // The many-channel figures go below the single-channel ones, though measured beside them.
     let mut many = Figures::default();
     // So do nchan's, and the ratios to them.
@@ -37,7 +46,8 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     // Each transport's p99, for its ratio to the no-op object's round trip of the same run.
     let mut p99s = Vec::new();
     for kind in [Kind::Sse, Kind::Ws] {
-        let (mut delivered, mut answered) = live_pass(plan, setup, kind).await?;
+        let (mut delivered, mut answered) =
+            live_pass(setup, kind, plan.latency_warmup, plan.latency_events).await?;
         delivered.sort();
         answered.sort();
         let one = [0.5, 0.99].map(|q| percentile_ms(&delivered, q));
@@ -177,8 +187,10 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
     f.extend(beside);
     f.note(format!(
         "latency: {} sequential events per pass after {} unmeasured warm-up events; one \
-         subscriber per pass (SSE, WebSocket, poller), each on a fresh channel",
-        plan.latency_events, plan.latency_warmup
+         subscriber per pass (SSE, WebSocket, poller), each on a fresh channel. Before the \
+         first run, {} rounds of each of SSE and WebSocket on the fresh hub, the \
+         \"fresh hub\" figures (a fresh local runtime is slower for its first seconds of load)",
+        plan.latency_events, plan.latency_warmup, plan.latency_cold
     ));
     f.note(format!(
         "latency, many channels: for each transport, right after its single-channel pass, one \
@@ -286,6 +298,59 @@ fn add_nchan(
     );
 }
 
+/// The first rounds on the fresh hub, before the first run, as figures of their own
+/// (`latency.{sse,ws}.cold.*`) and a note with the p50/p99 of each stretch of `COLD_STRETCH`
+/// rounds. A fresh local runtime is slower for its first seconds of load (its isolate's code
+/// not yet optimized, its heap not yet grown; the SSE p99 fell from about 6 to 3 ms only after
+/// some 8,000 rounds, docs/benchmarks.md#publish-path), which would otherwise be the first
+/// run's figures and not the others'.
+async fn cold(plan: &Plan, setup: &Setup, f: &mut Figures) -> Result<(), String> {
+    let mut curves = Vec::new();
+    for kind in [Kind::Sse, Kind::Ws] {
+        let (mut delivered, _) = live_pass(setup, kind, 0, plan.latency_cold).await?;
+        let stretches: Vec<String> = delivered
+            .chunks(COLD_STRETCH)
+            .map(|c| {
+                let mut c = c.to_vec();
+                c.sort();
+                format!(
+                    "{:.2}/{:.1}",
+                    percentile_ms(&c, 0.5),
+                    percentile_ms(&c, 0.99)
+                )
+            })
+            .collect();
+        eprintln!(
+            "    ({} on the fresh hub, ms, p50/p99 of each {COLD_STRETCH} rounds: {})",
+            kind.label(),
+            stretches.join(" ")
+        );
+        curves.push(format!("{}: {}", kind.label(), stretches.join(" ")));
+        delivered.sort();
+        for (q, at) in [("p50", 0.5), ("p99", 0.99)] {
+            f.add(
+                SCENARIO,
+                &format!("latency.{}.cold.{q}", kind.name()),
+                &format!(
+                    "{} publish → deliver on the fresh hub, its first {} rounds, {q}",
+                    kind.label(),
+                    plan.latency_cold
+                ),
+                Unit::Ms,
+                None,
+                percentile_ms(&delivered, at),
+            );
+        }
+    }
+    f.note(format!(
+        "latency, fresh hub: publish → deliver p50/p99 in ms of each {COLD_STRETCH} of the {} \
+         rounds before the first run, in order. {}",
+        plan.latency_cold,
+        curves.join("; ")
+    ));
+    Ok(())
+}
+
 /// One SSE subscriber of nchan, the rounds of `live_pass`: each message carries its send time
 /// `t`, by which its delivery is checked. Returns (publish → delivered, publish → answered).
 async fn nchan_pass(plan: &Plan, n: &Endpoint) -> Result<(Vec<Duration>, Vec<Duration>), String> {
@@ -346,17 +411,19 @@ async fn sequential(url: &str, warmup: u64, n: u64) -> Result<Vec<Duration>, Str
     Ok(times)
 }
 
-/// One subscriber of `kind`; returns (publish → delivered, publish → answered) per event.
+/// One subscriber of `kind`, `warmup` unmeasured events then `events` measured ones; returns
+/// (publish → delivered, publish → answered) per measured event.
 async fn live_pass(
-    plan: &Plan,
     setup: &Setup,
     kind: Kind,
+    warmup: u64,
+    events: u64,
 ) -> Result<(Vec<Duration>, Vec<Duration>), String> {
     let c = client::channel(&format!("lat-{}", kind.name()));
     let mut sub = Sub::open(kind, &setup.hub, setup.hub_port, &c, Some(0)).await?;
     let (mut delivered, mut answered) = (Vec::new(), Vec::new());
     let started = Instant::now();
-    for i in 1..=plan.latency_warmup + plan.latency_events {
+    for i in 1..=warmup + events {
         if started.elapsed() > PASS_BUDGET {
             return Err(format!(
                 "{} pass: over {PASS_BUDGET:?} after {i} events",
@@ -380,7 +447,7 @@ async fn live_pass(
                 ))
             }
         }
-        if i > plan.latency_warmup {
+        if i > warmup {
             delivered.push(got.1 - sent);
             answered.push(publish.1 - sent);
         }

@@ -110,6 +110,8 @@ pub struct Plan {
     pub runs: usize,
     pub latency_events: u64,
     pub latency_warmup: u64,
+    /// Rounds of each transport on the fresh hub before the first latency run.
+    pub latency_cold: u64,
     pub fanout_subscribers: usize,
     /// A second, lighter fan-out: the latency when the runtime is not saturated.
     pub fanout_light_subscribers: usize,
@@ -152,6 +154,7 @@ impl Plan {
             runs,
             latency_events: if quick { 50 } else { 1000 },
             latency_warmup: if quick { 5 } else { 20 },
+            latency_cold: if quick { 100 } else { 10_000 },
             fanout_subscribers: if quick { 100 } else { 1000 },
             fanout_light_subscribers: if quick { 20 } else { 100 },
             fanout_rate: 20,
