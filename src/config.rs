@@ -57,6 +57,11 @@ pub struct Config {
     /// subscribe a member's request makes when the owner left (`EDGEHUB_FAULT_TAKE_OVER`).
     /// Honoured only in development.
     pub fault_take_over: bool,
+    /// Fault switch for tests: the isolate's first this many take-overs of a shared upstream
+    /// (SSE taps and many-channel lanes) fail in the Worker before they reach the object, as
+    /// when the woken rider's request is gone (`EDGEHUB_FAULT_TAKE_OVER_STARTS`, at most 100).
+    /// Honoured only in development.
+    pub fault_take_over_starts: u64,
     /// Fault switch for tests: every poll's D1 read waits this long first
     /// (`EDGEHUB_FAULT_D1_READ_MS`), so that polls meet in flight. Honoured only in development.
     pub fault_d1_read_ms: u64,
@@ -123,6 +128,11 @@ impl Config {
             development,
             fault_d1_writes: development && flag("EDGEHUB_FAULT_D1_WRITES"),
             fault_take_over: development && flag("EDGEHUB_FAULT_TAKE_OVER"),
+            fault_take_over_starts: if development {
+                num("EDGEHUB_FAULT_TAKE_OVER_STARTS", 0).min(100)
+            } else {
+                0
+            },
             fault_d1_read_ms: if development {
                 num("EDGEHUB_FAULT_D1_READ_MS", 0).min(10_000)
             } else {
@@ -187,6 +197,7 @@ mod tests {
         assert!(c.public_channels.is_empty());
         assert!(!c.development);
         assert!(!c.fault_d1_writes && !c.fault_take_over);
+        assert_eq!(c.fault_take_over_starts, 0);
         assert_eq!(c.mercure.channel.as_str(), "mercure");
         assert!(!c.mercure.anonymous);
         assert!(c.mercure.audience.is_empty() && c.mercure.issuer.is_empty());
@@ -194,11 +205,26 @@ mod tests {
 
     #[test]
     fn the_fault_switches_work_only_in_development() {
-        let faults = |k: &str| matches!(k, "EDGEHUB_FAULT_D1_WRITES" | "EDGEHUB_FAULT_TAKE_OVER");
+        let faults = |k: &str| {
+            matches!(
+                k,
+                "EDGEHUB_FAULT_D1_WRITES"
+                    | "EDGEHUB_FAULT_TAKE_OVER"
+                    | "EDGEHUB_FAULT_TAKE_OVER_STARTS"
+            )
+        };
         let prod = Config::from_lookup(|k| faults(k).then(|| "1".into()));
         assert!(!prod.fault_d1_writes && !prod.fault_take_over);
+        assert_eq!(prod.fault_take_over_starts, 0);
         let dev = Config::from_lookup(|k| (faults(k) || k == "EDGEHUB_DEV").then(|| "1".into()));
         assert!(dev.fault_d1_writes && dev.fault_take_over);
+        assert_eq!(dev.fault_take_over_starts, 1);
+        let many = Config::from_lookup(|k| match k {
+            "EDGEHUB_DEV" => Some("1".into()),
+            "EDGEHUB_FAULT_TAKE_OVER_STARTS" => Some("5000".into()),
+            _ => None,
+        });
+        assert_eq!(many.fault_take_over_starts, 100);
     }
 
     #[test]

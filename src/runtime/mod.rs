@@ -43,6 +43,11 @@ thread_local! {
     static CONFIG: OnceCell<Rc<Config>> = const { OnceCell::new() };
 }
 
+/// The isolate's settings, once a request has read them.
+pub(crate) fn isolate_config() -> Option<Rc<Config>> {
+    CONFIG.with(|cell| cell.get().cloned())
+}
+
 fn config(env: &Env) -> Rc<Config> {
     CONFIG.with(|cell| {
         cell.get_or_init(|| {

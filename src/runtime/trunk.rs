@@ -19,7 +19,7 @@ use crate::channel::tap::TapView;
 use crate::error::Error;
 use crate::protocol::bridge::Upstream;
 use crate::protocol::ChannelName;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::thread::LocalKey;
@@ -34,6 +34,24 @@ const RESCUE_MS: i64 = 5_000;
 /// Take-overs that may fail in a row (the object unreachable, the rider's request gone) before
 /// every rider is ended to resume on its own; until then the next rider's pacer tries again.
 const TAKE_OVER_TRIES: u32 = 3;
+
+thread_local! {
+    /// Take-overs this isolate failed on purpose (`EDGEHUB_FAULT_TAKE_OVER_STARTS`).
+    static FAULTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// True while the isolate has failed fewer take-overs on purpose than its development
+/// settings ask (`Config::fault_take_over_starts`); counts this one.
+fn fault_start() -> bool {
+    let wanted = super::isolate_config().map_or(0, |c| c.fault_take_over_starts);
+    FAULTED.with(|n| {
+        let fail = n.get() < wanted;
+        if fail {
+            n.set(n.get().saturating_add(1));
+        }
+        fail
+    })
+}
 
 /// An isolate's trunks of one kind of rider, one per channel.
 pub(super) type Trunks<R> = RefCell<HashMap<ChannelName, Rc<Trunk<R>>>>;
@@ -251,7 +269,13 @@ impl<R: Rider> Trunk<R> {
         };
         let (generation, position) = (state.generation, state.position);
         drop(state);
-        match rider.start(&self.channel, position) {
+        let started = match fault_start() {
+            true => Err(Error::Unavailable(
+                "failed on purpose (EDGEHUB_FAULT_TAKE_OVER_STARTS)".into(),
+            )),
+            false => rider.start(&self.channel, position),
+        };
+        match started {
             Ok(answer) => spawn_local(reopen(self.clone(), rider.clone(), generation, answer)),
             Err(e) => {
                 worker::console_error!("{} {}: taking over: {e}", R::KIND, self.channel.as_str());

@@ -21,6 +21,7 @@ pub fn cases() -> Vec<Case> {
         case!(tap_owner_leaving_hands_the_upstream_over_without_loss_or_doubles),
         case_own_hub!(tap_owner_let_go_as_too_slow_leaves_the_others_whole_and_the_count_true),
         case_own_hub!(tap_take_over_refused_ends_every_member_and_each_resumes_once),
+        case_own_hub!(tap_take_over_that_cannot_start_is_tried_again_three_times),
     ]
 }
 
@@ -285,4 +286,116 @@ async fn tap_take_over_refused_ends_every_member_and_each_resumes_once(_: Api) {
         count = sse_count(&api, &c).await;
     }
     assert_eq!(count, json!(3), "the resumed members");
+}
+
+/// Take-overs that fail in the Worker before reaching the object, as when the member woken
+/// to take over has lost its request (`EDGEHUB_FAULT_TAKE_OVER_STARTS=5`, development only:
+/// the isolate's first five fail). On the first channel the woken member fails, and the
+/// members' pacers try twice more and fail: after three in a row every member's stream ends
+/// and each resumes from its last id. On the second, two fail and the third opens the
+/// upstream: no member's stream ends, and each gets every event once.
+async fn tap_take_over_that_cannot_start_is_tried_again_three_times(_: Api) {
+    let heartbeat = SHARED_HEARTBEAT_SECONDS.to_string();
+    let vars = [
+        ("EDGEHUB_DEV", "1"),
+        ("EDGEHUB_FAULT_TAKE_OVER_STARTS", "5"),
+        ("RETAIN_EVENTS", RETAIN_ALL),
+        ("HEARTBEAT_SECONDS", heartbeat.as_str()),
+    ];
+    let hub = Hub::start(HubOptions::with_vars(&vars))
+        .await
+        .unwrap_or_else(|why| panic!("starting this test's own hub: {why}"));
+    let api = Api::new(hub.base());
+    let failed = |c: &str| {
+        let line = format!("tap {c}: taking over: ");
+        hub.log().lines().filter(|l| l.contains(&line)).count()
+    };
+
+    // Three failures in a row: every member ends and resumes on its own.
+    let c = format!("public:{}", channel("tapstarts3"));
+    let (owner, mut members) = owner_and_members(&api, &c).await;
+    drop(owner);
+    for i in 6..=8 {
+        publish(&api, &c, i).await;
+    }
+    let mut lasts = Vec::new();
+    for (k, m) in members.iter_mut().enumerate() {
+        let got = event_ids(&m.read_to_end(WAIT).await);
+        assert!(m.ended(), "member {k}'s stream never ended");
+        let want: Vec<u64> = (6..6 + got.len() as u64).collect();
+        assert_eq!(got, want, "member {k} before its end");
+        lasts.push(5 + got.len() as u64);
+    }
+    assert_eq!(
+        failed(&c),
+        3,
+        "take-overs failed on {c}:\n{}",
+        hub.log_tail()
+    );
+    let mut resumed = Vec::new();
+    for last in &lasts {
+        resumed.push(SseStream::subscribe(&api, &c, Some(*last), None).await);
+    }
+    for i in 9..=10 {
+        publish(&api, &c, i).await;
+    }
+    for (k, (s, last)) in resumed.iter_mut().zip(&lasts).enumerate() {
+        let got = event_ids(&s.events_through(10, WAIT).await);
+        assert_eq!(
+            got,
+            (last + 1..=10).collect::<Vec<_>>(),
+            "member {k} resumed"
+        );
+    }
+
+    // Two failures, then the third try opens the upstream: nobody notices. Event 6 is
+    // published as the owner leaves, 7 and 8 once the members' count is reported on the new
+    // upstream.
+    let c = format!("public:{}", channel("tapstarts2"));
+    let (owner, mut members) = owner_and_members(&api, &c).await;
+    drop(owner);
+    publish(&api, &c, 6).await;
+    let started = Instant::now();
+    let mut count = sse_count(&api, &c).await;
+    while count != json!(3) && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = sse_count(&api, &c).await;
+    }
+    assert_eq!(count, json!(3), "the members left, on the new upstream");
+    assert_eq!(
+        failed(&c),
+        2,
+        "take-overs failed on {c}:\n{}",
+        hub.log_tail()
+    );
+    for i in 7..=8 {
+        publish(&api, &c, i).await;
+    }
+    for (k, m) in members.iter_mut().enumerate() {
+        let got = event_ids(&m.events_through(8, WAIT).await);
+        assert_eq!(got, vec![6, 7, 8], "member {k} across the take-over");
+        assert!(!m.ended(), "member {k}'s stream ended");
+    }
+}
+
+/// An owner and three members of `c`'s tap (the owner first, so that it holds the upstream),
+/// each with events 1-5.
+async fn owner_and_members(api: &Api, c: &str) -> (SseStream, Vec<SseStream>) {
+    let mut owner = SseStream::subscribe(api, c, None, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(SseStream::subscribe(api, c, None, None).await);
+    }
+    assert_eq!(sse_count(api, c).await, json!(4));
+    for i in 1..=5 {
+        publish(api, c, i).await;
+    }
+    let got = event_ids(&owner.events_through(5, WAIT).await);
+    assert_eq!(got, (1..=5).collect::<Vec<_>>(), "the owner");
+    for (k, m) in members.iter_mut().enumerate() {
+        let got = event_ids(&m.events_through(5, WAIT).await);
+        assert_eq!(got, (1..=5).collect::<Vec<_>>(), "member {k}");
+    }
+    (owner, members)
 }
