@@ -7,8 +7,8 @@
 //! connected, and that every one of them gets a publish after it. Behind `scripts/serve.mjs`'s
 //! front, whose stream cap the open-file limit sets, a pass that reaches the cap also goes past
 //! it (`past_limit`) before that publish: more streams, then a flood of connections. With
-//! `--nchan`, then the same for SSE streams on nchan (its nginx's PSS per stream; nothing there
-//! hibernates). Last, the floor: the same SSE streams held open by the no-op Worker
+//! `--nchan`, then the same for SSE streams on nchan (the PSS per stream of an nginx started for
+//! the pass; nothing there hibernates). Last, the floor: the same SSE streams held open by the no-op Worker
 //! (`bench/noop/`, a bare `ReadableStream` with a heartbeat timer), on a fresh runtime of its
 //! own: what one idle stream costs this runtime before any of the hub's code.
 
@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::limit::{past_limit, Front, PAST_BUDGET};
 use super::{Plan, Setup};
 use crate::client;
-use crate::nchan::{self, Endpoint};
+use crate::nchan::{self, Endpoint, Nchan};
 use crate::procfs::{self, Memory, ROLES};
 use crate::runtime::{self, Runtime};
 use crate::stats::{ratio, Figures, Target, Unit};
@@ -69,9 +69,9 @@ pub async fn run(plan: &Plan, setup: &Setup) -> Result<Figures, String> {
         }
         Err(why) => f.note(format!("idle, no-op floor: the pass failed: {why}")),
     }
-    if let Some(n) = &setup.nchan {
+    if setup.nchan.is_some() {
         let began = Instant::now();
-        let pass = nchan_sse(plan, n, &mut f).await;
+        let pass = fresh_nchan_sse(plan, setup, &mut f).await;
         eprintln!("    (nchan pass: {:.1?})", began.elapsed());
         match pass {
             Ok(per_stream) => {
@@ -409,6 +409,19 @@ async fn connect_within(
     (subs, format!("{}{stopped}", budget.describe()))
 }
 
+/// `nchan_sse` on an nginx of its own, started for the pass and stopped after it, as each of
+/// the hub's passes gets a fresh runtime: an nginx that held streams before keeps their memory
+/// for the next ones, and its growth per stream read 0 KiB in a second and third run.
+async fn fresh_nchan_sse(plan: &Plan, setup: &Setup, f: &mut Figures) -> Result<f64, String> {
+    let mut fresh = Nchan::start(plan.fd_limit).await?;
+    let pass = nchan_sse(plan, &fresh.endpoint(), f).await;
+    fresh.stop().await;
+    if !setup.keep {
+        fresh.remove_dir();
+    }
+    pass
+}
+
 /// nchan's idle SSE streams, as `one_kind` does the hub's: warm-up, baseline, connections in
 /// steps within the fd budget (ours and nginx's), readers, `idle_wait`, one publish that all
 /// must get. Memory is the growth of the PSS of nginx's processes (master and worker) per
@@ -508,7 +521,7 @@ async fn nchan_sse(plan: &Plan, n: &Endpoint, f: &mut Figures) -> Result<f64, St
     }
     f.note(format!(
         "idle, nchan: SSE streams on nchan (`GET /sse/{{c}}`, docs/benchmarks.md#nchan) after \
-         the hub's passes; {WARM_UP} warm-up streams, then {connected} of {} wanted (fd limit \
+         the hub's passes, on an nginx started for the pass; {WARM_UP} warm-up streams, then {connected} of {} wanted (fd limit \
          {}; {fd_note}); nchan counted {counted} subscribers once connected; memory per stream \
          = (PSS of nginx's master and worker after {} s idle − PSS after the warm-up) / \
          streams; \"edgehub ÷ nchan\" is the hub's SSE figure over nchan's, per run",
