@@ -106,14 +106,14 @@ impl Seat {
     /// nothing from its inbox for `flow::STALL_MS` while more than twice its window waited
     /// there (its request no longer takes what it is given). A burst bigger than that is not a
     /// stall: the upstream's request may read many frames before the seat's request runs.
-    pub(super) fn give(&self, text: Rc<str>) -> bool {
+    /// `now` is unix milliseconds.
+    pub(super) fn give(&self, text: Rc<str>, now: i64) -> bool {
         let Some(conn) = self.conn.upgrade() else {
             return false;
         };
         if conn.merge.borrow().ended() {
             return false;
         }
-        let now = now_ms();
         let mut waiting = self.waiting.get();
         waiting.queued(text.len(), now);
         if waiting.stalled(conn.config.slow_consumer_bytes.saturating_mul(2), now) {

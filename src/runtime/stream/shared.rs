@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::protocol::ws::{cursor_frame, CloseCode, PONG};
 use crate::protocol::ChannelName;
 use crate::runtime::client::Hub;
+use crate::runtime::sse::now_ms;
 use crate::runtime::trunk::{Rider, Trunk, Trunks};
 use futures::StreamExt;
 use std::cell::RefCell;
@@ -163,6 +164,7 @@ impl Trunk<Seat> {
     fn distribute(&self, text: &str) -> Option<u64> {
         let frame = LaneFrame::read(text);
         let whole: Rc<str> = Rc::from(text);
+        let now = now_ms();
         let mut gone = Vec::new();
         for seat in self.riders() {
             let through = seat.through.get();
@@ -174,7 +176,7 @@ impl Trunk<Seat> {
             if let Some(last) = frame.last() {
                 seat.through.set(through.max(last));
             }
-            if given.is_some_and(|text| !seat.give(text)) {
+            if given.is_some_and(|text| !seat.give(text, now)) {
                 gone.push(seat);
             }
         }
