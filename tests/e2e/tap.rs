@@ -225,67 +225,12 @@ async fn tap_owner_let_go_as_too_slow_leaves_the_others_whole_and_the_count_true
 /// stream ends at once rather than waiting on a tap without an upstream. Each resumes from
 /// its last id as `EventSource` would, and gets every event after it exactly once.
 async fn tap_take_over_refused_ends_every_member_and_each_resumes_once(_: Api) {
-    let heartbeat = SHARED_HEARTBEAT_SECONDS.to_string();
-    let vars = [
-        ("EDGEHUB_DEV", "1"),
-        ("EDGEHUB_FAULT_TAKE_OVER", "1"),
-        ("RETAIN_EVENTS", RETAIN_ALL),
-        ("HEARTBEAT_SECONDS", heartbeat.as_str()),
-    ];
-    let hub = Hub::start(HubOptions::with_vars(&vars))
-        .await
-        .unwrap_or_else(|why| panic!("starting this test's own hub: {why}"));
+    let hub = fault_hub(("EDGEHUB_FAULT_TAKE_OVER", "1")).await;
     let api = Api::new(hub.base());
     let c = format!("public:{}", channel("taprefused"));
-    let owner = SseStream::subscribe(&api, &c, None, None).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut members = Vec::new();
-    for _ in 0..3 {
-        members.push(SseStream::subscribe(&api, &c, None, None).await);
-    }
-    assert_eq!(sse_count(&api, &c).await, json!(4));
-    for i in 1..=5 {
-        publish(&api, &c, i).await;
-    }
-    for (k, m) in members.iter_mut().enumerate() {
-        let got = event_ids(&m.events_through(5, WAIT).await);
-        assert_eq!(got, (1..=5).collect::<Vec<_>>(), "member {k}");
-    }
+    let (owner, members) = owner_and_members(&api, &c).await;
     drop(owner);
-    for i in 6..=8 {
-        publish(&api, &c, i).await;
-    }
-    // Every member's stream ends; what each got before its end is where it resumes.
-    let mut lasts = Vec::new();
-    for (k, m) in members.iter_mut().enumerate() {
-        let got = event_ids(&m.read_to_end(WAIT).await);
-        assert!(m.ended(), "member {k}'s stream never ended");
-        let want: Vec<u64> = (6..6 + got.len() as u64).collect();
-        assert_eq!(got, want, "member {k} before its end");
-        lasts.push(5 + got.len() as u64);
-    }
-    let mut resumed = Vec::new();
-    for last in &lasts {
-        resumed.push(SseStream::subscribe(&api, &c, Some(*last), None).await);
-    }
-    for i in 9..=12 {
-        publish(&api, &c, i).await;
-    }
-    for (k, (s, last)) in resumed.iter_mut().zip(&lasts).enumerate() {
-        let got = event_ids(&s.events_through(12, WAIT).await);
-        assert_eq!(
-            got,
-            (last + 1..=12).collect::<Vec<_>>(),
-            "member {k} resumed"
-        );
-    }
-    let started = Instant::now();
-    let mut count = sse_count(&api, &c).await;
-    while count != json!(3) && started.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        count = sse_count(&api, &c).await;
-    }
-    assert_eq!(count, json!(3), "the resumed members");
+    every_member_ends_and_resumes(&api, &c, members).await;
 }
 
 /// Take-overs that fail in the Worker before reaching the object, as when the member woken
@@ -295,16 +240,7 @@ async fn tap_take_over_refused_ends_every_member_and_each_resumes_once(_: Api) {
 /// and each resumes from its last id. On the second, two fail and the third opens the
 /// upstream: no member's stream ends, and each gets every event once.
 async fn tap_take_over_that_cannot_start_is_tried_again_three_times(_: Api) {
-    let heartbeat = SHARED_HEARTBEAT_SECONDS.to_string();
-    let vars = [
-        ("EDGEHUB_DEV", "1"),
-        ("EDGEHUB_FAULT_TAKE_OVER_STARTS", "5"),
-        ("RETAIN_EVENTS", RETAIN_ALL),
-        ("HEARTBEAT_SECONDS", heartbeat.as_str()),
-    ];
-    let hub = Hub::start(HubOptions::with_vars(&vars))
-        .await
-        .unwrap_or_else(|why| panic!("starting this test's own hub: {why}"));
+    let hub = fault_hub(("EDGEHUB_FAULT_TAKE_OVER_STARTS", "5")).await;
     let api = Api::new(hub.base());
     let failed = |c: &str| {
         let line = format!("tap {c}: taking over: ");
@@ -313,40 +249,11 @@ async fn tap_take_over_that_cannot_start_is_tried_again_three_times(_: Api) {
 
     // Three failures in a row: every member ends and resumes on its own.
     let c = format!("public:{}", channel("tapstarts3"));
-    let (owner, mut members) = owner_and_members(&api, &c).await;
+    let (owner, members) = owner_and_members(&api, &c).await;
     drop(owner);
-    for i in 6..=8 {
-        publish(&api, &c, i).await;
-    }
-    let mut lasts = Vec::new();
-    for (k, m) in members.iter_mut().enumerate() {
-        let got = event_ids(&m.read_to_end(WAIT).await);
-        assert!(m.ended(), "member {k}'s stream never ended");
-        let want: Vec<u64> = (6..6 + got.len() as u64).collect();
-        assert_eq!(got, want, "member {k} before its end");
-        lasts.push(5 + got.len() as u64);
-    }
-    assert_eq!(
-        failed(&c),
-        3,
-        "take-overs failed on {c}:\n{}",
-        hub.log_tail()
-    );
-    let mut resumed = Vec::new();
-    for last in &lasts {
-        resumed.push(SseStream::subscribe(&api, &c, Some(*last), None).await);
-    }
-    for i in 9..=10 {
-        publish(&api, &c, i).await;
-    }
-    for (k, (s, last)) in resumed.iter_mut().zip(&lasts).enumerate() {
-        let got = event_ids(&s.events_through(10, WAIT).await);
-        assert_eq!(
-            got,
-            (last + 1..=10).collect::<Vec<_>>(),
-            "member {k} resumed"
-        );
-    }
+    every_member_ends_and_resumes(&api, &c, members).await;
+    let tail = hub.log_tail();
+    assert_eq!(failed(&c), 3, "take-overs failed on {c}:\n{tail}");
 
     // Two failures, then the third try opens the upstream: nobody notices. Event 6 is
     // published as the owner leaves, 7 and 8 once the members' count is reported on the new
@@ -355,19 +262,10 @@ async fn tap_take_over_that_cannot_start_is_tried_again_three_times(_: Api) {
     let (owner, mut members) = owner_and_members(&api, &c).await;
     drop(owner);
     publish(&api, &c, 6).await;
-    let started = Instant::now();
-    let mut count = sse_count(&api, &c).await;
-    while count != json!(3) && started.elapsed() < WAIT {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        count = sse_count(&api, &c).await;
-    }
+    let count = sse_count_becomes(&api, &c, 3).await;
     assert_eq!(count, json!(3), "the members left, on the new upstream");
-    assert_eq!(
-        failed(&c),
-        2,
-        "take-overs failed on {c}:\n{}",
-        hub.log_tail()
-    );
+    let tail = hub.log_tail();
+    assert_eq!(failed(&c), 2, "take-overs failed on {c}:\n{tail}");
     for i in 7..=8 {
         publish(&api, &c, i).await;
     }
@@ -376,6 +274,20 @@ async fn tap_take_over_that_cannot_start_is_tried_again_three_times(_: Api) {
         assert_eq!(got, vec![6, 7, 8], "member {k} across the take-over");
         assert!(!m.ended(), "member {k}'s stream ended");
     }
+}
+
+/// A hub of the test's own with one development fault switch on.
+async fn fault_hub(fault: (&str, &str)) -> Hub {
+    let heartbeat = SHARED_HEARTBEAT_SECONDS.to_string();
+    let vars = [
+        ("EDGEHUB_DEV", "1"),
+        fault,
+        ("RETAIN_EVENTS", RETAIN_ALL),
+        ("HEARTBEAT_SECONDS", heartbeat.as_str()),
+    ];
+    Hub::start(HubOptions::with_vars(&vars))
+        .await
+        .unwrap_or_else(|why| panic!("starting this test's own hub: {why}"))
 }
 
 /// An owner and three members of `c`'s tap (the owner first, so that it holds the upstream),
@@ -398,4 +310,47 @@ async fn owner_and_members(api: &Api, c: &str) -> (SseStream, Vec<SseStream>) {
         assert_eq!(got, (1..=5).collect::<Vec<_>>(), "member {k}");
     }
     (owner, members)
+}
+
+/// With the owner gone and its take-over failed for good: events 6-8 are published, every
+/// member's stream ends (what each got before its end, in order, is where it resumes), each
+/// resumes from its last id as `EventSource` would and gets 9-12 and nothing twice, and the
+/// count becomes the resumed members.
+async fn every_member_ends_and_resumes(api: &Api, c: &str, mut members: Vec<SseStream>) {
+    for i in 6..=8 {
+        publish(api, c, i).await;
+    }
+    let mut lasts = Vec::new();
+    for (k, m) in members.iter_mut().enumerate() {
+        let got = event_ids(&m.read_to_end(WAIT).await);
+        assert!(m.ended(), "member {k}'s stream never ended");
+        let want: Vec<u64> = (6..6 + got.len() as u64).collect();
+        assert_eq!(got, want, "member {k} before its end");
+        lasts.push(5 + got.len() as u64);
+    }
+    let mut resumed = Vec::new();
+    for last in &lasts {
+        resumed.push(SseStream::subscribe(api, c, Some(*last), None).await);
+    }
+    for i in 9..=12 {
+        publish(api, c, i).await;
+    }
+    for (k, (s, last)) in resumed.iter_mut().zip(&lasts).enumerate() {
+        let got = event_ids(&s.events_through(12, WAIT).await);
+        let want: Vec<u64> = (last + 1..=12).collect();
+        assert_eq!(got, want, "member {k} resumed");
+    }
+    let count = sse_count_becomes(api, c, lasts.len() as u64).await;
+    assert_eq!(count, json!(lasts.len()), "the resumed members");
+}
+
+/// The channel's SSE count once it is `n`, or as it stands after `WAIT`.
+async fn sse_count_becomes(api: &Api, c: &str, n: u64) -> Value {
+    let started = Instant::now();
+    let mut count = sse_count(api, c).await;
+    while count != json!(n) && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        count = sse_count(api, c).await;
+    }
+    count
 }
