@@ -231,6 +231,7 @@ async fn tap_take_over_refused_ends_every_member_and_each_resumes_once(_: Api) {
     let (owner, members) = owner_and_members(&api, &c).await;
     drop(owner);
     every_member_ends_and_resumes(&api, &c, members).await;
+    hub.cleanup().await;
 }
 
 /// Take-overs that fail in the Worker before reaching the object, as when the member woken
@@ -274,6 +275,7 @@ async fn tap_take_over_that_cannot_start_is_tried_again_three_times(_: Api) {
         assert_eq!(got, vec![6, 7, 8], "member {k} across the take-over");
         assert!(!m.ended(), "member {k}'s stream ended");
     }
+    hub.cleanup().await;
 }
 
 /// A hub of the test's own with one development fault switch on.
